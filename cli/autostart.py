@@ -1,0 +1,58 @@
+"""Start ``corral serve`` in the background when nothing answers at a loopback CORRAL_HOST."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from corral.config import Settings
+from corral.errors import CorralError
+from corral.security import bound_to_loopback
+
+
+def server_answers(base_url: str, timeout: float = 0.5) -> bool:
+    try:
+        return httpx.get(f"{base_url}/api/version", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ensure_server(settings: Settings, wait_seconds: float = 60.0) -> str:
+    """Return the server's URL, starting one first if it is ours to start."""
+    url = settings.base_url
+    if server_answers(url):
+        return url
+    if not bound_to_loopback(settings):
+        return url  # a remote server is not ours to start: the client will say it cannot connect
+    log_path = settings.home / "logs" / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "corral.cli.main", "serve"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives this command, so the model stays loaded between commands
+            env={**os.environ, "CORRAL_HOST": settings.host},
+        )
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        if server_answers(url, timeout=0.25):
+            return url
+        if proc.poll() is not None:
+            raise CorralError(f"could not start corral serve (exit {proc.returncode}): {_tail(log_path)}")
+        time.sleep(0.05)
+    raise CorralError(f"corral serve did not answer at {url} within {wait_seconds:.0f} s; see {log_path}")
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return " | ".join(text[-lines:]) or "no log"

@@ -1,0 +1,152 @@
+"""Client commands: run, list, ps, stop, rm, cp — each a thin layer over ``corral.client.Client``."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+
+from corral.errors import CorralError
+
+from .main import cli, client_for, friendly_errors
+
+
+def human_size(n: int) -> str:
+    """Decimal units, as ``ollama list`` prints them."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{n} B"
+
+
+def human_ago(when: datetime | str, now: datetime | None = None) -> str:
+    if isinstance(when, str):
+        when = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    seconds = ((now or datetime.now(timezone.utc)) - when).total_seconds()
+    return _span(seconds) + " ago" if seconds >= 1 else "Less than a second ago"
+
+
+def human_until(when: str | None, now: datetime | None = None) -> str:
+    if not when or when.startswith("0001-"):
+        return "Forever"
+    moment = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    seconds = (moment - (now or datetime.now(timezone.utc))).total_seconds()
+    if seconds <= 0:
+        return "Stopping..."
+    return _span(seconds) + " from now"
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("year", 31536000), ("month", 2592000), ("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"About a {unit}" if n == 1 and unit in ("hour", "minute") else f"{n} {unit}{'s' if n != 1 else ''}"
+    n = int(seconds)
+    return f"{n} second{'s' if n != 1 else ''}"
+
+
+def print_rows(header: list[str], rows: list[list[str]]) -> None:
+    """Columns padded like ``ollama list`` (plain text, easy to grep and cut)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("    ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def not_found_hint(client: Any, model: str, exc: Exception) -> CorralError:
+    try:
+        names = [m["model"] for m in client.list()["models"]]
+    except Exception:  # the hint is a courtesy; the error itself still goes out
+        names = []
+    hint = f" (available: {', '.join(names)})" if names else " (no models yet: try `corral run smollm2:135m`)"
+    return CorralError(f"{exc}{hint}")
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("prompt", nargs=-1)
+@click.option("--verbose", is_flag=True, help="Print timings and token rates after each answer.")
+@click.option("--backend", help="Force a backend (cpu, cuda, rocm, metal, …).")
+@click.option("--keepalive", help="How long the model stays loaded afterwards (e.g. 5m, 1h, 0).")
+@click.option("--format", "format_", help="Response format: json.")
+@click.option("--nowordwrap", is_flag=True, help="Do not wrap words to the terminal width.")
+@friendly_errors
+def run(model: str, prompt: tuple[str, ...], verbose: bool, backend: str | None, keepalive: str | None, format_: str | None, nowordwrap: bool) -> None:
+    """Run a model: answer PROMPT, or chat when none is given on a terminal."""
+    from corral.client import ResponseError
+
+    from .repl import Session, interactive, one_shot
+
+    client = client_for()
+    session = Session(client, model, backend=backend, keep_alive=keepalive, format=format_, verbose=verbose, wordwrap=not nowordwrap)
+    text = " ".join(prompt)
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        text = f"{piped}\n\n{text}".strip() if text else piped
+    try:
+        if text or not sys.stdin.isatty():
+            one_shot(session, text)
+        else:
+            interactive(session)
+    except ResponseError as exc:
+        if exc.status_code == 404:
+            raise not_found_hint(client, model, exc) from None
+        raise
+
+
+@cli.command("list")
+@friendly_errors
+def list_models() -> None:
+    """List the models in the store."""
+    models = client_for().list()["models"]
+    rows = [[m["name"], m["digest"][:12], human_size(m["size"]), human_ago(m["modified_at"])] for m in models]
+    print_rows(["NAME", "ID", "SIZE", "MODIFIED"], rows)
+
+
+@cli.command()
+@friendly_errors
+def ps() -> None:
+    """List the models that are loaded now."""
+    models = client_for().ps()["models"]
+    rows = [
+        [m["name"], m["digest"][:12], human_size(m["size"]), m.get("processor") or "100% CPU", str(m.get("context_length") or ""), human_until(m["expires_at"])]
+        for m in models
+    ]
+    print_rows(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows)
+
+
+@cli.command()
+@click.argument("model")
+@friendly_errors
+def stop(model: str) -> None:
+    """Unload a running model."""
+    client = client_for()
+    loaded = {m["name"] for m in client.ps()["models"]} | {m["model"] for m in client.ps()["models"]}
+    from corral.names import ModelName
+
+    if ModelName.parse(model).display not in loaded:
+        raise CorralError(f"model '{model}' is not running")
+    client.generate(model=model, prompt="", keep_alive=0)
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True)
+@friendly_errors
+def rm(models: tuple[str, ...]) -> None:
+    """Remove models from the store."""
+    client = client_for()
+    for model in models:
+        client.delete(model)
+        click.echo(f"deleted '{model}'")
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("destination")
+@friendly_errors
+def cp(source: str, destination: str) -> None:
+    """Copy a model to a new name."""
+    client_for().copy(source, destination)
+    click.echo(f"copied '{source}' to '{destination}'")

@@ -1,0 +1,89 @@
+"""Settings, declared once: each field is a CORRAL_* env var, a key in config.toml, and a docs row.
+
+Precedence: environment > ``$CORRAL_CONFIG`` (default ``~/.corral/config.toml``) > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+DEFAULT_PORT = 11434
+
+
+def _default_home() -> Path:
+    return Path("~/.corral").expanduser()
+
+
+def config_file() -> Path:
+    return Path(os.environ.get("CORRAL_CONFIG") or _default_home() / "config.toml").expanduser()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Corral's own files: logs, history, server state.")
+    models: Path | None = Field(None, description="The model store (default: <home>/models). May point at ~/.ollama/models.")
+    host: str = Field(f"127.0.0.1:{DEFAULT_PORT}", description="Address the server binds and the client calls.")
+    backend: str | None = Field(None, description="Force a backend (cpu, cuda, rocm, metal, …) instead of the best available.")
+    keep_alive: str = Field("5m", description="How long an idle model stays loaded (0 unloads at once, negative keeps it).")
+    num_parallel: int = Field(4, ge=1, le=64, description="Sequences each loaded model serves at once (slots).")
+    num_ctx: int = Field(4096, ge=16, description="Default context length of one sequence, in tokens.")
+    max_loaded_models: int = Field(3, ge=1, description="Most models kept loaded at once.")
+    max_queue: int = Field(512, ge=1, description="Requests that may wait for a slot before the server answers 503.")
+    origins: list[str] = Field(default_factory=list, description="Extra browser origins allowed to call the API (localhost always is).")
+    flash_attention: bool = Field(True, description="Use flash attention where the engine supports it.")
+    nohistory: bool = Field(False, description="Do not keep the REPL's history file.")
+    debug: bool = Field(False, description="Show tracebacks and debug logs.")
+
+    @field_validator("home", "models", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @property
+    def models_dir(self) -> Path:
+        return self.models or self.home / "models"
+
+    @property
+    def base_url(self) -> str:
+        return host_to_url(self.host)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file()))
+
+
+def host_to_url(host: str) -> str:
+    """``CORRAL_HOST`` as Ollama reads OLLAMA_HOST: scheme and port optional."""
+    host = host.strip().rstrip("/")
+    scheme = "http"
+    if "://" in host:
+        scheme, host = host.split("://", 1)
+    if not host:
+        host = "127.0.0.1"
+    if host.startswith(":"):
+        host = "127.0.0.1" + host
+    bare = host.rsplit("]", 1)[-1]
+    if ":" not in bare:
+        host = f"{host}:{DEFAULT_PORT}"
+    return f"{scheme}://{host}"
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(env var, default, description) for every setting — the docs table's one source."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        rows.append((f"CORRAL_{name.upper()}", "" if default is None else str(default), field.description or ""))
+    return rows

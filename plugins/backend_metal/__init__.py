@@ -1,0 +1,93 @@
+"""Apple Silicon GPUs for Corral: checks that Metal is usable through mlx; the engine is not written yet."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from collections.abc import Callable
+
+from corral.errors import BackendUnavailable
+from corral.hookspecs import Backend, Device, LoadSpec, Probe, Runner, hookimpl
+
+INSTALL_HINT = (
+    'CMAKE_ARGS="-DGGML_METAL=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+    " (or pip install 'corral[metal]')"
+)
+
+
+class MetalBackend:
+    name = "metal"
+    priority = 20
+    description = "Apple Silicon GPUs through Metal (MLX, llama.cpp Metal build)"
+
+    def __init__(self, system: str | None = None, machine: str | None = None) -> None:
+        # Injectable so tests can play a Mac, or an Intel Mac, on any host.
+        self.system = system if system is not None else platform.system()
+        self.machine = machine if machine is not None else platform.machine()
+
+    def probe(self) -> Probe:
+        if self.system != "Darwin":
+            return Probe(available=False, reason=f"not macOS (this is {self.system or 'an unknown system'})")
+        if self.machine != "arm64":
+            # Intel Macs have Metal, but neither MLX nor a useful llama.cpp Metal path.
+            return Probe(available=False, reason=f"not Apple Silicon ({self.machine or 'unknown machine'})")
+        try:
+            import mlx.core as mx
+        except ImportError:
+            return Probe(available=False, reason="mlx is not installed (pip install 'corral[metal]')")
+        try:
+            available = bool(mx.metal.is_available())
+        except Exception as exc:  # a broken mlx install must not take the probe down
+            return Probe(available=False, reason=f"mlx could not check Metal: {type(exc).__name__}: {exc}")
+        if not available:
+            return Probe(available=False, reason="Metal is not available to mlx")
+        total = _sysctl_int("hw.memsize") or 0
+        gpu = Device(
+            backend="metal",
+            index=0,
+            name=_sysctl("machdep.cpu.brand_string") or "Apple Silicon GPU",
+            kind="gpu",
+            total_memory=total,
+            # Unified memory: the GPU shares RAM with the CPU and macOS pages on demand, so there
+            # is no separate "free VRAM" to read; the whole of it counts as free.
+            free_memory=total,
+            details={"unified_memory": "true"},
+        )
+        return Probe(available=True, devices=(gpu,))
+
+    def load(self, spec: LoadSpec) -> Runner:
+        probe = self.probe()
+        if not probe.available:
+            raise BackendUnavailable(f"the metal backend cannot run here: {probe.reason}")
+        try:
+            import llama_cpp
+        except ImportError:
+            raise BackendUnavailable(
+                f"llama-cpp-python is not installed; install a Metal build: {INSTALL_HINT}"
+            ) from None
+        if not llama_cpp.llama_supports_gpu_offload():
+            raise BackendUnavailable(
+                f"the installed llama-cpp-python was built without GPU offload; reinstall a Metal build: {INSTALL_HINT}"
+            )
+        raise BackendUnavailable(
+            "llama-cpp-python can offload to the GPU, but Corral's Metal engine arrives in a later release"
+            " (use --backend cpu for now)"
+        )
+
+
+def _sysctl(key: str) -> str | None:
+    try:
+        done = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def _sysctl_int(key: str) -> int | None:
+    text = _sysctl(key)
+    return int(text) if text and text.isdigit() else None
+
+
+@hookimpl
+def corral_register_backends(register: Callable[[Backend], None]) -> None:
+    register(MetalBackend())
