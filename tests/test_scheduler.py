@@ -1,0 +1,214 @@
+"""Scheduler and model worker against the fake backend: residency, batching, queueing, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.config import Settings
+from corral.errors import InvalidModelFile, ServerBusy
+from corral.plugins import Plugins
+from corral.scheduler import Scheduler, parse_keep_alive
+from fakes import FakeBackend, FakePlugin, write_fake_model
+
+
+def make(tmp_path: Path, backend: FakeBackend, **settings: object) -> Scheduler:
+    s = Settings(home=tmp_path, models=tmp_path / "models", **settings)  # type: ignore[arg-type]
+    for name in ("a:latest", "b:latest", "c:latest"):
+        write_fake_model(s.models_dir, name, payload=name.encode())
+    plugins = Plugins(load_entry_points=False, modules=[FakePlugin(backend)])  # type: ignore[list-item]
+    return Scheduler(s, plugins)
+
+
+async def collect(sched: Scheduler, model: str, prompt: str = "hi", **acquire: object) -> str:
+    ticket = await sched.acquire(model, **acquire)  # type: ignore[arg-type]
+    try:
+        return "".join([e.text async for e in sched.stream(ticket, prompt)])
+    finally:
+        sched.release(ticket)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("5m", 300), ("1h30m", 5400), ("10s", 10), ("-1", -1), ("-1m", -60), (0, 0), (2.5, 2.5), ("300", 300), (None, 300)],
+)
+def test_keep_alive_accepts_ollama_durations(value: object, seconds: float) -> None:
+    assert parse_keep_alive(value) == seconds  # type: ignore[arg-type]
+
+
+def test_keep_alive_rejects_nonsense() -> None:
+    with pytest.raises(Exception, match="invalid keep_alive"):
+        parse_keep_alive("soon")
+
+
+def test_a_generation_streams_the_script(tmp_path: Path) -> None:
+    async def main() -> str:
+        sched = make(tmp_path, FakeBackend(script=b"hello"))
+        try:
+            return await collect(sched, "a")
+        finally:
+            await sched.close()
+
+    assert asyncio.run(main()) == "hello"
+
+
+def test_concurrent_requests_share_batched_steps_on_one_thread(tmp_path: Path) -> None:
+    backend = FakeBackend(script=b"x" * 30, step_delay=0.002)
+
+    async def main() -> list[str]:
+        sched = make(tmp_path, backend, num_parallel=4)
+        try:
+            return await asyncio.gather(*[collect(sched, "a", f"prompt {i}") for i in range(4)])
+        finally:
+            await sched.close()
+
+    assert asyncio.run(main()) == ["x" * 30] * 4
+    runner = backend.runners[0]
+    assert max(len(step) for step in runner.history) == 4  # all four sequences advanced in one step
+    assert len(runner.thread_ids) == 1  # only the owner thread ever called the engine
+    assert backend.loads == 1
+
+
+def test_a_new_request_joins_at_the_next_step(tmp_path: Path) -> None:
+    backend = FakeBackend(script=b"y" * 200, step_delay=0.002)
+
+    async def main() -> float:
+        sched = make(tmp_path, backend, num_parallel=2)
+        try:
+            long = asyncio.create_task(collect(sched, "a", "long"))
+            await asyncio.sleep(0.1)
+            ticket = await sched.acquire("a")
+            t0 = time.perf_counter()
+            stream = sched.stream(ticket, "short")
+            await anext(stream)
+            first = time.perf_counter() - t0
+            await stream.aclose()
+            sched.release(ticket)
+            await long
+            return first
+        finally:
+            await sched.close()
+
+    # Waiting for the long job to finish would take ~0.3 s; joining takes a step or two.
+    assert asyncio.run(main()) < 0.1
+
+
+def test_keep_alive_zero_unloads_after_the_request(tmp_path: Path) -> None:
+    backend = FakeBackend()
+
+    async def main() -> tuple[int, int]:
+        sched = make(tmp_path, backend)
+        try:
+            await collect(sched, "a", keep_alive=0)
+            await asyncio.sleep(0.2)
+            after_zero = len(sched.ps())
+            await collect(sched, "a", keep_alive="-1")
+            await asyncio.sleep(0.8)
+            return after_zero, len(sched.ps())
+        finally:
+            await sched.close()
+
+    assert asyncio.run(main()) == (0, 1)
+    assert backend.runners[0].closed
+
+
+def test_keep_alive_expires(tmp_path: Path) -> None:
+    async def main() -> tuple[int, int]:
+        sched = make(tmp_path, FakeBackend())
+        try:
+            await collect(sched, "a", keep_alive="300ms")
+            before = len(sched.ps())
+            await asyncio.sleep(1.2)
+            return before, len(sched.ps())
+        finally:
+            await sched.close()
+
+    assert asyncio.run(main()) == (1, 0)
+
+
+def test_eviction_takes_the_idle_model_with_the_shortest_keep_alive(tmp_path: Path) -> None:
+    async def main() -> list[str]:
+        sched = make(tmp_path, FakeBackend(), max_loaded_models=2)
+        try:
+            await collect(sched, "a", keep_alive="10m")
+            await collect(sched, "b", keep_alive="1m")
+            await collect(sched, "c", keep_alive="5m")
+            return sorted(m.recipe.name.model for m in sched.ps())
+        finally:
+            await sched.close()
+
+    assert asyncio.run(main()) == ["a", "c"]
+
+
+def test_the_queue_limit_answers_busy_at_once(tmp_path: Path) -> None:
+    async def main() -> tuple[int, int]:
+        sched = make(tmp_path, FakeBackend(script=b"z" * 20, step_delay=0.005), max_queue=3, num_parallel=2)
+        try:
+            results = await asyncio.gather(*[collect(sched, "a", f"p{i}") for i in range(8)], return_exceptions=True)
+            busy = sum(isinstance(r, ServerBusy) for r in results)
+            done = sum(r == "z" * 20 for r in results)
+            return busy, done
+        finally:
+            await sched.close()
+
+    busy, done = asyncio.run(main())
+    assert busy == 5 and done == 3  # every accepted request completes
+
+
+def test_closing_a_stream_cancels_it_and_frees_the_slot(tmp_path: Path) -> None:
+    backend = FakeBackend(script=b"w" * 1000, step_delay=0.002)
+
+    async def main() -> str:
+        sched = make(tmp_path, backend, num_parallel=1)
+        try:
+            ticket = await sched.acquire("a")
+            stream = sched.stream(ticket, "endless")
+            await anext(stream)
+            await stream.aclose()  # what a disconnecting HTTP client causes
+            sched.release(ticket)
+            backend.runners[0].script = b"next"
+            return await asyncio.wait_for(collect(sched, "a", "again"), 2)
+        finally:
+            await sched.close()
+
+    assert asyncio.run(main()) == "next"
+    runner = backend.runners[0]
+    # The cancelled sequence stopped long before its 1000-token script ran out.
+    assert len(runner.history) < 200
+
+
+def test_concurrent_first_requests_load_the_model_once(tmp_path: Path) -> None:
+    backend = FakeBackend()
+
+    async def main() -> None:
+        sched = make(tmp_path, backend)
+        try:
+            await asyncio.gather(*[collect(sched, "a") for _ in range(5)])
+        finally:
+            await sched.close()
+
+    asyncio.run(main())
+    assert backend.loads == 1
+
+
+def test_a_model_that_fails_to_load_reports_why_and_others_keep_working(tmp_path: Path) -> None:
+    class Fussy(FakeBackend):
+        def load(self, spec):  # type: ignore[no-untyped-def, override]
+            if spec.model_path.read_bytes() == b"b:latest":
+                raise InvalidModelFile(f"{spec.model_path}: broken vocabulary")
+            return super().load(spec)
+
+    async def main() -> str:
+        sched = make(tmp_path, Fussy(script=b"ok"))
+        try:
+            with pytest.raises(InvalidModelFile, match="broken vocabulary"):
+                await collect(sched, "b")
+            assert sched.ps() == []
+            return await collect(sched, "a")
+        finally:
+            await sched.close()
+
+    assert asyncio.run(main()) == "ok"
