@@ -84,6 +84,29 @@ def settings_table() -> list[tuple[str, str, str]]:
     """(env var, default, description) for every setting — the docs table's one source."""
     rows = []
     for name, field in Settings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
+        default = "~/.corral" if name == "home" else field.get_default(call_default_factory=True)
         rows.append((f"CORRAL_{name.upper()}", "" if default is None else str(default), field.description or ""))
     return rows
+
+
+def settings_markdown() -> str:
+    """docs/configuration.md, generated: ``python -m corral.config > docs/configuration.md``."""
+    lines = [
+        "# Configuration",
+        "",
+        "Generated from `corral/config.py` by `python -m corral.config`; a test keeps it in step.",
+        "Each setting is an environment variable, or the same key in lower case without the",
+        "`CORRAL_` prefix in `~/.corral/config.toml` (or the file `CORRAL_CONFIG` names).",
+        "Environment variables win over the file.",
+        "",
+        "| Variable | Default | Meaning |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| `{var}` | `{default}` | {text} |" for var, default, text in settings_table()]
+    lines += ["| `CORRAL_STRICT_PLUGINS` | `` | `1` makes a plugin that fails to load an error (CI sets it). |"]
+    lines += ["| `CORRAL_CONFIG` | `~/.corral/config.toml` | The TOML file read for settings. |", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")
