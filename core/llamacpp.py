@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadRequest, CorralError, InvalidModelFile
+from .gguf_check import validate_gguf
 from .hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
 
 _backend_ready = False
@@ -68,6 +69,8 @@ class LlamaCppRunner:
         self._L = llama
         _init_backend(llama)
         path = Path(spec.model_path)
+        # Some malformed files make llama.cpp abort the whole process: refuse them before it sees them.
+        validate_gguf(path)
         mparams = llama.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
         self._model = llama.llama_model_load_from_file(str(path).encode(), mparams)

@@ -1,0 +1,133 @@
+"""The llama.cpp engine on a tiny F32 model: batching equals one-at-a-time, prefix cache, embeddings, bad files."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import pytest
+
+from corral.errors import InvalidModelFile
+from corral.hookspecs import LoadSpec, Sampling, SequenceStep
+from corral.llamacpp import LlamaCppRunner, physical_cores
+from corral.worker import Event, Job, ModelWorker
+from corral_backend_cpu import CpuBackend
+from ggufmaker import write_tiny_llama
+
+GREEDY = Sampling(temperature=0, repeat_penalty=1.0)
+PROMPTS = ["hello world", "the cat sat on the mat", "one two three four", "<|im_start|>user\nhi<|im_end|>\n"]
+
+
+def load(path: Path, parallel: int = 4, **kw: object) -> LlamaCppRunner:
+    return LlamaCppRunner(LoadSpec(model_path=path, num_ctx=256, num_parallel=parallel, num_thread=2, **kw))  # type: ignore[arg-type]
+
+
+def greedy_alone(runner: LlamaCppRunner, prompt: str, n: int) -> list[int]:
+    runner.truncate(0, 0)
+    runner.set_sampling(0, GREEDY)
+    token = runner.step([SequenceStep(0, runner.tokenize(prompt))])[0]
+    out = [token]
+    for _ in range(n - 1):
+        token = runner.step([SequenceStep(0, [token])])[0]
+        out.append(token)
+    return out
+
+
+def test_a_batched_step_gives_the_same_greedy_tokens_as_one_at_a_time(tiny_gguf: Path) -> None:
+    runner = load(tiny_gguf)
+    try:
+        alone = [greedy_alone(runner, p, 16) for p in PROMPTS]
+        runner.truncate(0, 0)
+        for seq in range(4):
+            runner.set_sampling(seq, GREEDY)
+        nxt = runner.step([SequenceStep(seq, runner.tokenize(p)) for seq, p in enumerate(PROMPTS)])
+        together = [[nxt[s]] for s in range(4)]
+        for _ in range(15):
+            nxt = runner.step([SequenceStep(s, [together[s][-1]]) for s in range(4)])
+            for s in range(4):
+                together[s].append(nxt[s])
+        assert together == alone
+        assert len({tuple(t) for t in alone}) > 1  # the prompts really lead to different text
+    finally:
+        runner.close()
+
+
+def test_a_prompt_longer_than_a_batch_is_split_and_still_matches(tiny_gguf: Path) -> None:
+    runner = load(tiny_gguf, parallel=1, num_batch=32)
+    try:
+        prompt = "hello world " * 20  # more tokens than one 32-token batch
+        assert len(runner.tokenize(prompt)) > 32
+        chunked = greedy_alone(runner, prompt, 8)
+    finally:
+        runner.close()
+    wide = load(tiny_gguf, parallel=1, num_batch=512)
+    try:
+        assert greedy_alone(wide, prompt, 8) == chunked
+    finally:
+        wide.close()
+
+
+def run_job(worker: ModelWorker, prompt: str, n: int = 8) -> list[Event]:
+    events: queue.Queue[Event] = queue.Queue()
+    worker.submit(Job(prompt=prompt, sampling=GREEDY, emit=events.put, num_predict=n))
+    out = []
+    while True:
+        event = events.get(timeout=30)
+        out.append(event)
+        if event.done:
+            return out
+
+
+def test_the_prefix_cache_evaluates_only_new_tokens(tiny_gguf: Path) -> None:
+    worker = ModelWorker(lambda: load(tiny_gguf, parallel=2), "tiny")
+    try:
+        runner = worker.wait_loaded(30)
+        first = "<|im_start|>system\nyou are terse<|im_end|>\n<|im_start|>user\nhello world<|im_end|>\n"
+        done1 = run_job(worker, first)[-1]
+        second = first + "<|im_start|>assistant\nok<|im_end|>\n<|im_start|>user\nthe cat<|im_end|>\n"
+        done2 = run_job(worker, second)[-1]
+        assert done1.stats and done2.stats
+        assert done1.stats.prompt_eval_count == len(runner.tokenize(first))
+        assert done2.stats.cached_tokens >= len(runner.tokenize(first))
+        assert done2.stats.prompt_eval_count == len(runner.tokenize(second)) - done2.stats.cached_tokens
+    finally:
+        worker.stop()
+        worker.join(10)
+
+
+def test_cache_off_evaluates_everything(tiny_gguf: Path) -> None:
+    worker = ModelWorker(lambda: load(tiny_gguf, parallel=1), "tiny", prefix_cache=False)
+    try:
+        runner = worker.wait_loaded(30)
+        run_job(worker, "hello world")
+        done = run_job(worker, "hello world and more")[-1]
+        assert done.stats and done.stats.prompt_eval_count == len(runner.tokenize("hello world and more"))
+    finally:
+        worker.stop()
+        worker.join(10)
+
+
+def test_embeddings_have_the_models_width(tiny_gguf: Path) -> None:
+    runner = load(tiny_gguf)
+    try:
+        vectors = runner.embed(["hello", "the cat sat"])
+        assert [len(v) for v in vectors] == [64, 64]
+        assert vectors[0] != vectors[1]
+    finally:
+        runner.close()
+
+
+def test_threads_default_to_physical_cores_and_num_thread_overrides(tiny_gguf: Path) -> None:
+    runner = LlamaCppRunner(LoadSpec(model_path=tiny_gguf, num_ctx=64, num_parallel=1))
+    assert runner.threads == physical_cores()
+    runner.close()
+    runner = LlamaCppRunner(LoadSpec(model_path=tiny_gguf, num_ctx=64, num_parallel=1, num_thread=1))
+    assert runner.threads == 1
+    runner.close()
+
+
+@pytest.mark.parametrize("defect", ["truncated", "garbage", "duplicate_tokens"])
+def test_bad_files_are_refused_with_the_file_named(tmp_path: Path, defect: str) -> None:
+    path = write_tiny_llama(tmp_path / f"{defect}.gguf", defect=defect)
+    with pytest.raises(InvalidModelFile, match=str(path)):
+        CpuBackend().load(LoadSpec(model_path=path, num_ctx=64, num_parallel=1))
