@@ -40,6 +40,7 @@ def ensure_server(settings: Settings, wait_seconds: float = 60.0) -> str:
             start_new_session=True,  # outlives this command, so the model stays loaded between commands
             env={**os.environ, "CORRAL_HOST": settings.host},
         )
+    (settings.home / "logs" / "server.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
         if server_answers(url, timeout=0.25):

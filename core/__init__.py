@@ -1,6 +1,9 @@
 """Corral: run open language models locally, over Ollama's and OpenAI's APIs."""
 
+from __future__ import annotations
+
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("corral")
@@ -9,4 +12,17 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 from .hookspecs import hookimpl
 
-__all__ = ["__version__", "hookimpl"]
+if TYPE_CHECKING:
+    from .client import AsyncClient, Client, ResponseError
+
+__all__ = ["AsyncClient", "Client", "ResponseError", "__version__", "hookimpl"]
+_CLIENT_NAMES = {"AsyncClient", "Client", "ResponseError"}
+
+
+def __getattr__(name: str) -> Any:
+    # The client pulls in httpx: import it only when asked, so plugins and `corral --help` stay quick.
+    if name in _CLIENT_NAMES:
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'corral' has no attribute {name!r}")

@@ -34,3 +34,12 @@ def _corral_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     patch.setenv("GGML_NO_BACKTRACE", "1")  # an aborting llama.cpp should not run gdb
     yield home
     patch.undo()
+
+
+@pytest.fixture(scope="session")
+def corral_server(_corral_home: Path) -> Iterator[str]:
+    """A real `corral serve` on a free loopback port, sharing the session's model store."""
+    from serverproc import running_server
+
+    with running_server(_corral_home) as url:
+        yield url
