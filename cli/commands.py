@@ -1,4 +1,4 @@
-"""Client commands: run, list, ps, stop, rm, cp — each a thin layer over ``corral.client.Client``."""
+"""Everyday commands: backends (in-process), and run, list, ps, stop, rm, cp as clients of the server."""
 
 from __future__ import annotations
 
@@ -62,6 +62,24 @@ def not_found_hint(client: Any, model: str, exc: Exception) -> CorralError:
         names = []
     hint = f" (available: {', '.join(names)})" if names else " (no models yet: try `corral run smollm2:135m`)"
     return CorralError(f"{exc}{hint}")
+
+
+@cli.command()
+@friendly_errors
+def backends() -> None:
+    """List backends, their devices, and why any is unavailable."""
+    from corral.plugins import Plugins
+
+    plugins = Plugins()
+    best = next((e.name for e in plugins.backends if e.probe().available), None)
+    rows = []
+    for entry in plugins.backends:
+        probe = entry.probe()
+        devices = ", ".join(f"{d.name} ({human_size(d.free_memory)} free of {human_size(d.total_memory)})" for d in probe.devices)
+        available = ("yes (default)" if entry.name == best else "yes") if probe.available else "no"
+        rows.append([entry.name, available, devices or "-", probe.reason or entry.backend.description])
+    rows += [[f.plugin, "no", "-", f.reason] for f in plugins.failures]
+    print_rows(["BACKEND", "AVAILABLE", "DEVICES", "DETAILS"], rows)
 
 
 @cli.command()

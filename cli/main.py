@@ -91,34 +91,6 @@ def serve(host: str | None, backend: str | None) -> None:
     uvicorn.run(create_app(settings), host=bind.strip("[]"), port=int(port), log_level="debug" if _debug() else "warning")
 
 
-@cli.command()
-@friendly_errors
-def backends() -> None:
-    """List backends, their devices, and why any is unavailable."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from corral.plugins import Plugins
-
-    plugins = Plugins()
-    table = Table(box=None, header_style="bold")
-    for column in ("BACKEND", "AVAILABLE", "DEVICES", "DETAILS"):
-        table.add_column(column, overflow="fold")
-    best = next((e.name for e in plugins.backends if e.probe().available), None)
-    for entry in plugins.backends:
-        probe = entry.probe()
-        devices = ", ".join(f"{d.name} ({_gib(d.free_memory)} free of {_gib(d.total_memory)})" for d in probe.devices)
-        avail = "yes" + (" (default)" if entry.name == best else "") if probe.available else "no"
-        table.add_row(entry.name, avail, devices or "-", probe.reason or entry.backend.description)
-    for failure in plugins.failures:
-        table.add_row(failure.plugin, "no", "-", failure.reason)
-    Console().print(table)
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
-
-
 # The model-management and REPL commands live in their own modules to keep this one small.
 from . import commands as _commands  # noqa: E402  (registers commands on `cli`)
 
@@ -130,4 +102,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the imported module's `cli`, which the command modules registered on, not this __main__ copy.
+    from corral.cli.main import main as _main
+
+    _main()
