@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(3, ge=1, description="Most models kept loaded at once.")
     max_queue: int = Field(512, ge=1, description="Requests that may wait for a slot before the server answers 503.")
     origins: list[str] = Field(default_factory=list, description="Extra browser origins allowed to call the API (localhost always is).")
+    isolate_runners: bool = Field(True, description="Run each loaded model in its own process, so a crash in native code takes only that model.")
     flash_attention: bool = Field(True, description="Use flash attention where the engine supports it.")
     nohistory: bool = Field(False, description="Do not keep the REPL's history file.")
     debug: bool = Field(False, description="Show tracebacks and debug logs.")

@@ -19,6 +19,7 @@ from typing import Any
 from .config import Settings
 from .errors import BadRequest, CorralError, ServerBusy
 from .hookspecs import LoadSpec, Sampling
+from .isolation import ProcessWorker
 from .models import Recipe, resolve
 from .plugins import Plugins
 from .store import Store
@@ -53,7 +54,7 @@ class Loaded:
     recipe: Recipe
     backend: str
     spec: LoadSpec
-    worker: ModelWorker
+    worker: ModelWorker | ProcessWorker
     keep_alive: float = 300.0
     expires_at: float = math.inf  # monotonic time; inf while in use or kept forever
     inflight: int = 0
@@ -114,12 +115,19 @@ class Scheduler:
         t0 = time.perf_counter()
         async with self._locks.setdefault(key, asyncio.Lock()):
             loaded = self.loaded.get(key)
+            if loaded is not None and not loaded.worker.alive:  # its runner crashed: start a new one
+                self.loaded.pop(key, None)
+                loaded = None
             if loaded is not None and _needs_reload(loaded.spec, spec):
                 await self._unload(key)
                 loaded = None
             if loaded is None:
                 await self._make_room()
-                worker = ModelWorker(lambda: entry.backend.load(spec), recipe.name.display)
+                worker: ModelWorker | ProcessWorker
+                if self.settings.isolate_runners:
+                    worker = ProcessWorker(entry.name, spec, recipe.name.display)
+                else:
+                    worker = ModelWorker(lambda: entry.backend.load(spec), recipe.name.display)
                 loaded = Loaded(recipe, entry.name, spec, worker)
                 self.loaded[key] = loaded
                 try:

@@ -105,6 +105,10 @@ class ModelWorker:
         assert self.runner is not None
         return self.runner
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() or not self._ready.is_set()
+
     def submit(self, job: Job) -> None:
         self._inbox.put(job)
 

@@ -16,7 +16,8 @@ from fakes import FakeBackend, FakePlugin, write_fake_model
 
 
 def make(tmp_path: Path, backend: FakeBackend, **settings: object) -> Scheduler:
-    s = Settings(home=tmp_path, models=tmp_path / "models", **settings)  # type: ignore[arg-type]
+    # The fake backend is registered in this process only, so its runners cannot live in a child.
+    s = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, **settings)  # type: ignore[arg-type]
     for name in ("a:latest", "b:latest", "c:latest"):
         write_fake_model(s.models_dir, name, payload=name.encode())
     plugins = Plugins(load_entry_points=False, modules=[FakePlugin(backend)])  # type: ignore[list-item]
