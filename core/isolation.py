@@ -40,7 +40,7 @@ def _child_main(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the terminal is the server's to handle
     from .plugins import Plugins
 
-    backend, spec, name = conn.recv()
+    backend, spec, name, prefix_cache = conn.recv()
 
     send_lock = threading.Lock()
 
@@ -50,7 +50,7 @@ def _child_main(conn: Connection) -> None:
 
     try:
         entry = Plugins().get(backend)
-        worker = ModelWorker(lambda: entry.backend.load(spec), name)
+        worker = ModelWorker(lambda: entry.backend.load(spec), name, prefix_cache=prefix_cache)
         runner = worker.wait_loaded()
     except BaseException as exc:  # reported to the parent, which raises it for the request
         send(("load_error", exc))
@@ -85,7 +85,7 @@ def _child_main(conn: Connection) -> None:
 class ProcessWorker:
     """A ModelWorker in a child process, seen from the server."""
 
-    def __init__(self, backend: str, spec: LoadSpec, name: str) -> None:
+    def __init__(self, backend: str, spec: LoadSpec, name: str, prefix_cache: bool = True) -> None:
         self.name = name
         parent_sock, child_sock = socket.socketpair()
         self._proc = subprocess.Popen(
@@ -95,7 +95,7 @@ class ProcessWorker:
         )
         child_sock.close()
         self._conn = Connection(parent_sock.detach())
-        self._conn.send((backend, spec, name))
+        self._conn.send((backend, spec, name, prefix_cache))
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count()
         self._send_lock = threading.Lock()

@@ -125,9 +125,9 @@ class Scheduler:
                 await self._make_room()
                 worker: ModelWorker | ProcessWorker
                 if self.settings.isolate_runners:
-                    worker = ProcessWorker(entry.name, spec, recipe.name.display)
+                    worker = ProcessWorker(entry.name, spec, recipe.name.display, self.settings.prefix_cache)
                 else:
-                    worker = ModelWorker(lambda: entry.backend.load(spec), recipe.name.display)
+                    worker = ModelWorker(lambda: entry.backend.load(spec), recipe.name.display, self.settings.prefix_cache)
                 loaded = Loaded(recipe, entry.name, spec, worker)
                 self.loaded[key] = loaded
                 try:

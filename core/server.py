@@ -171,12 +171,16 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
                 GenerateResponse(model=name, created_at=now_rfc3339(), done=True, done_reason="unload" if ticket.loaded.keep_alive == 0 else "load").model_dump(exclude_none=True)
             )
         info = ticket.loaded.worker.wait_loaded().info
-        if req.raw:
-            prompt = req.prompt or ""
-        else:
-            msgs = prompting.generate_messages(ticket.loaded.recipe, req.prompt or "", req.system)
-            prompt = prompting.render(ticket.loaded.recipe, info, msgs, template=req.template)
-        sampling = replace(ticket.options.sampling(), grammar=prompting.grammar_for(req.format))
+        try:
+            if req.raw:
+                prompt = req.prompt or ""
+            else:
+                msgs = prompting.generate_messages(ticket.loaded.recipe, req.prompt or "", req.system)
+                prompt = prompting.render(ticket.loaded.recipe, info, msgs, template=req.template)
+            sampling = replace(ticket.options.sampling(), grammar=prompting.grammar_for(req.format))
+        except BaseException:
+            scheduler.release(ticket)
+            raise
 
         async def chunks() -> AsyncIterator[GenerateResponse]:
             try:
