@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ MEDIA_MESSAGES = "application/vnd.ollama.image.messages"
 MEDIA_LICENSE = "application/vnd.ollama.image.license"
 
 _CHUNK = 1 << 20
+_BLOB_NAME = re.compile(r"^sha256-[0-9a-f]{64}$")
 
 
 class Layer(BaseModel):
@@ -243,12 +245,13 @@ class Store:
             self.prune()
 
     def prune(self) -> list[str]:
-        """Delete unreferenced blobs and stale temp files. Callers hold the lock."""
+        """Delete blobs no manifest references. Callers hold the lock. Only complete blobs
+        (``sha256-<64 hex>``) are candidates: a pull's resumable ``-partial`` files are not."""
         referenced = set().union(*(m.manifest.digests() for m in self.list()))
         removed = []
         if self.blobs.is_dir():
             for blob in self.blobs.iterdir():
-                if blob.name.startswith("sha256-") and blob.name.replace("-", ":", 1) not in referenced:
+                if _BLOB_NAME.match(blob.name) and blob.name.replace("-", ":", 1) not in referenced:
                     blob.unlink()
                     removed.append(blob.name)
         return removed
