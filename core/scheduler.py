@@ -237,8 +237,10 @@ class Scheduler:
             add_bos=add_bos and not context,
             context=list(context or []),
         )
-        async for event in self._run(ticket, job):
-            yield event
+        # aclosing: closing this stream must cancel the job now, not when the garbage collector runs.
+        async with contextlib.aclosing(self._run(ticket, job)) as events:
+            async for event in events:
+                yield event
 
     async def embed(self, ticket: Ticket, texts: list[str]) -> tuple[list[list[float]], int]:
         result: list[list[list[float]]] = []
@@ -256,7 +258,13 @@ class Scheduler:
             raise ServerBusy("server busy, please try again: the request queue is full (CORRAL_MAX_QUEUE)")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
-        job.emit = lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
+        def emit(event: Event) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the request's loop has closed; nobody is listening any more
+                job.cancel()
+
+        job.emit = emit
         self._queued += 1
         ticket.loaded.worker.submit(job)
         finished = False

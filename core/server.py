@@ -6,11 +6,12 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -87,7 +88,7 @@ def done_fields(ticket: Ticket, event: Event, t_start: float) -> dict[str, Any]:
 
 
 async def ndjson_or_single(
-    chunks: AsyncIterator[BaseModel],
+    chunks: AsyncGenerator[BaseModel, None],
     stream: bool,
     merge: Callable[[list[BaseModel]], BaseModel],
     media_type: str = "application/x-ndjson",
@@ -111,10 +112,24 @@ async def ndjson_or_single(
                 yield _line(item)
         except CorralError as exc:
             yield json.dumps({"error": str(exc)}).encode() + b"\n"
-        finally:
-            await chunks.aclose()
 
-    return StreamingResponse(lines(), media_type=media_type)
+    return ClosingStream(lines(), chunks.aclose, media_type=media_type)
+
+
+class ClosingStream(StreamingResponse):
+    """A streamed body that always runs ``on_close`` (which cancels the job and releases the model),
+    even when the client leaves before the body starts."""
+
+    def __init__(self, body: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], media_type: str) -> None:
+        super().__init__(body, media_type=media_type)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._on_close()
 
 
 def _line(item: BaseModel) -> bytes:

@@ -180,6 +180,8 @@ class ModelWorker:
                 continue
             try:
                 tokens = self._tokens(job)
+                if not tokens:
+                    raise BadRequest("the prompt is empty: there is nothing to continue from")
                 num_ctx = job.num_ctx or runner.info.n_ctx
                 if len(tokens) >= min(num_ctx, self.total_ctx):
                     raise BadRequest(
