@@ -55,7 +55,7 @@ def print_rows(header: list[str], rows: list[list[str]]) -> None:
         click.echo("    ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
-def not_found_hint(client: Any, model: str, exc: Exception) -> CorralError:
+def not_found_hint(client: Any, model: str, exc: Exception | str) -> CorralError:
     try:
         names = [m["model"] for m in client.list()["models"]]
     except Exception:  # the hint is a courtesy; the error itself still goes out
@@ -98,13 +98,24 @@ def run(model: str, prompt: tuple[str, ...], verbose: bool, backend: str | None,
     from .repl import Session, interactive, one_shot
 
     client = client_for()
+    try:
+        client.show(model)
+    except ResponseError as exc:  # like `ollama run`, a model that is not here is pulled first
+        if exc.status_code != 404:
+            raise
+        from .model_commands import pull_model
+
+        try:
+            pull_model(client, model)
+        except (ResponseError, CorralError, ConnectionError) as pull_error:
+            raise not_found_hint(client, model, f"model '{model}' not found, and pulling it failed: {pull_error}") from None
     session = Session(client, model, backend=backend, keep_alive=keepalive, format=format_, verbose=verbose, wordwrap=not nowordwrap)
     text = " ".join(prompt)
     if not sys.stdin.isatty():
         piped = sys.stdin.read()
         text = f"{piped}\n\n{text}".strip() if text else piped
     try:
-        if text or not sys.stdin.isatty():
+        if text or not (sys.stdin.isatty() and sys.stdout.isatty()):  # a pipe either way: just the answer
             one_shot(session, text)
         else:
             interactive(session)

@@ -93,8 +93,9 @@ def serve(host: str | None, backend: str | None) -> None:
 
 # The model-management and REPL commands live in their own modules to keep this one small.
 from . import commands as _commands  # noqa: E402  (registers commands on `cli`)
+from . import model_commands as _model_commands  # noqa: E402
 
-del _commands
+del _commands, _model_commands
 
 
 def main() -> None:

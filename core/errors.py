@@ -8,6 +8,7 @@
     ├── ModelNotFound               404  no such model in the store
     ├── BackendUnavailable          400  a forced backend that is absent or cannot run here
     ├── ServerBusy                  503  the queue is full
+    ├── InsufficientMemory          500  the model does not fit in the free memory it may use
     └── RunnerCrashed               500  the engine died while serving a request
 
 The server turns these into statuses in one place, the client turns statuses back into
@@ -56,6 +57,10 @@ class BackendUnavailable(CorralError):
 
 class ServerBusy(CorralError):
     status_code = 503
+
+
+class InsufficientMemory(CorralError):
+    pass
 
 
 class RunnerCrashed(CorralError):

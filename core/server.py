@@ -323,7 +323,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
             )
         return ProcessResponse(models=out)
 
-    _include_optional_routers(app, scheduler, settings)
+    _include_routers(app, scheduler, settings)
     return app
 
 
@@ -347,16 +347,9 @@ def openai_error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status_code=status)
 
 
-def _include_optional_routers(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
-    """Route modules that register themselves: OpenAI's API, model management."""
-    from importlib import import_module
+def _include_routers(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
+    """The OpenAI-compatible API and model management live in their own modules."""
+    from . import api_models, openai_api
 
-    for module_name in ("corral.openai_api", "corral.api_models"):
-        try:
-            module = import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        register: Callable[[FastAPI, Scheduler, Settings], Awaitable[None] | None] = module.register
-        register(app, scheduler, settings)
+    openai_api.register(app, scheduler, settings)
+    api_models.register(app, scheduler, settings)

@@ -231,27 +231,32 @@ class Store:
         return sorted(models, key=lambda m: m.modified_at, reverse=True)
 
     def delete(self, name: ModelName) -> None:
-        """Remove a manifest, then every blob no remaining manifest references."""
+        """Remove a manifest, then those of its blobs no remaining manifest references. Other
+        unreferenced blobs stay: they may be uploads for a create that has not run yet."""
         with self.lock():
             path = self._find_manifest_path(name)
             if path is None:
                 raise ModelNotFound(f"model '{name.display}' not found")
+            own = self._load(path).manifest.digests()
             path.unlink()
             fsync_dir(path.parent)
             for parent in path.parents:  # drop empty model/namespace/host folders
                 if parent == self.manifests or any(parent.iterdir()):
                     break
                 parent.rmdir()
-            self.prune()
+            self.prune(own)
 
-    def prune(self) -> list[str]:
-        """Delete blobs no manifest references. Callers hold the lock. Only complete blobs
-        (``sha256-<64 hex>``) are candidates: a pull's resumable ``-partial`` files are not."""
+    def prune(self, candidates: set[str] | None = None) -> list[str]:
+        """Delete unreferenced blobs (among ``candidates`` if given). Callers hold the lock. Only
+        complete blobs (``sha256-<64 hex>``) are candidates: a pull's ``-partial`` files are not."""
         referenced = set().union(*(m.manifest.digests() for m in self.list()))
         removed = []
         if self.blobs.is_dir():
             for blob in self.blobs.iterdir():
-                if _BLOB_NAME.match(blob.name) and blob.name.replace("-", ":", 1) not in referenced:
+                digest = blob.name.replace("-", ":", 1)
+                if not _BLOB_NAME.match(blob.name) or digest in referenced:
+                    continue
+                if candidates is None or digest in candidates:
                     blob.unlink()
                     removed.append(blob.name)
         return removed
