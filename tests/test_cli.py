@@ -14,6 +14,7 @@ import pytest
 from serverproc import free_port
 
 MODEL = "smollm2:135m"
+SHORT = "smollm2-short"  # the same weights with short greedy answers, so the CLI tests stay quick
 
 
 def corral(*args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -47,15 +48,18 @@ class TestRunAgainstServer:
     @pytest.fixture(autouse=True)
     def _host(self, corral_server: str) -> None:
         self.env = {"CORRAL_HOST": corral_server.removeprefix("http://")}
+        from corral.client import Client
+
+        Client(host=corral_server).create(SHORT, from_=MODEL, parameters={"num_predict": 24, "temperature": 0})
 
     def test_run_streams_an_answer(self) -> None:
-        r = corral("run", MODEL, "What is the capital of France?", env=self.env)
+        r = corral("run", SHORT, "What is the capital of France?", env=self.env)
         assert r.returncode == 0, r.stderr
         assert len(r.stdout.split()) > 3
 
     def test_verbose_prints_the_stats_block_and_reuses_the_loaded_model(self) -> None:
-        corral("run", MODEL, "hi", env=self.env)
-        r = corral("run", "--verbose", MODEL, "Say hello.", env=self.env)
+        corral("run", SHORT, "hi", env=self.env)
+        r = corral("run", "--verbose", SHORT, "Say hello.", env=self.env)
         assert r.returncode == 0, r.stderr
         for label in ("total duration:", "load duration:", "prompt eval count:", "prompt eval rate:", "eval count:", "eval rate:"):
             assert label in r.stderr
@@ -65,18 +69,18 @@ class TestRunAgainstServer:
         assert value < 0.05  # the model stayed loaded
 
     def test_stdin_is_the_prompt(self) -> None:
-        r = corral("run", MODEL, env=self.env, stdin="What is the capital of France? Answer in one word.")
+        r = corral("run", SHORT, env=self.env, stdin="What is the capital of France? Answer in one word.")
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip()
 
     def test_backend_cpu_works_and_cuda_says_why_not(self) -> None:
-        ok = corral("run", "--backend", "cpu", MODEL, "hi", env=self.env)
+        ok = corral("run", "--backend", "cpu", SHORT, "hi", env=self.env)
         assert ok.returncode == 0, ok.stderr
-        bad = corral("run", "--backend", "cuda", MODEL, "hi", env=self.env)
+        bad = corral("run", "--backend", "cuda", SHORT, "hi", env=self.env)
         assert bad.returncode == 1
         assert bad.stderr.startswith("Error: backend 'cuda' is unavailable: NVIDIA driver not found")
         assert "Traceback" not in bad.stderr
-        unknown = corral("run", "--backend", "tpu", MODEL, "hi", env=self.env)
+        unknown = corral("run", "--backend", "tpu", SHORT, "hi", env=self.env)
         assert unknown.returncode == 1 and "known backends: cuda, rocm, metal, cpu" in unknown.stderr
 
     def test_unknown_model_is_one_line_with_what_is_available(self) -> None:
@@ -87,31 +91,41 @@ class TestRunAgainstServer:
         assert MODEL in last and "Traceback" not in r.stderr
 
     def test_list_and_ps_print_ollamas_columns(self) -> None:
-        corral("run", MODEL, "hi", env=self.env)
+        corral("run", SHORT, "hi", env=self.env)
         listed = corral("list", env=self.env)
         assert listed.stdout.split()[:4] == ["NAME", "ID", "SIZE", "MODIFIED"]
-        assert MODEL in listed.stdout and "98 MB" in listed.stdout
+        assert MODEL in listed.stdout and SHORT in listed.stdout and "98 MB" in listed.stdout
         ps = corral("ps", env=self.env)
         assert ps.stdout.split()[:6] == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
         assert "100% CPU" in ps.stdout and "from now" in ps.stdout
 
     def test_stop_unloads(self) -> None:
-        corral("run", MODEL, "hi", env=self.env)
-        assert corral("stop", MODEL, env=self.env).returncode == 0
-        assert MODEL not in corral("ps", env=self.env).stdout
-        again = corral("stop", MODEL, env=self.env)
+        corral("run", SHORT, "hi", env=self.env)
+        assert corral("stop", SHORT, env=self.env).returncode == 0
+        assert SHORT not in corral("ps", env=self.env).stdout
+        again = corral("stop", SHORT, env=self.env)
         assert again.returncode == 1 and "is not running" in again.stderr
+
+
+def _short_model(models: Path) -> None:
+    """SHORT in a store, written in-process (no server involved)."""
+    from corral.create import build, prepare, request_from_modelfile
+    from corral.store import Store
+
+    store = Store(models)
+    request = request_from_modelfile(f"FROM {MODEL}\nPARAMETER num_predict 24\nPARAMETER temperature 0\n", SHORT)
+    build(store, prepare(store, request))
 
 
 @pytest.mark.slow
 def test_the_first_run_starts_a_server_and_the_second_reuses_it(tmp_path: Path) -> None:
-    env = {"CORRAL_HOST": f"127.0.0.1:{free_port()}", "CORRAL_HOME": str(tmp_path)}
-    env["CORRAL_MODELS"] = os.environ.get("CORRAL_HOME", "") + "/models"  # reuse the session's imported model
+    env = {"CORRAL_HOST": f"127.0.0.1:{free_port()}", "CORRAL_HOME": str(tmp_path), "CORRAL_MODELS": str(tmp_path / "models")}
+    _short_model(tmp_path / "models")
     try:
-        first = corral("run", "--verbose", MODEL, "hi", env=env)
+        first = corral("run", "--verbose", SHORT, "hi", env=env)
         assert first.returncode == 0, first.stderr
         assert (tmp_path / "logs" / "server.log").exists()
-        second = corral("run", "--verbose", MODEL, "hi", env=env)
+        second = corral("run", "--verbose", SHORT, "hi", env=env)
         assert second.returncode == 0, second.stderr
         load = re.search(r"load duration:\s+([\d.]+)(µs|ms|s)", second.stderr)
         assert load and load.group(2) in ("µs", "ms") and (load.group(2) == "µs" or float(load.group(1)) < 50)
