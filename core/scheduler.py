@@ -13,15 +13,17 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .errors import BadRequest, CorralError, ServerBusy
+from .errors import BadRequest, CorralError, InsufficientMemory, ServerBusy
 from .hookspecs import LoadSpec, Sampling
 from .isolation import ProcessWorker
 from .models import Recipe, resolve
-from .plugins import Plugins
+from .offload import Plan, plan_for_gguf
+from .plugins import BackendEntry, Plugins
 from .store import Store
 from .types import Options
 from .worker import Event, Job, ModelWorker
@@ -59,14 +61,20 @@ class Loaded:
     expires_at: float = math.inf  # monotonic time; inf while in use or kept forever
     inflight: int = 0
     loaded_at: float = field(default_factory=time.time)
+    plan: Plan | None = None  # the memory estimate it was loaded under
 
     @property
     def size(self) -> int:
+        """Bytes it occupies: the estimate (weights + KV cache + compute) where there is one."""
+        if self.plan is not None:
+            return self.plan.total_bytes
         runner = self.worker.runner
         return runner.info.size_bytes if runner else 0
 
     @property
     def size_on_device(self) -> int:
+        if self.plan is not None:
+            return self.plan.gpu_bytes
         runner = self.worker.runner
         return runner.info.size_on_device if runner else 0
 
@@ -123,12 +131,15 @@ class Scheduler:
                 loaded = None
             if loaded is None:
                 await self._make_room()
+                plan = await self._fit(entry, spec, exclude=key)
+                if plan is not None and plan.gpu_layers and spec.num_gpu is None:
+                    spec = replace(spec, num_gpu=plan.n_gpu_layers)
                 worker: ModelWorker | ProcessWorker
                 if self.settings.isolate_runners:
                     worker = ProcessWorker(entry.name, spec, recipe.name.display, self.settings.prefix_cache)
                 else:
                     worker = ModelWorker(lambda: entry.backend.load(spec), recipe.name.display, self.settings.prefix_cache)
-                loaded = Loaded(recipe, entry.name, spec, worker)
+                loaded = Loaded(recipe, entry.name, spec, worker, plan=plan)
                 self.loaded[key] = loaded
                 try:
                     await asyncio.to_thread(worker.wait_loaded)
@@ -173,8 +184,28 @@ class Scheduler:
                 raise ServerBusy(
                     f"server busy: {len(self.loaded)} models are loaded and in use (CORRAL_MAX_LOADED_MODELS)"
                 )
-            key, _ = min(idle, key=lambda km: (km[1].keep_alive if km[1].keep_alive >= 0 else math.inf, km[1].expires_at))
-            await self._unload(key)
+            await self._unload(min(idle, key=_eviction_order)[0])
+
+    async def _fit(self, entry: BackendEntry, spec: LoadSpec, exclude: tuple[str, str]) -> Plan | None:
+        """Estimate what the model needs (weights + KV cache for num_ctx × slots + compute) against
+        the devices' free memory now; unload idle models, shortest keep-alive first, until it fits.
+        None for files that are not GGUF (their engine checks for itself)."""
+        if not _is_gguf(spec.model_path):
+            return None
+        while True:
+            devices = list(entry.backend.probe().devices)  # fresh: free memory changes as models load
+            if entry.name != "cpu" and "cpu" in self.plugins.names():
+                devices += list(self.plugins.get("cpu").backend.probe().devices)
+            try:
+                return await asyncio.to_thread(
+                    plan_for_gguf, spec.model_path, spec.num_ctx, spec.num_parallel, devices, spec.num_gpu,
+                    flash_attention=spec.flash_attention,
+                )
+            except InsufficientMemory:
+                idle = [(k, m) for k, m in self.loaded.items() if m.inflight == 0 and k != exclude]
+                if not idle:
+                    raise
+                await self._unload(min(idle, key=_eviction_order)[0])
 
     async def _unload(self, key: tuple[str, str]) -> None:
         loaded = self.loaded.pop(key, None)
@@ -285,6 +316,20 @@ class Scheduler:
 
     def ps(self) -> list[Loaded]:
         return sorted(self.loaded.values(), key=lambda m: m.loaded_at, reverse=True)
+
+
+def _eviction_order(item: tuple[tuple[str, str], Loaded]) -> tuple[float, float]:
+    """Idle models with the shortest keep-alive go first (kept-forever ones last)."""
+    loaded = item[1]
+    return (loaded.keep_alive if loaded.keep_alive >= 0 else math.inf, loaded.expires_at)
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 def _needs_reload(old: LoadSpec, new: LoadSpec) -> bool:

@@ -318,7 +318,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
                     details=details_of(scheduler.store, loaded.recipe.manifest),
                     expires_at=now_rfc3339(expires) if expires is not None else "0001-01-01T00:00:00Z",
                     size_vram=vram, context_length=runner.info.n_ctx if runner else None,
-                    processor=processor_label(size, vram, loaded.backend),
+                    processor=loaded.plan.processor_label if loaded.plan else processor_label(size, vram, loaded.backend),
                 )
             )
         return ProcessResponse(models=out)

@@ -81,11 +81,14 @@ class FakeBackend:
     step_delay: float = 0.0
     runners: list[FakeRunner] = field(default_factory=list)
     loads: int = 0
+    memory: int = 8 << 30  # the device's RAM; loaded runners use their model file's size × memory_factor
+    memory_factor: int = 1
 
     def probe(self) -> Probe:
         if not self.available:
             return Probe(available=False, reason="the fake device is switched off")
-        return Probe(available=True, devices=(Device(self.name, 0, "Fake Device", "gpu", 8 << 30, 8 << 30),))
+        used = sum(r.spec.model_path.stat().st_size * self.memory_factor for r in self.runners if not r.closed)
+        return Probe(available=True, devices=(Device(self.name, 0, "Fake Device", "cpu", self.memory, self.memory - used),))
 
     def load(self, spec: LoadSpec) -> FakeRunner:
         self.loads += 1

@@ -213,3 +213,81 @@ def test_a_model_that_fails_to_load_reports_why_and_others_keep_working(tmp_path
             await sched.close()
 
     assert asyncio.run(main()) == "ok"
+
+
+def _gguf_models(tmp_path: Path, tiny_gguf: Path, names: list[str]) -> Settings:
+    """Store entries whose weights are a real (tiny) GGUF, so the memory planner can size them."""
+    s = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_ctx=256, num_parallel=1)
+    for i, name in enumerate(names):
+        # A distinct file per model (a different digest), padded so each needs noticeably more memory.
+        payload = tiny_gguf.read_bytes() + bytes(i)
+        write_fake_model(s.models_dir, name, payload=payload)
+    return s
+
+
+def _need(tiny_gguf: Path) -> int:
+    from corral.offload import plan_for_gguf
+    from corral.hookspecs import Device
+
+    plan = plan_for_gguf(tiny_gguf, 256, 1, [Device("fake", 0, "x", "cpu", 1 << 40, 1 << 40)])
+    return plan.total_bytes
+
+
+def test_memory_pressure_evicts_an_idle_model(tmp_path: Path, tiny_gguf: Path) -> None:
+    need = _need(tiny_gguf)
+    # Room for the estimate of one model plus a loaded one's footprint, not for two estimates.
+    backend = FakeBackend(memory=int(need * 1.5) + tiny_gguf.stat().st_size, memory_factor=int(need * 0.9 / tiny_gguf.stat().st_size) + 1)
+    s = _gguf_models(tmp_path, tiny_gguf, ["a:latest", "b:latest"])
+
+    async def main() -> list[str]:
+        sched = Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+        try:
+            await collect(sched, "a", keep_alive="10m")
+            assert [m.recipe.name.model for m in sched.ps()] == ["a"]
+            assert sched.ps()[0].size >= need > 0
+            await collect(sched, "b", keep_alive="10m")
+            return [m.recipe.name.model for m in sched.ps()]
+        finally:
+            await sched.close()
+
+    assert asyncio.run(main()) == ["b"]
+
+
+def test_a_model_that_cannot_fit_says_what_it_needs_and_what_is_free(tmp_path: Path, tiny_gguf: Path) -> None:
+    from corral.errors import InsufficientMemory
+
+    backend = FakeBackend(memory=1000)
+    s = _gguf_models(tmp_path, tiny_gguf, ["a:latest"])
+
+    async def main() -> None:
+        sched = Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+        try:
+            await collect(sched, "a")
+        finally:
+            await sched.close()
+
+    with pytest.raises(InsufficientMemory, match=r"needs .* but only .* is free"):
+        asyncio.run(main())
+    assert backend.loads == 0
+
+
+def test_a_busy_model_is_not_evicted_for_memory(tmp_path: Path, tiny_gguf: Path) -> None:
+    from corral.errors import InsufficientMemory
+
+    need = _need(tiny_gguf)
+    backend = FakeBackend(memory=int(need * 1.5) + tiny_gguf.stat().st_size, memory_factor=int(need * 0.9 / tiny_gguf.stat().st_size) + 1, script=b"x" * 400, step_delay=0.002)
+    s = _gguf_models(tmp_path, tiny_gguf, ["a:latest", "b:latest"])
+
+    async def main() -> None:
+        sched = Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+        try:
+            ticket = await sched.acquire("a")
+            try:
+                with pytest.raises(InsufficientMemory):
+                    await collect(sched, "b")
+            finally:
+                sched.release(ticket)
+        finally:
+            await sched.close()
+
+    asyncio.run(main())
