@@ -108,7 +108,7 @@ class FakePlugin:
         register(self.backend)
 
 
-def write_fake_model(models_dir: Path, name: str = "fake:latest", payload: bytes = b"GGUF-not-really") -> None:
+def write_fake_model(models_dir: Path, name: str = "fake:latest", payload: bytes = b"fake weights, not a GGUF") -> None:
     """A store entry for the fake backend: it never reads the weights file."""
     from corral.names import ModelName
     from corral.store import CONFIG_MEDIA_TYPE, MEDIA_MODEL, Manifest, Store
