@@ -591,13 +591,20 @@ def test_load_without_llama_cpp_says_how_to_install_it(
     assert f'CMAKE_ARGS="{flag}"' in str(caught.value)
 
 
-def test_load_with_a_gpu_build_is_honest_that_the_engine_is_missing(
+def test_load_with_a_gpu_build_offloads_the_planned_layers(
     available_backend: tuple[CudaBackend | RocmBackend | MetalBackend, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import dataclasses
+
+    import corral.llamacpp
+
     backend, _ = available_backend
     fake_llama_cpp(monkeypatch, offload=True)
-    with pytest.raises(BackendUnavailable, match="engine arrives in a later release"):
-        backend.load(SPEC)
+    calls: list[tuple[LoadSpec, int]] = []
+    monkeypatch.setattr(corral.llamacpp, "LlamaCppRunner", lambda spec, n_gpu_layers: calls.append((spec, n_gpu_layers)) or "runner")
+    assert backend.load(SPEC) == "runner"
+    assert backend.load(dataclasses.replace(SPEC, num_gpu=12)) == "runner"
+    assert [layers for _spec, layers in calls] == [-1, 12]
 
 
 def test_load_without_the_hardware_names_the_probe_reason(tmp_path: Path) -> None:

@@ -72,10 +72,10 @@ class CudaBackend:
             raise BackendUnavailable(
                 f"the installed llama-cpp-python was built without GPU offload; reinstall a CUDA build: {INSTALL_HINT}"
             )
-        raise BackendUnavailable(
-            "llama-cpp-python can offload to the GPU, but Corral's CUDA engine arrives in a later release"
-            " (use --backend cpu for now)"
-        )
+        from corral.llamacpp import LlamaCppRunner
+
+        # The scheduler's offload plan put num_gpu layers here (None: let llama.cpp offload all of them).
+        return LlamaCppRunner(spec, n_gpu_layers=spec.num_gpu if spec.num_gpu is not None else -1)
 
 
 def _probe_gpus(nvml: ModuleType) -> Probe:
