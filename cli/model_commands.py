@@ -141,17 +141,51 @@ def _upload(client: Any, path: Path) -> str:
 @click.option("--system", is_flag=True, help="Print the model's system message.")
 @click.option("--license", "license_", is_flag=True, help="Print the model's license.")
 @click.option("-v", "--verbose", is_flag=True, help="Show all the model's metadata.")
+@click.option("--fit", is_flag=True, help="Estimate the memory it needs here, device by device, and where its layers would go.")
+@click.option("--backend", help="With --fit: the backend to plan for (default: the best available).")
+@click.option("--num-ctx", type=int, help="With --fit: context length of one sequence.")
 @friendly_errors
-def show(model: str, modelfile: bool, parameters: bool, template: bool, system: bool, license_: bool, verbose: bool) -> None:
+def show(model: str, modelfile: bool, parameters: bool, template: bool, system: bool, license_: bool, verbose: bool, fit: bool, backend: str | None, num_ctx: int | None) -> None:
     """Show information about a model."""
     wanted = [flag for flag, on in (("modelfile", modelfile), ("parameters", parameters), ("template", template), ("system", system), ("license", license_)) if on]
     if len(wanted) > 1:
         raise CorralError("only one of --license, --modelfile, --parameters, --system or --template can be given")
+    if fit:
+        click.echo(fit_report(model, backend, num_ctx))
+        return
     resp = client_for().show(model, verbose=verbose or None)
     if wanted:
         click.echo(getattr(resp, wanted[0]) or "")
         return
     click.echo(info_block(resp, verbose=verbose), nl=False)
+
+
+def fit_report(model: str, backend: str | None, num_ctx: int | None) -> str:
+    """Where the model's layers would go on this machine and why: the planner's estimate against
+    the free memory the backends report now (Ollama only says that a model did not fit)."""
+    from corral.config import Settings
+    from corral.errors import InsufficientMemory
+    from corral.models import resolve
+    from corral.offload import plan_for_gguf
+    from corral.plugins import Plugins
+    from corral.store import Store
+
+    settings = Settings()
+    recipe = resolve(Store(settings.models_dir), model)
+    plugins = Plugins()
+    entry = plugins.select(backend or settings.backend)
+    devices = list(entry.probe().devices)
+    if entry.name != "cpu":
+        devices += list(plugins.get("cpu").probe().devices)
+    options = recipe.options
+    try:
+        plan = plan_for_gguf(
+            recipe.model_path, num_ctx or options.num_ctx or settings.num_ctx, settings.num_parallel, devices, options.num_gpu,
+            flash_attention=settings.flash_attention,
+        )
+    except InsufficientMemory as exc:
+        return f"Backend:   {entry.name}\nDoes not fit: {exc}"
+    return f"Backend:   {entry.name}\n{plan.explain()}"
 
 
 def info_block(resp: Any, *, verbose: bool = False) -> str:

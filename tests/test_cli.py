@@ -133,3 +133,13 @@ def test_the_first_run_starts_a_server_and_the_second_reuses_it(tmp_path: Path) 
         pid_file = tmp_path / "logs" / "server.pid"
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_show_fit_explains_where_the_model_goes() -> None:
+    r = corral("show", "--fit", MODEL)
+    assert r.returncode == 0, r.stderr
+    assert "Backend:   cpu" in r.stdout and "-> 100% CPU" in r.stdout
+    assert re.search(r"^total\s.*\syes$", r.stdout, re.M)
+    cuda = corral("show", "--fit", "--backend", "cuda", MODEL)
+    assert cuda.returncode == 1 and "backend 'cuda' is unavailable" in cuda.stderr
