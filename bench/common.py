@@ -90,16 +90,24 @@ def corral_server(**env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     proc = subprocess.Popen([sys.executable, "-m", "corral.cli.main", "serve"], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/api/version", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_ready(f"{url}/api/version")
         yield url, proc
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def wait_ready(probe_url: str, seconds: float = 60) -> None:
+    """Poll a server's URL until it answers 200."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(probe_url, timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{probe_url} did not answer within {seconds:.0f} s")
 
 
 def models_dir() -> Path:

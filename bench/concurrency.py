@@ -24,7 +24,7 @@ import httpx
 
 from common import (
     MAX_FOREIGN, THREADS, BenchModel, Disturbance, corral_server, ensure_in_store, free_port, gemma, models_dir,
-    print_table, smollm2,
+    print_table, smollm2, wait_ready,
 )
 
 
@@ -39,12 +39,7 @@ def llama_cpp_server(model: BenchModel, parallel: int) -> Iterator[str]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_ready(f"{url}/v1/models")
         yield url
     finally:
         proc.terminate()
