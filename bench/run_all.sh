@@ -6,6 +6,7 @@ cd "$(dirname "$0")"
 PY=../.venv/bin/python
 # llama-cpp-python's own server (the concurrency reference) needs its server extra.
 $PY -m pip install --quiet sse-starlette starlette-context
+$PY run_verbose.py
 $PY single_stream.py "$@"
 $PY concurrency.py "$@"
 $PY chat_turns.py "$@"
