@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     origins: list[str] = Field(default_factory=list, description="Extra browser origins allowed to call the API (localhost always is).")
     isolate_runners: bool = Field(True, description="Run each loaded model in its own process, so a crash in native code takes only that model.")
     prefix_cache: bool = Field(True, description="Reuse a slot's KV cache for a prompt that starts the same way (chat turns, shared system prompts).")
+    metal_engine: str = Field("mlx", description="On Apple Silicon: mlx (for llama-architecture models) or llama.cpp (its Metal build).")
     flash_attention: bool = Field(True, description="Use flash attention where the engine supports it.")
     nohistory: bool = Field(False, description="Do not keep the REPL's history file.")
     debug: bool = Field(False, description="Show tracebacks and debug logs.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 from corral.errors import BackendUnavailable
 from corral.hookspecs import Backend, Device, LoadSpec, Probe, Runner, hookimpl
@@ -59,6 +60,10 @@ class MetalBackend:
         probe = self.probe()
         if not probe.available:
             raise BackendUnavailable(f"the metal backend cannot run here: {probe.reason}")
+        if _mlx_can_run(spec.model_path):
+            from .mlx_engine import MLXRunner
+
+            return MLXRunner(spec, device="gpu")
         try:
             import llama_cpp
         except ImportError:
@@ -73,6 +78,21 @@ class MetalBackend:
 
         # The scheduler's offload plan put num_gpu layers here (None: let llama.cpp offload all of them).
         return LlamaCppRunner(spec, n_gpu_layers=spec.num_gpu if spec.num_gpu is not None else -1)
+
+
+def _mlx_can_run(path: Path) -> bool:
+    """MLX is the engine of choice on Apple Silicon for the architectures it implements (llama);
+    everything else goes to llama.cpp's Metal build. CORRAL_METAL_ENGINE=llama.cpp forces the latter."""
+    from corral.config import Settings
+    from corral.errors import InvalidModelFile
+    from corral.gguf_check import validate_gguf
+
+    if Settings().metal_engine != "mlx":
+        return False
+    try:
+        return validate_gguf(path).architecture == "llama"
+    except InvalidModelFile:
+        return False
 
 
 def _sysctl(key: str) -> str | None:
