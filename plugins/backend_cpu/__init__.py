@@ -55,6 +55,12 @@ class CpuBackend:
         return Probe(available=True, devices=(device,))
 
     def load(self, spec: LoadSpec) -> Runner:
+        from corral.onnx_engine import is_genai_folder
+
+        if is_genai_folder(spec.model_path):  # an ONNX model in onnxruntime-genai's layout
+            from corral.onnx_engine import OnnxRunner
+
+            return OnnxRunner(spec)
         from corral.llamacpp import LlamaCppRunner
 
         return LlamaCppRunner(spec, n_gpu_layers=0)

@@ -1,0 +1,467 @@
+"""The ONNX engine: a Runner over onnxruntime-genai for model folders in its layout
+(genai_config.json + model.onnx + tokenizer.json), on the CPU or, with the CUDA build, on a GPU.
+
+Shape of the engine:
+
+* One ``og.Generator`` per sequence. onnxruntime-genai batches the rows *inside* one generator (all
+  advancing in lockstep), not separate generators, so ``step`` advances the listed sequences one
+  after another: continuous batching holds, but each step costs one forward pass per sequence.
+* The model is fed with ``append_tokens`` and the next token is picked here, from ``get_logits``,
+  by a numpy sampler that follows llama.cpp's chain (penalties over the generated tokens, top-k,
+  typical, top-p, min-p, temperature, seeded draw). genai's own search options cannot express
+  repeat_last_n, min_p, typical_p or presence/frequency penalties, so every sampling option behaves
+  here as it does on the CPU backend.
+* GBNF grammars (Ollama's ``format``) go through llama.cpp's grammar sampler over the vocabulary in
+  ``vocab.gguf``, which ``corral.onnx_convert`` writes beside a converted model. A folder from
+  elsewhere has none and refuses grammars with a 400.
+* ``truncate`` uses ``Generator.rewind_to``; where that fails the sequence is rebuilt from its kept
+  tokens. Embeddings mean-pool the ``hidden_states`` output (the final norm's output, what llama.cpp
+  pools) when the model has it; otherwise they are refused.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BadRequest, CorralError, InvalidModelFile
+from .hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
+
+VOCAB_GGUF = "vocab.gguf"
+PROVENANCE = "corral-onnx.json"
+# Token texts llama.cpp treats as end of generation wherever a vocabulary has them, and the FIM
+# pad/repo/separator tokens it adds to that set (llama-vocab.cpp in llama-cpp-python 0.3.36).
+EOG_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
+    "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]",
+    "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>",
+})  # fmt: skip
+
+
+def is_genai_folder(path: Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "genai_config.json").is_file()
+
+
+# ---- text: onnxruntime-genai's tokenizer, plus tables from tokenizer.json -----------------------------
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable-unicode character for each byte, inverted."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+_BYTE_DECODER = _byte_decoder()
+
+
+def _token_texts(spec: dict[str, Any], n_vocab: int) -> list[str]:
+    """Each id's text as tokenizer.json spells it (BPE/WordPiece vocab dicts, or unigram piece lists)."""
+    texts = [""] * n_vocab
+    vocab = spec["model"]["vocab"]
+    pairs = vocab.items() if isinstance(vocab, dict) else ((piece, i) for i, (piece, _score) in enumerate(vocab))
+    for text, index in pairs:
+        if 0 <= index < n_vocab:
+            texts[index] = text
+    for added in spec.get("added_tokens", []):
+        if 0 <= added["id"] < n_vocab:
+            texts[added["id"]] = added["content"]
+    return texts
+
+
+class Vocabulary:
+    """Tokenising through ``og.Tokenizer``; token bytes and control tokens from tokenizer.json."""
+
+    def __init__(self, folder: Path, model: Any, n_vocab: int, eos_ids: Sequence[int]) -> None:
+        import onnxruntime_genai as og
+
+        self._og = og.Tokenizer(model)
+        self._file = folder / "tokenizer.json"
+        spec = json.loads(self._file.read_text(encoding="utf-8"))
+        self.texts = _token_texts(spec, n_vocab)
+        self.eog = {t for t in eos_ids if 0 <= t < n_vocab} | {i for i, t in enumerate(self.texts) if t in EOG_TEXTS}
+        special = {a["id"] for a in spec.get("added_tokens", []) if a.get("special") and 0 <= a["id"] < n_vocab}
+        self.control = special | self.eog  # llama.cpp makes EOG tokens control tokens whatever the file says
+        self._control_texts = [self.texts[i] for i in self.control if self.texts[i]]
+        self._byte_level = "ByteLevel" in json.dumps(spec.get("decoder"))
+        self._bytes: dict[int, bytes] = {}
+        self._literal: Any = None  # a tokenizers.Tokenizer that reads control-token text as plain text
+
+    def encode(self, text: str, special: bool) -> list[int]:
+        if not text:
+            return []
+        if special or not any(t in text for t in self._control_texts):
+            return [int(t) for t in self._og.encode(text)]
+        return self._encode_literally(text)
+
+    def _encode_literally(self, text: str) -> list[int]:
+        """og.Tokenizer always parses control tokens; the tokenizers package can be told not to."""
+        if self._literal is None:
+            try:
+                from tokenizers import Tokenizer
+            except ImportError:
+                raise BadRequest("tokenising control-token text as plain text needs the 'tokenizers' package") from None
+            self._literal = Tokenizer.from_file(str(self._file))
+            self._literal.encode_special_tokens = True
+        return list(self._literal.encode(text, add_special_tokens=False).ids)
+
+    def token_bytes(self, token: int) -> bytes:
+        piece = self._bytes.get(token)
+        if piece is None:
+            piece = self._bytes[token] = self._piece(token)
+        return piece
+
+    def _piece(self, token: int) -> bytes:
+        if token in self.control or not 0 <= token < len(self.texts):
+            return b""  # llama.cpp renders control tokens in generated text as nothing
+        text = self.texts[token]
+        if self._byte_level:
+            if all(ch in _BYTE_DECODER for ch in text):
+                return bytes(_BYTE_DECODER[ch] for ch in text)
+            return text.encode("utf-8")
+        if len(text) == 6 and text.startswith("<0x") and text.endswith(">"):  # sentencepiece byte fallback
+            return bytes([int(text[3:5], 16)])
+        return text.replace("\u2581", " ").encode("utf-8")
+
+
+# ---- sampling -----------------------------------------------------------------------------------------
+
+
+class Grammar:
+    """llama.cpp's GBNF sampler over a vocab-only load of ``vocab.gguf``: masks logits, follows tokens."""
+
+    def __init__(self, vocab_model: Any, text: str) -> None:
+        import llama_cpp as L
+
+        self._L = L
+        self._sampler = L.llama_sampler_init_grammar(L.llama_model_get_vocab(vocab_model), text.encode(), b"root")
+        if not self._sampler:
+            raise BadRequest("invalid grammar: llama.cpp could not parse it")
+
+    def mask(self, logits: np.ndarray) -> None:
+        """Set the logit of every token the grammar forbids next to -inf, in place."""
+        L = self._L
+        n = logits.shape[0]
+        cells = np.zeros(n, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        cells["id"] = np.arange(n, dtype=np.int32)
+        cells["logit"] = logits
+        arr = L.llama_token_data_array(
+            data=cells.ctypes.data_as(ctypes.POINTER(L.llama_token_data)), size=n, selected=-1, sorted=False
+        )
+        L.llama_sampler_apply(self._sampler, ctypes.byref(arr))
+        logits[:] = cells["logit"]
+
+    def accept(self, token: int) -> None:
+        self._L.llama_sampler_accept(self._sampler, token)
+
+    def close(self) -> None:
+        if self._sampler:
+            self._L.llama_sampler_free(self._sampler)
+            self._sampler = None
+
+
+@dataclass
+class SamplerState:
+    """One sequence's sampling settings, RNG and the tokens it generated (for the penalties)."""
+
+    sampling: Sampling
+    rng: np.random.Generator
+    grammar: Grammar | None = None
+    history: list[int] = field(default_factory=list)
+
+    def pick(self, logits: np.ndarray) -> int:
+        s = self.sampling
+        logits = logits.astype(np.float32, copy=True)
+        if self.grammar is not None:
+            self.grammar.mask(logits)
+            if not np.isfinite(logits).any():
+                raise CorralError("the grammar allows no token here")
+        self._penalise(logits)
+        if s.temperature <= 0:
+            token = int(logits.argmax())
+        else:
+            token = self._draw(logits)
+        if self.grammar is not None:
+            self.grammar.accept(token)
+        self.history.append(token)
+        return token
+
+    def _penalise(self, logits: np.ndarray) -> None:
+        s = self.sampling
+        if not self.history or (s.repeat_penalty == 1.0 and not s.presence_penalty and not s.frequency_penalty):
+            return
+        window = self.history if s.repeat_last_n == -1 else self.history[-s.repeat_last_n :] if s.repeat_last_n else []
+        if not window:
+            return
+        ids, counts = np.unique(np.asarray(window, dtype=np.int64), return_counts=True)
+        values = logits[ids]
+        if s.repeat_penalty != 1.0:
+            values = np.where(values > 0, values / s.repeat_penalty, values * s.repeat_penalty)
+        logits[ids] = values - counts * s.frequency_penalty - s.presence_penalty
+
+    def _draw(self, logits: np.ndarray) -> int:
+        """llama.cpp's order: top-k, typical, top-p, min-p, temperature, then a seeded draw."""
+        s = self.sampling
+        ids = np.flatnonzero(np.isfinite(logits))
+        vals = logits[ids].astype(np.float64)
+        if 0 < s.top_k < ids.size:
+            keep = np.argpartition(-vals, s.top_k - 1)[: s.top_k]
+            ids, vals = ids[keep], vals[keep]
+        order = np.argsort(-vals, kind="stable")
+        ids, vals = ids[order], vals[order]
+        if s.typical_p < 1.0:
+            ids, vals = _typical(ids, vals, s.typical_p)
+        if s.top_p < 1.0:
+            cum = np.cumsum(_softmax(vals))
+            cut = int(np.searchsorted(cum, s.top_p)) + 1
+            ids, vals = ids[:cut], vals[:cut]
+        if s.min_p > 0.0:
+            probs = _softmax(vals)
+            keep = probs >= s.min_p * probs[0]
+            ids, vals = ids[keep], vals[keep]
+        probs = _softmax(vals / s.temperature)
+        return int(ids[self.rng.choice(ids.size, p=probs)])
+
+
+def _softmax(vals: np.ndarray) -> np.ndarray:
+    e = np.exp(vals - vals.max())
+    return e / e.sum()
+
+
+def _typical(ids: np.ndarray, vals: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
+    probs = _softmax(vals)
+    logp = np.log(np.maximum(probs, 1e-30))
+    entropy = -(probs * logp).sum()
+    order = np.argsort(np.abs(-logp - entropy), kind="stable")
+    cut = int(np.searchsorted(np.cumsum(probs[order]), p)) + 1
+    keep = np.sort(order[:cut])  # back to descending-logit order
+    return ids[keep], vals[keep]
+
+
+# ---- the Runner -----------------------------------------------------------------------------------------
+
+
+class OnnxRunner:
+    """One loaded onnxruntime-genai model; every method is called from the model's owner thread."""
+
+    def __init__(self, spec: LoadSpec, *, provider: str = "cpu", device_id: int = 0) -> None:
+        import onnxruntime_genai as og
+
+        from .llamacpp import physical_cores
+
+        folder = Path(spec.model_path)
+        if not is_genai_folder(folder):
+            raise InvalidModelFile(f"{folder} is not an onnxruntime-genai model folder (no genai_config.json)")
+        genai = json.loads((folder / "genai_config.json").read_text())
+        model_cfg, decoder = genai["model"], genai["model"]["decoder"]
+        self.folder = folder
+        self.provider = provider
+        self.threads = spec.num_thread or physical_cores()
+        self.n_batch = max(32, spec.num_batch)
+        config = og.Config(str(folder))
+        config.clear_providers()
+        if provider != "cpu":
+            config.append_provider(provider)
+            config.set_provider_option(provider, "device_id", str(device_id))
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": self.threads}}}}))
+        try:
+            self._model = og.Model(config)
+        except Exception as exc:  # onnxruntime raises plain RuntimeErrors
+            raise InvalidModelFile(f"onnxruntime-genai could not load {folder}: {exc}") from None
+        self._og = og
+
+        n_vocab = int(model_cfg["vocab_size"])
+        eos = model_cfg.get("eos_token_id")
+        eos_ids = [int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else [])]
+        self.vocab = Vocabulary(folder, self._model, n_vocab, eos_ids)
+        n_ctx_train = int(model_cfg.get("context_length") or genai.get("search", {}).get("max_length") or spec.num_ctx)
+        self.seq_ctx = min(spec.num_ctx, n_ctx_train)
+        # Per-request num_ctx may take more than one slot's share of the pool (as llama.cpp's unified KV):
+        # let a generator grow to the whole pool, with a cache that grows instead of being preallocated.
+        self.max_length = min(n_ctx_train, self.seq_ctx * spec.num_parallel)
+        tok_cfg = _read_json(folder / "tokenizer_config.json")
+        provenance = _read_json(folder / PROVENANCE)
+        bos = model_cfg.get("bos_token_id")
+        bos = int(bos) if isinstance(bos, int) and 0 <= bos < n_vocab else None
+        template = tok_cfg.get("chat_template")
+        if not isinstance(template, str) and (folder / "chat_template.jinja").is_file():
+            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        size = sum(p.stat().st_size for p in folder.glob("*.onnx*"))
+        self.info = ModelInfo(
+            architecture=str(model_cfg.get("type", "unknown")),
+            n_ctx_train=n_ctx_train,
+            n_ctx=self.seq_ctx,
+            n_vocab=n_vocab,
+            n_embd=int(decoder.get("hidden_size", 0)),
+            num_parallel=spec.num_parallel,
+            bos_token=bos,
+            add_bos=bool(provenance.get("add_bos", tok_cfg.get("add_bos_token", False))) and bos is not None,
+            bos_text=self.vocab.texts[bos] if bos is not None else "",
+            eos_text=self.vocab.texts[eos_ids[0]] if eos_ids and 0 <= eos_ids[0] < n_vocab else "",
+            chat_template=template if isinstance(template, str) else None,
+            size_bytes=size,
+            size_on_device=0 if provider == "cpu" else size,
+        )
+        self._gens: dict[int, Any] = {}
+        self._samplers: dict[int, SamplerState] = {}
+        self._vocab_model: Any = None  # llama.cpp vocab-only model for grammars, loaded on first use
+
+    # ---- text ----------------------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, special: bool = True, add_bos: bool = False) -> list[int]:
+        tokens = self.vocab.encode(text, special)
+        if add_bos and self.info.bos_token is not None:
+            tokens = [self.info.bos_token, *tokens]
+        return tokens
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.vocab.token_bytes(token)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return token in self.vocab.eog
+
+    # ---- sampling ------------------------------------------------------------------------------------------
+    def set_sampling(self, seq: int, sampling: Sampling) -> None:
+        old = self._samplers.pop(seq, None)
+        if old and old.grammar:
+            old.grammar.close()
+        grammar = Grammar(self._grammar_vocab(), sampling.grammar) if sampling.grammar else None
+        self._samplers[seq] = SamplerState(sampling, np.random.default_rng(sampling.seed), grammar)
+
+    def _grammar_vocab(self) -> Any:
+        if self._vocab_model is None:
+            path = self.folder / VOCAB_GGUF
+            if not path.is_file():
+                raise BadRequest("this ONNX model has no vocab.gguf, so it cannot follow a grammar (format/JSON mode)")
+            import llama_cpp as L
+
+            from .llamacpp import _init_backend
+
+            _init_backend(L)
+            params = L.llama_model_default_params()
+            params.vocab_only = True
+            self._vocab_model = L.llama_model_load_from_file(str(path).encode(), params)
+            if not self._vocab_model:
+                raise InvalidModelFile(f"llama.cpp could not read the vocabulary in {path}")
+        return self._vocab_model
+
+    # ---- decoding ------------------------------------------------------------------------------------------
+    def _generator(self, seq: int) -> Any:
+        gen = self._gens.get(seq)
+        if gen is None:
+            params = self._og.GeneratorParams(self._model)
+            params.set_search_options(max_length=self.max_length, past_present_share_buffer=False)
+            gen = self._og.Generator(self._model, params)
+            self._gens[seq] = gen
+        return gen
+
+    def cached(self, seq: int) -> int:
+        gen = self._gens.get(seq)
+        return int(gen.token_count()) if gen is not None else 0
+
+    def step(self, batch: Sequence[SequenceStep]) -> dict[int, int]:
+        """Feed each listed sequence in turn (genai cannot batch separate generators)."""
+        results: dict[int, int] = {}
+        for item in batch:
+            if not item.tokens:
+                continue
+            gen = self._generator(item.seq)
+            before = int(gen.token_count())
+            if before + len(item.tokens) > self.max_length:
+                raise CorralError("the context is full: no room left in the KV cache (raise num_ctx)")
+            try:
+                gen.append_tokens(np.asarray(item.tokens, dtype=np.int32))
+            except Exception as exc:
+                self.truncate(item.seq, before)
+                raise CorralError(f"onnxruntime-genai failed to decode: {exc}") from None
+            if item.sample:
+                state = self._samplers.get(item.seq)
+                if state is None:
+                    state = self._samplers[item.seq] = SamplerState(Sampling(), np.random.default_rng())
+                results[item.seq] = state.pick(np.asarray(gen.get_logits())[0, -1])
+        return results
+
+    def truncate(self, seq: int, keep: int) -> int:
+        gen = self._gens.get(seq)
+        if gen is None:
+            return 0
+        count = int(gen.token_count())
+        keep = max(0, min(keep, count))
+        if keep == 0:
+            del self._gens[seq]  # a fresh generator is cheaper than rewinding to nothing
+            return 0
+        if keep == count:
+            return keep
+        try:
+            gen.rewind_to(keep)
+        except Exception:  # a model whose cache cannot drop a tail: rebuild it from the kept tokens
+            kept = np.asarray(gen.get_sequence(0), dtype=np.int32)[:keep]
+            del self._gens[seq]
+            self._generator(seq).append_tokens(kept)
+        return keep
+
+    # ---- embeddings ------------------------------------------------------------------------------------------
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        out: list[list[float]] = []
+        for text in texts:
+            tokens = self.tokenize(text, add_bos=self.info.add_bos) or [self.info.bos_token or 0]
+            if len(tokens) > self.max_length:
+                raise BadRequest(f"input is {len(tokens)} tokens, more than the context of {self.max_length}")
+            params = self._og.GeneratorParams(self._model)
+            params.set_search_options(max_length=max(len(tokens), 1), past_present_share_buffer=False)
+            gen = self._og.Generator(self._model, params)
+            gen.append_tokens(np.asarray(tokens, dtype=np.int32))
+            try:
+                hidden = np.asarray(gen.get_output("hidden_states"), dtype=np.float32).reshape(-1, self.info.n_embd)
+            except Exception:  # the graph has no hidden_states output (built without include_hidden_states)
+                raise BadRequest("this engine does not support embeddings for this model") from None
+            out.append(hidden.mean(axis=0).astype(float).tolist())
+            del gen
+        return out
+
+    def close(self) -> None:
+        for state in self._samplers.values():
+            if state.grammar:
+                state.grammar.close()
+        self._samplers.clear()
+        self._gens.clear()
+        if self._vocab_model is not None:
+            import llama_cpp as L
+
+            L.llama_model_free(self._vocab_model)
+            self._vocab_model = None
+        self._model = None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def cuda_build_problem() -> str | None:
+    """Why the installed onnxruntime-genai cannot use CUDA, or None. Ask this only after NVML found a GPU:
+    onnxruntime-gpu lists the CUDA provider even on machines without one."""
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        return "onnxruntime-genai is not installed (pip install onnxruntime-genai-cuda)"
+    if not og.is_cuda_available():
+        return "the installed onnxruntime-genai is a CPU build (pip install onnxruntime-genai-cuda)"
+    return None
