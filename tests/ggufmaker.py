@@ -255,3 +255,24 @@ def write_tiny_llama(
         with open(path, "r+b") as f:
             f.truncate(size // 2)
     return path
+
+
+def write_tiny_lora(path: Path, *, n_embd: int = 64, n_layer: int = 2, n_ff: int = 128, rank: int = 4, scale: float = 1.0, seed: int = 1) -> Path:
+    """A LoRA adapter GGUF for ``write_tiny_llama``'s default shapes (as convert_lora_to_gguf writes
+    them): ``blk.N.<w>.weight.lora_a`` is (rank, in) and ``.lora_b`` is (out, rank) in numpy order.
+    ``scale`` 0 gives an adapter that changes nothing."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_string("general.type", "adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", float(rank))
+    for i in range(n_layer):
+        for name, out_dim, in_dim in (("attn_q", n_embd, n_embd), ("ffn_up", n_ff, n_embd)):
+            w.add_tensor(f"blk.{i}.{name}.weight.lora_a", (rng.standard_normal((rank, in_dim)) * 0.5).astype(np.float32))
+            w.add_tensor(f"blk.{i}.{name}.weight.lora_b", (rng.standard_normal((out_dim, rank)) * 0.5 * scale).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -131,3 +131,40 @@ def test_bad_files_are_refused_with_the_file_named(tmp_path: Path, defect: str) 
     path = write_tiny_llama(tmp_path / f"{defect}.gguf", defect=defect)
     with pytest.raises(InvalidModelFile, match=str(path)):
         CpuBackend().load(LoadSpec(model_path=path, num_ctx=64, num_parallel=1))
+
+
+def test_a_lora_adapter_changes_the_answer_and_a_zero_one_does_not(tiny_gguf: Path, tmp_path: Path) -> None:
+    from ggufmaker import write_tiny_lora
+
+    answers = []
+    for adapters in ((), (write_tiny_lora(tmp_path / "lora.gguf"),), (write_tiny_lora(tmp_path / "zero.gguf", scale=0.0),)):
+        runner = load(tiny_gguf, parallel=1, adapters=adapters)
+        try:
+            answers.append(greedy_alone(runner, "the cat sat on the mat", 12))
+        finally:
+            runner.close()
+    base, with_lora, with_zero = answers
+    assert with_zero == base
+    assert with_lora != base
+
+
+def test_an_adapter_is_stored_as_a_layer_and_applied(tiny_gguf: Path, tmp_path: Path) -> None:
+    from corral.create import build, prepare, request_from_modelfile
+    from corral.models import resolve
+    from corral.store import Store
+    from ggufmaker import write_tiny_lora
+
+    write_tiny_lora(tmp_path / "lora.gguf")
+    (tmp_path / "Modelfile").write_text(f"FROM {tiny_gguf}\nADAPTER ./lora.gguf\n")
+    store = Store(tmp_path / "models")
+    request = request_from_modelfile((tmp_path / "Modelfile").read_text(), "tuned")
+    build(store, prepare(store, request, base_dir=tmp_path))
+    recipe = resolve(store, "tuned")
+    assert len(recipe.adapters) == 1 and recipe.adapters[0].read_bytes() == (tmp_path / "lora.gguf").read_bytes()
+    tuned = CpuBackend().load(LoadSpec(model_path=recipe.model_path, num_ctx=256, num_parallel=1, num_thread=2, adapters=recipe.adapters))
+    plain = load(tiny_gguf, parallel=1)
+    try:
+        assert greedy_alone(tuned, "hello world", 12) != greedy_alone(plain, "hello world", 12)
+    finally:
+        tuned.close()
+        plain.close()
