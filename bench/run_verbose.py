@@ -36,20 +36,23 @@ def _rate(label: str, text: str) -> float:
 
 
 def corral_trial(models: Path) -> dict[str, float]:
-    """A new home and port each time: the first `corral run` starts the server and loads the model."""
-    from common import free_port
+    """A new server each time, so `corral run` loads the model. The server is started here rather than
+    by the CLI's autostart so that it stays in this process tree (its CPU is ours, not a disturbance)."""
+    from common import free_port, wait_ready
 
     home = Path(tempfile.mkdtemp(prefix="corral-run-"))
-    env = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_MODELS": str(models), "CORRAL_HOST": f"127.0.0.1:{free_port()}"}
+    port = free_port()
+    env = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_MODELS": str(models), "CORRAL_HOST": f"127.0.0.1:{port}"}
+    server = subprocess.Popen([sys.executable, "-m", "corral.cli.main", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        wait_ready(f"http://127.0.0.1:{port}/api/version")
         out = subprocess.run(
             [sys.executable, "-m", "corral.cli.main", "run", "--verbose", "smollm2:135m", PROMPT],
             env=env, capture_output=True, text=True, timeout=600, check=True,
         )
     finally:
-        pid_file = home / "logs" / "server.pid"
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
     return {
         "load_s": _seconds("load duration", out.stderr),
         "prompt_tps": _rate("prompt eval rate", out.stderr),
