@@ -123,7 +123,7 @@ def _busy_jiffies() -> int:
 
 
 def _process_tree_jiffies(root: int) -> int:
-    """utime+stime of ``root`` and all its descendants (threads included)."""
+    """CPU time of ``root`` and all its descendants, living or exited (threads included)."""
     children: dict[int, list[int]] = {}
     stats: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -136,7 +136,8 @@ def _process_tree_jiffies(root: int) -> int:
             continue
         pid, ppid = int(entry), int(fields[1])
         children.setdefault(ppid, []).append(pid)
-        stats[pid] = int(fields[11]) + int(fields[12])
+        # utime + stime, plus cutime + cstime: children that already exited (and were waited for) count too
+        stats[pid] = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     total, stack = 0, [root]
     while stack:
         pid = stack.pop()
