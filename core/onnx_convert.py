@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import BadRequest, CorralError, InvalidModelFile
 from .gguf_check import read_metadata
+from .hfnames import LLAMA_LAYER_NAMES as _LAYER_NAMES, LLAMA_TOP_NAMES as _TOP_NAMES
 
 CONVERTER_VERSION = 1
 # What onnxruntime-genai's builder accepts per execution provider.
@@ -141,18 +142,6 @@ def _hf_tensors(path: Path, arch: str, config: dict[str, Any]) -> dict[str, np.n
     return out
 
 
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 
 def _hf_name(name: str) -> str:

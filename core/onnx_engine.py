@@ -32,6 +32,7 @@ import numpy as np
 
 from .errors import BadRequest, CorralError, InvalidModelFile
 from .hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
+from .hfnames import byte_decoder as _byte_decoder
 
 VOCAB_GGUF = "vocab.gguf"
 PROVENANCE = "corral-onnx.json"
@@ -54,17 +55,6 @@ def is_genai_folder(path: Path) -> bool:
 # ---- text: onnxruntime-genai's tokenizer, plus tables from tokenizer.json -----------------------------
 
 
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's printable-unicode character for each byte, inverted."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[chr(b)] = b
-        else:
-            table[chr(256 + extra)] = b
-            extra += 1
-    return table
 
 
 _BYTE_DECODER = _byte_decoder()

@@ -46,6 +46,8 @@ import numpy as np
 from corral.errors import BadRequest, CorralError, InvalidModelFile
 from corral.gguf_check import read_header, validate_gguf
 from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
+from corral.hfnames import LLAMA_LAYER_NAMES as _LAYER_NAMES, LLAMA_TOP_NAMES as _TOP_NAMES
+from corral.hfnames import byte_decoder as _byte_decoder
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -57,18 +59,6 @@ _KV_STEP = 256  # KV caches grow in steps of this many tokens
 # GGUF -> MLX model folder
 # ---------------------------------------------------------------------------------------------
 
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 # GGML type ids (ggml.h)
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 0, 1, 2, 3, 6, 7, 8
@@ -368,17 +358,6 @@ _SPECIAL_BY_TEXT = (
 _EOG_KEYS = {"eot_token_id", "eom_token_id", "fim_pad_token_id", "fim_rep_token_id", "fim_sep_token_id"}
 
 
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's printable-unicode-character -> byte table."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[chr(b)] = b
-        else:
-            table[chr(256 + extra)] = b
-            extra += 1
-    return table
 
 
 class GGUFTokenizer:
