@@ -151,10 +151,11 @@ def ps() -> None:
 @friendly_errors
 def stop(model: str) -> None:
     """Unload a running model."""
-    client = client_for()
-    loaded = {m["name"] for m in client.ps()["models"]} | {m["model"] for m in client.ps()["models"]}
     from corral.names import ModelName
 
+    client = client_for()
+    running = client.ps()["models"]
+    loaded = {m["name"] for m in running} | {m["model"] for m in running}
     if ModelName.parse(model).display not in loaded:
         raise CorralError(f"model '{model}' is not running")
     client.generate(model=model, prompt="", keep_alive=0)
