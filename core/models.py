@@ -117,16 +117,20 @@ def import_bundled(store: Store, name: ModelName) -> bool:
     return True
 
 
-def resolve(store: Store, text: str | ModelName) -> Recipe:
-    """Find a model in the store (importing a bundled one on first use) and read its layers."""
+def find(store: Store, text: str | ModelName) -> StoredModel:
+    """A model's manifest from the store, importing a bundled model on first use."""
     name = ModelName.parse(text) if isinstance(text, str) else text
     try:
-        stored = store.get(name)
+        return store.get(name)
     except ModelNotFound:
         if not import_bundled(store, name):
             raise ModelNotFound(f"model '{text}' not found") from None
-        stored = store.get(name)
-    return recipe_from(store, stored)
+        return store.get(name)
+
+
+def resolve(store: Store, text: str | ModelName) -> Recipe:
+    """Find a model in the store (importing a bundled one on first use) and read its layers."""
+    return recipe_from(store, find(store, text))
 
 
 def recipe_from(store: Store, stored: StoredModel) -> Recipe:

@@ -327,6 +327,21 @@ def _sse(obj: Any) -> bytes:
 SSE_DONE = b"data: [DONE]\n\n"
 
 
+async def _sse_stream(chunks: AsyncIterator[bytes], generation: Generation, what: str) -> AsyncIterator[bytes]:
+    """The events of one stream, then ``[DONE]``; an error mid-stream becomes a final error event
+    (and no ``[DONE]``). The generation is closed however the stream ends."""
+    try:
+        async for piece in chunks:
+            yield piece
+        yield SSE_DONE
+    except Exception as exc:
+        if not isinstance(exc, CorralError):
+            log.exception("%s stream failed", what)
+        yield _sse(error_of(exc)[1])
+    finally:
+        await generation.close()
+
+
 class Generation:
     """One held model and its running job, closed exactly once however the request ends."""
 
@@ -482,34 +497,26 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
             return _sse(obj)
 
         async def body() -> AsyncIterator[bytes]:
-            try:
-                yield chunk({"role": "assistant", "content": ""}, None)
-                async for event in generation.rest():
-                    if event.text:
-                        yield chunk({"content": event.text}, None)
-                    if event.done:
-                        yield chunk({}, finish_reason(event))
-                        if include_usage:
-                            yield _sse(
-                                {
-                                    "id": cid,
-                                    "object": "chat.completion.chunk",
-                                    "created": created,
-                                    "model": model,
-                                    "system_fingerprint": FINGERPRINT,
-                                    "choices": [],
-                                    "usage": usage_of(event.stats),
-                                }
-                            )
-                yield SSE_DONE
-            except Exception as exc:
-                if not isinstance(exc, CorralError):
-                    log.exception("chat completion stream failed")
-                yield _sse(error_of(exc)[1])
-            finally:
-                await generation.close()
+            yield chunk({"role": "assistant", "content": ""}, None)
+            async for event in generation.rest():
+                if event.text:
+                    yield chunk({"content": event.text}, None)
+                if event.done:
+                    yield chunk({}, finish_reason(event))
+                    if include_usage:
+                        yield _sse(
+                            {
+                                "id": cid,
+                                "object": "chat.completion.chunk",
+                                "created": created,
+                                "model": model,
+                                "system_fingerprint": FINGERPRINT,
+                                "choices": [],
+                                "usage": usage_of(event.stats),
+                            }
+                        )
 
-        return EventStream(body(), generation)
+        return EventStream(_sse_stream(body(), generation, "chat completion"), generation)
 
     @app.post("/v1/completions")
     @_openai_errors
@@ -565,27 +572,19 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
             return _sse(obj)
 
         async def body() -> AsyncIterator[bytes]:
-            try:
-                if prefix:
-                    yield chunk(prefix, None)
-                async for event in generation.rest():
-                    if event.text:
-                        yield chunk(event.text, None)
-                    if event.done:
-                        yield chunk("", finish_reason(event))
-                        if include_usage:
-                            usage_chunk = completion("", None, usage_of(event.stats))
-                            usage_chunk["choices"] = []
-                            yield _sse(usage_chunk)
-                yield SSE_DONE
-            except Exception as exc:
-                if not isinstance(exc, CorralError):
-                    log.exception("completion stream failed")
-                yield _sse(error_of(exc)[1])
-            finally:
-                await generation.close()
+            if prefix:
+                yield chunk(prefix, None)
+            async for event in generation.rest():
+                if event.text:
+                    yield chunk(event.text, None)
+                if event.done:
+                    yield chunk("", finish_reason(event))
+                    if include_usage:
+                        usage_chunk = completion("", None, usage_of(event.stats))
+                        usage_chunk["choices"] = []
+                        yield _sse(usage_chunk)
 
-        return EventStream(body(), generation)
+        return EventStream(_sse_stream(body(), generation, "completion"), generation)
 
     @app.post("/v1/embeddings")
     @_openai_errors

@@ -12,9 +12,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import CorralError, ModelNotFound
+from .errors import CorralError
 from .modelfile import ROLES, render_model
-from .models import Recipe, details_of, import_bundled, recipe_from
+from .models import Recipe, details_of, find, recipe_from
 from .names import ModelName
 from .store import MEDIA_PARAMS, Store
 from .types import ShowResponse
@@ -24,13 +24,7 @@ _TOKENIZER_ARRAYS = "tokenizer.ggml."
 
 
 def show_model(store: Store, model: str | ModelName, *, verbose: bool = False, system: str | None = None) -> ShowResponse:
-    name = ModelName.parse(model) if isinstance(model, str) else model
-    try:
-        stored = store.get(name)
-    except ModelNotFound:
-        if not import_bundled(store, name):
-            raise ModelNotFound(f"model '{model}' not found") from None
-        stored = store.get(name)
+    stored = find(store, model)
     recipe = recipe_from(store, stored)
     meta = gguf_metadata(recipe.model_path)
     chat_template = meta.get("tokenizer.chat_template")
