@@ -26,9 +26,11 @@ _CHUNK = 1 << 20
 @cli.command()
 @click.argument("model")
 @click.option("-f", "--file", "modelfile", type=click.Path(path_type=Path), help="The Modelfile (default: ./Modelfile).")
-@click.option("-q", "--quantize", help="Quantize F16/F32 weights, e.g. q4_K_M, q8_0, q4_0.")
+@click.option("-q", "--quantize", help="Quantize F16/F32 weights, e.g. q4_K_M, q8_0, q4_0 (with --format onnx: int4, int8, fp32).")
+@click.option("--format", "format_", type=click.Choice(["gguf", "onnx"], case_sensitive=False),
+              help="onnx: convert the GGUF weights into an ONNX model (needs corral[onnx-convert] where the server runs).")
 @friendly_errors
-def create(model: str, modelfile: Path | None, quantize: str | None) -> None:
+def create(model: str, modelfile: Path | None, quantize: str | None, format_: str | None) -> None:
     """Create a model from a Modelfile."""
     from corral.modelfile import parse
     from corral.names import ModelName
@@ -49,7 +51,7 @@ def create(model: str, modelfile: Path | None, quantize: str | None) -> None:
 
     client = client_for()
     request = _create_request(client, mf, path.resolve().parent)
-    _show_progress(client.create(model=model, quantize=quantize, stream=True, **request))
+    _show_progress(client.create(model=model, quantize=quantize, format=format_, stream=True, **request))
 
 
 def _create_request(client: Any, mf: Any, base_dir: Path) -> dict[str, Any]:
@@ -61,11 +63,7 @@ def _create_request(client: Any, mf: Any, base_dir: Path) -> dict[str, Any]:
     if source is None:
         request["from_"] = mf.from_
     else:
-        _check_file(source, mf.from_, "FROM")
-        from corral.gguf_check import validate_gguf
-
-        validate_gguf(source)  # a broken file fails here, before it is uploaded
-        request["files"] = {source.name: _upload(client, source)}
+        request["files"] = _upload_weights(client, source, mf.from_)
     adapters = {}
     for value in mf.adapters:
         adapter = resolve_from(value, base_dir)
@@ -88,11 +86,29 @@ def _create_request(client: Any, mf: Any, base_dir: Path) -> dict[str, Any]:
     return request
 
 
+def _upload_weights(client: Any, source: Path, value: str) -> dict[str, str]:
+    """FROM a file: a GGUF, checked, then uploaded. FROM a folder: an ONNX model, uploaded as one tar."""
+    if source.is_dir():
+        import tempfile
+
+        from corral.onnx_layer import check_folder, pack_to_temp
+
+        check_folder(source, f"FROM {value}")
+        with tempfile.TemporaryDirectory(prefix="corral-upload-") as tmp:
+            tar = pack_to_temp(source, Path(tmp))
+            return {f"{source.name}.onnx.tar": _upload(client, tar)}
+    _check_file(source, value, "FROM")
+    from corral.gguf_check import validate_gguf
+
+    validate_gguf(source)  # a broken file fails here, before it is uploaded
+    return {source.name: _upload(client, source)}
+
+
 def _check_file(path: Path, value: str, what: str) -> None:
     if not path.exists():
         raise BadRequest(f"{what} {value}: no such file ({path})")
     if path.is_dir():
-        raise BadRequest(f"{what} {value}: {path} is a directory; Corral imports GGUF files only")
+        raise BadRequest(f"{what} {value}: {path} is a directory; this must be a GGUF file")
 
 
 def _upload(client: Any, path: Path) -> str:
@@ -177,6 +193,9 @@ def fit_report(model: str, backend: str | None, num_ctx: int | None) -> str:
     devices = list(entry.probe().devices)
     if entry.name != "cpu":
         devices += list(plugins.get("cpu").probe().devices)
+    if recipe.is_onnx:
+        return (f"Backend:   {entry.name}\nONNX model ({recipe.model_path}): onnxruntime runs it whole on one device;"
+                " there is no layer split to plan")
     options = recipe.options
     try:
         plan = plan_for_gguf(

@@ -151,21 +151,14 @@ def _last(items: list[BaseModel]) -> BaseModel:
 
 def copy_model(store: Store, source: ModelName, destination: ModelName) -> None:
     """Write the source's manifest under a second name (blobs are shared; nothing is copied)."""
-    from .models import import_bundled
+    from .models import find
 
-    try:
-        stored = store.get(source)
-    except ModelNotFound:
-        if not import_bundled(store, source):
-            raise ModelNotFound(f"model '{source.display}' not found") from None
-        stored = store.get(source)
-    from .create import remove_unreferenced
-
+    stored = find(store, source)
     with store.lock():
         old = store.get(destination).manifest if store.exists(destination) else None
         store.write_manifest(destination, stored.manifest)
         if old is not None:  # the destination's former layers that nothing else uses
-            remove_unreferenced(store, old.digests() - stored.manifest.digests())
+            store.prune(old.digests() - stored.manifest.digests())
 
 
 async def _run_job(job: Job) -> AsyncIterator[ProgressResponse]:

@@ -500,25 +500,26 @@ class Client(_BaseClient[httpx.Client]):
         self, model: str, quantize: str | None = None, from_: str | None = None, files: Files | None = None,
         adapters: Files | None = None, template: str | None = None, license: License | None = None,
         system: str | None = None, parameters: OptionsArg | None = None, messages: Sequence[MessageArg] | None = None,
-        *, modelfile: str | None = None, stream: Literal[False] = False,
+        *, modelfile: str | None = None, format: str | None = None, stream: Literal[False] = False,
     ) -> ProgressResponse: ...
     @overload
     def create(
         self, model: str, quantize: str | None = None, from_: str | None = None, files: Files | None = None,
         adapters: Files | None = None, template: str | None = None, license: License | None = None,
         system: str | None = None, parameters: OptionsArg | None = None, messages: Sequence[MessageArg] | None = None,
-        *, modelfile: str | None = None, stream: Literal[True],
+        *, modelfile: str | None = None, format: str | None = None, stream: Literal[True],
     ) -> Iterator[ProgressResponse]: ...
     def create(
         self, model: str, quantize: str | None = None, from_: str | None = None, files: Files | None = None,
         adapters: Files | None = None, template: str | None = None, license: License | None = None,
         system: str | None = None, parameters: OptionsArg | None = None, messages: Sequence[MessageArg] | None = None,
-        *, modelfile: str | None = None, stream: bool = False,
+        *, modelfile: str | None = None, format: str | None = None, stream: bool = False,
     ) -> ProgressResponse | Iterator[ProgressResponse]:
         """Create ``model`` from another (``from_``), uploaded blobs (``files``: name -> digest from
-        ``create_blob``), or a whole Modelfile (``modelfile``, the older API)."""
+        ``create_blob``), or a whole Modelfile (``modelfile``, the older API). Corral's ``format="onnx"``
+        converts GGUF weights into an ONNX model (``quantize``: its precision, int4, int8 or fp32)."""
         body = _create_request(
-            model, quantize, from_, files, adapters, template, license, system, parameters, messages, modelfile, stream
+            model, quantize, from_, files, adapters, template, license, system, parameters, messages, modelfile, format, stream
         )
         if stream:
             return self._stream(ProgressResponse, "POST", "/api/create", body)
@@ -706,23 +707,23 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         self, model: str, quantize: str | None = None, from_: str | None = None, files: Files | None = None,
         adapters: Files | None = None, template: str | None = None, license: License | None = None,
         system: str | None = None, parameters: OptionsArg | None = None, messages: Sequence[MessageArg] | None = None,
-        *, modelfile: str | None = None, stream: Literal[False] = False,
+        *, modelfile: str | None = None, format: str | None = None, stream: Literal[False] = False,
     ) -> ProgressResponse: ...
     @overload
     async def create(
         self, model: str, quantize: str | None = None, from_: str | None = None, files: Files | None = None,
         adapters: Files | None = None, template: str | None = None, license: License | None = None,
         system: str | None = None, parameters: OptionsArg | None = None, messages: Sequence[MessageArg] | None = None,
-        *, modelfile: str | None = None, stream: Literal[True],
+        *, modelfile: str | None = None, format: str | None = None, stream: Literal[True],
     ) -> AsyncIterator[ProgressResponse]: ...
     async def create(
         self, model: str, quantize: str | None = None, from_: str | None = None, files: Files | None = None,
         adapters: Files | None = None, template: str | None = None, license: License | None = None,
         system: str | None = None, parameters: OptionsArg | None = None, messages: Sequence[MessageArg] | None = None,
-        *, modelfile: str | None = None, stream: bool = False,
+        *, modelfile: str | None = None, format: str | None = None, stream: bool = False,
     ) -> ProgressResponse | AsyncIterator[ProgressResponse]:
         body = _create_request(
-            model, quantize, from_, files, adapters, template, license, system, parameters, messages, modelfile, stream
+            model, quantize, from_, files, adapters, template, license, system, parameters, messages, modelfile, format, stream
         )
         if stream:
             return self._stream(ProgressResponse, "POST", "/api/create", body)
@@ -766,7 +767,7 @@ def _create_request(
     model: str, quantize: str | None, from_: str | None, files: Files | None,
     adapters: Files | None, template: str | None, license: License | None,
     system: str | None, parameters: OptionsArg | None, messages: Sequence[MessageArg] | None,
-    modelfile: str | None, stream: bool,
+    modelfile: str | None, format: str | None, stream: bool,
 ) -> CreateRequest:
     return CreateRequest.model_validate(
         {
@@ -775,7 +776,7 @@ def _create_request(
             "adapters": dict(adapters) if adapters is not None else None,
             "template": template, "license": license if license is None or isinstance(license, str) else [*license],
             "system": system, "parameters": _options(parameters), "messages": _messages(messages),
-            "modelfile": modelfile, "stream": stream,
+            "modelfile": modelfile, "format": format, "stream": stream,
         }
     )
 

@@ -3,7 +3,8 @@
 Two phases. ``prepare`` checks everything that can be checked without writing (the name, the
 Modelfile, parameters, the quantisation type, the files named, the base model, the GGUF itself) and
 so reports every bad input before the store is touched. ``build`` then quantises (to a temporary
-file), writes the layers as blobs and the manifest last, holding the store lock throughout, so a
+file) or converts to ONNX (``format: "onnx"``, to a temporary folder packed as one tar layer),
+writes the layers as blobs and the manifest last, holding the store lock throughout, so a
 failure leaves the store as it was: blobs written for a failed create are removed again.
 
 ``create_model`` runs both; ``create_from_modelfile`` is the same for Modelfile text whose FROM and
@@ -37,6 +38,7 @@ from .store import (
     MEDIA_LICENSE,
     MEDIA_MESSAGES,
     MEDIA_MODEL,
+    MEDIA_ONNX,
     MEDIA_PARAMS,
     MEDIA_PROJECTOR,
     MEDIA_SYSTEM,
@@ -72,10 +74,11 @@ QUANTIZABLE_SOURCES = ("F32", "F16", "BF16")
 
 # The order layers take in a manifest (Ollama's): weights first, then what configures them.
 _LAYER_ORDER = [
-    MEDIA_MODEL, MEDIA_PROJECTOR, MEDIA_ADAPTER, MEDIA_TEMPLATE, MEDIA_SYSTEM, MEDIA_PARAMS, MEDIA_MESSAGES,
+    MEDIA_MODEL, MEDIA_ONNX, MEDIA_PROJECTOR, MEDIA_ADAPTER, MEDIA_TEMPLATE, MEDIA_SYSTEM, MEDIA_PARAMS, MEDIA_MESSAGES,
     MEDIA_LICENSE,
 ]
 _GGUF_MAGIC = b"GGUF"
+FORMATS = ("gguf", "onnx")
 
 
 @dataclass
@@ -85,6 +88,7 @@ class _Source:
     label: str  # what the user called it: a file name, a FROM value
     path: Path
     digest: str | None = None
+    onnx: bool = False  # an ONNX model: a genai folder, or the tar of one (an uploaded blob)
 
 
 @dataclass
@@ -96,6 +100,7 @@ class Plan:
     weights: _Source | None = None  # new weights (FROM a file or blob); None keeps the base's
     file_type: str = ""  # quantisation of the weights in use
     quantize: str | None = None  # canonical name, e.g. "q4_K_M"
+    to_onnx: str | None = None  # convert the GGUF weights to ONNX at this precision ("int8")
     adapters: list[_Source] | None = None  # None keeps the base's
     template: str | None = None
     system: str | None = None
@@ -162,7 +167,10 @@ def prepare(
     plan.messages = [m.model_dump(include={"role", "content"}) for m in messages] if messages else None
     if license_:
         plan.licenses = [license_] if isinstance(license_, str) else [str(x) for x in license_]
-    if req.quantize:
+    fmt = (req.format or "").lower() or None
+    if fmt is not None and fmt not in FORMATS:
+        raise BadRequest(f"unknown format '{req.format}': use one of {', '.join(FORMATS)}")
+    if req.quantize and fmt != "onnx":
         plan.quantize = _quant_name(req.quantize)
 
     # Where the weights come from: uploaded files, a blob digest, a local file, or a model.
@@ -189,10 +197,11 @@ def prepare(
             plan.adapters.append(source)
 
     if plan.weights is not None:
-        plan.file_type = _validate_weights(plan.weights).file_type
+        plan.file_type = _validate_weights(store, plan.weights)
     else:
         assert plan.base is not None
         plan.file_type = _base_file_type(store, plan.base)
+    _plan_format(plan, fmt, req.quantize)
     if plan.quantize and plan.file_type.upper() not in QUANTIZABLE_SOURCES:
         raise BadRequest(
             f"quantize needs an F16 or F32 model, and this one is already {plan.file_type}: "
@@ -207,6 +216,24 @@ def prepare(
     if new_params is not None:
         plan.params = {**base_params, **new_params}
     return plan
+
+
+def _plan_format(plan: Plan, fmt: str | None, quantize: str | None) -> None:
+    """What the weights become: kept as they are, or converted from GGUF to ONNX (``quantize`` is then
+    the ONNX precision). The ONNX engine applies no LoRA adapters, so an ONNX model may have none."""
+    onnx_now = plan.weights.onnx if plan.weights is not None else bool(plan.base and plan.base.is_onnx)
+    if fmt == "gguf" and onnx_now:
+        raise BadRequest("this model's weights are ONNX, which cannot be converted back to GGUF")
+    if fmt == "onnx" and not onnx_now:
+        from .onnx_convert import check_convertible
+
+        gguf = plan.weights.path if plan.weights is not None else plan.base.model_path  # type: ignore[union-attr]
+        plan.to_onnx = check_convertible(gguf, quantize)
+    elif onnx_now and quantize:
+        raise BadRequest(f"the weights are already ONNX ({plan.file_type}): quantize when converting from GGUF instead")
+    adapters = plan.adapters if plan.adapters is not None else list(plan.base.adapters if plan.base else ())
+    if (onnx_now or plan.to_onnx) and adapters:
+        raise BadRequest("ONNX models cannot have LoRA adapters: drop the ADAPTER lines, or keep the model as GGUF")
 
 
 def _check_parameters(parameters: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -260,7 +287,12 @@ def _source(store: Store, value: str, base_dir: Path | None, *, what: str, label
     if not path.exists():
         raise BadRequest(f"{what} {value}: no such file ({path})")
     if path.is_dir():
-        raise BadRequest(f"{what} {value}: {path} is a directory; Corral imports GGUF files only")
+        if what != "FROM":
+            raise BadRequest(f"{what} {value}: {path} is a directory; an adapter is a LoRA GGUF file")
+        from .onnx_layer import check_folder
+
+        check_folder(path, f"{what} {value}")
+        return _Source(label=label or value, path=path, onnx=True)
     return _Source(label=label or value, path=path)
 
 
@@ -270,9 +302,12 @@ def _weights_from_files(store: Store, files: dict[str, str]) -> _Source:
     (filename, digest), = files.items()
     if filename.lower().endswith((".safetensors", ".bin", ".pt", ".pth")):
         raise BadRequest(
-            f"{filename}: Corral imports GGUF files only; convert it with llama.cpp's convert_hf_to_gguf.py"
+            f"{filename}: Corral imports GGUF files and ONNX model folders; convert it with llama.cpp's convert_hf_to_gguf.py"
         )
-    return _blob_source(store, digest, filename)
+    source = _blob_source(store, digest, filename)
+    from .onnx_layer import is_onnx_tar
+
+    return _Source(source.label, source.path, source.digest, onnx=is_onnx_tar(source.path))
 
 
 def _resolve_base(store: Store, value: str) -> Recipe:
@@ -289,11 +324,16 @@ def _resolve_base(store: Store, value: str) -> Recipe:
         raise ModelNotFound(message) from None
 
 
-def _validate_weights(source: _Source) -> Any:
+def _validate_weights(store: Store, source: _Source) -> str:
+    """Check the weights; their quantisation ("Q4_1", or an ONNX model's precision)."""
+    if source.onnx:
+        from .onnx_layer import precision_of, unpacked
+
+        return precision_of(unpacked(store, source.digest) if source.digest else source.path)
     from .gguf_check import validate_gguf
 
     try:
-        return validate_gguf(source.path)
+        return validate_gguf(source.path).file_type
     except InvalidModelFile as exc:
         raise InvalidModelFile(_relabel(str(exc), source)) from None
 
@@ -316,6 +356,10 @@ def _check_adapter(source: _Source) -> None:
 
 
 def _base_file_type(store: Store, base: Recipe) -> str:
+    if base.is_onnx:
+        from .onnx_layer import precision_of
+
+        return precision_of(base.model_path)
     try:
         config = json.loads(store.blob_path(base.manifest.config.digest).read_bytes())
         if config.get("file_type"):
@@ -331,23 +375,63 @@ def _base_file_type(store: Store, base: Recipe) -> str:
 
 
 def build(store: Store, plan: Plan, *, progress: Progress | None = None) -> Manifest:
-    """Quantise if asked, write the layers and then the manifest; on failure undo the writes."""
-    tmp_quantized: Path | None = None
-    try:
+    """Quantise or convert if asked, write the layers and then the manifest; on failure undo the writes."""
+    with contextlib.ExitStack() as cleanup:
         weights = plan.weights
         if plan.quantize:
             src = weights.path if weights is not None else plan.base.model_path  # type: ignore[union-attr]
             target = plan.quantize.upper()
             _emit(progress, f"quantizing {plan.file_type.upper()} model to {target}")
             tmp_quantized = quantize_file(store, src, plan.quantize)
+            cleanup.callback(_unlink, tmp_quantized)
             weights = _Source(label=f"{target} weights", path=tmp_quantized)
             _emit(progress, f"quantized {plan.file_type.upper()} model to {target}")
-        config_bytes = gguf_config_blob(weights.path) if weights is not None else None
+        if plan.to_onnx:
+            weights = _convert_to_onnx(store, plan, weights, cleanup, progress)
+        config_bytes = None
+        if weights is not None and weights.onnx:
+            from .onnx_layer import onnx_config_blob, unpacked
+
+            folder = weights.path if weights.path.is_dir() else unpacked(store, weights.digest)  # type: ignore[arg-type]
+            config_bytes = onnx_config_blob(folder)
+            weights = _onnx_layer_source(store, weights, cleanup)
+        elif weights is not None:
+            config_bytes = gguf_config_blob(weights.path)
         return _write(store, plan, weights, config_bytes, progress)
-    finally:
-        if tmp_quantized is not None:
-            with contextlib.suppress(FileNotFoundError):
-                tmp_quantized.unlink()
+    raise AssertionError("unreachable")
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _convert_to_onnx(
+    store: Store, plan: Plan, weights: _Source | None, cleanup: contextlib.ExitStack, progress: Progress | None
+) -> _Source:
+    """Build the onnxruntime-genai folder for the GGUF weights in a temporary folder beside the store."""
+    from .onnx_convert import convert
+
+    assert plan.to_onnx is not None
+    src = weights.path if weights is not None else plan.base.model_path  # type: ignore[union-attr]
+    store.root.mkdir(parents=True, exist_ok=True)
+    work = Path(cleanup.enter_context(tempfile.TemporaryDirectory(dir=store.root, prefix=".onnx-convert-")))
+    what = f"{plan.file_type.upper()} model to ONNX {plan.to_onnx.upper()}"
+    _emit(progress, f"converting {what}")
+    done = convert(src, work, plan.to_onnx)
+    _emit(progress, f"converted {what} in {done.seconds:.1f} s")
+    return _Source(label=f"ONNX {plan.to_onnx.upper()} weights", path=done.path, onnx=True)
+
+
+def _onnx_layer_source(store: Store, weights: _Source, cleanup: contextlib.ExitStack) -> _Source:
+    """An ONNX model as its layer's file: an uploaded tar as it is, a folder packed into a tar."""
+    if not weights.path.is_dir():
+        return weights
+    from .onnx_layer import pack_to_temp
+
+    tar = pack_to_temp(weights.path, store.blobs)
+    cleanup.callback(_unlink, tar)
+    return _Source(label=weights.label, path=tar, onnx=True)
 
 
 def _write(
@@ -384,6 +468,7 @@ def _write(
             base_layers = list(plan.base.manifest.layers) if plan.base is not None else []
             replaced = {
                 MEDIA_MODEL: weights is not None,
+                MEDIA_ONNX: weights is not None,
                 MEDIA_ADAPTER: plan.adapters is not None,
                 MEDIA_TEMPLATE: plan.template is not None,
                 MEDIA_SYSTEM: plan.system is not None,
@@ -400,7 +485,7 @@ def _write(
                 note(layer.digest, False)
                 layers.append(layer)
             if weights is not None:
-                layers.append(file_layer(weights, MEDIA_MODEL))
+                layers.append(file_layer(weights, MEDIA_ONNX if weights.onnx else MEDIA_MODEL))
             for adapter in plan.adapters or []:
                 layers.append(file_layer(adapter, MEDIA_ADAPTER))
             if plan.template is not None:
@@ -428,10 +513,10 @@ def _write(
                 old = store.get(plan.name).manifest
             store.write_manifest(plan.name, manifest)
         except BaseException:
-            remove_unreferenced(store, created)
+            store.prune(set(created))
             raise
         if old is not None:  # layers only the replaced model used go, as in Ollama
-            remove_unreferenced(store, old.digests() - manifest.digests())
+            store.prune(old.digests() - manifest.digests())
     _emit(progress, "success")
     return manifest
 
@@ -452,20 +537,6 @@ def _sha256_file(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             sha.update(chunk)
     return f"sha256:{sha.hexdigest()}"
-
-
-def remove_unreferenced(store: Store, digests: Any) -> list[str]:
-    """Delete these blobs where no manifest refers to them. Callers hold the store lock."""
-    wanted = set(digests)
-    if not wanted:
-        return []
-    referenced: set[str] = set().union(*(m.manifest.digests() for m in store.list()))
-    removed = []
-    for digest in sorted(wanted - referenced):
-        with contextlib.suppress(FileNotFoundError):
-            store.blob_path(digest).unlink()
-            removed.append(digest)
-    return removed
 
 
 def quantize_file(store: Store, src: Path, quant: str) -> Path:

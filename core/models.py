@@ -15,6 +15,7 @@ from .store import (
     MEDIA_LICENSE,
     MEDIA_MESSAGES,
     MEDIA_MODEL,
+    MEDIA_ONNX,
     MEDIA_PARAMS,
     MEDIA_PROJECTOR,
     MEDIA_SYSTEM,
@@ -72,6 +73,19 @@ class Recipe:
     def id(self) -> str:
         return self.digest.removeprefix("sha256:")[:12]
 
+    @property
+    def is_onnx(self) -> bool:
+        return self.manifest.layer(MEDIA_ONNX) is not None
+
+    @property
+    def metadata_path(self) -> Path:
+        """The GGUF whose key/values describe the model: the weights, or an ONNX folder's vocab.gguf."""
+        if self.is_onnx:
+            from .onnx_engine import VOCAB_GGUF
+
+            return self.model_path / VOCAB_GGUF
+        return self.model_path
+
 
 def gguf_config_blob(path: Path) -> bytes:
     """The config layer Ollama writes beside a GGUF: format, family, type, quantization."""
@@ -82,7 +96,7 @@ def gguf_config_blob(path: Path) -> bytes:
         "model_format": "gguf",
         "model_family": summary.architecture,
         "model_families": [summary.architecture],
-        "model_type": _param_size(summary.parameter_count),
+        "model_type": param_size(summary.parameter_count),
         "file_type": summary.file_type,
         "architecture": "amd64",
         "os": "linux",
@@ -91,7 +105,7 @@ def gguf_config_blob(path: Path) -> bytes:
     return json.dumps(config, separators=(",", ":")).encode()
 
 
-def _param_size(count: int) -> str:
+def param_size(count: int) -> str:
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if count >= scale:
             return f"{count / scale:.1f}".rstrip("0").rstrip(".") + unit
@@ -135,8 +149,13 @@ def resolve(store: Store, text: str | ModelName) -> Recipe:
 
 def recipe_from(store: Store, stored: StoredModel) -> Recipe:
     m = stored.manifest
-    model = m.layer(MEDIA_MODEL)
-    if model is None:
+    if (onnx := m.layer(MEDIA_ONNX)) is not None:
+        from .onnx_layer import unpacked
+
+        model_path = unpacked(store, onnx.digest)
+    elif (model := m.layer(MEDIA_MODEL)) is not None:
+        model_path = store.blob_path(model.digest)
+    else:
         raise ModelNotFound(f"model '{stored.name.display}' has no weights layer")
 
     def text(media: str) -> str | None:
@@ -150,7 +169,7 @@ def recipe_from(store: Store, stored: StoredModel) -> Recipe:
         name=stored.name,
         digest=stored.manifest_digest,
         manifest=m,
-        model_path=store.blob_path(model.digest),
+        model_path=model_path,
         adapters=tuple(store.blob_path(a.digest) for a in m.layers if a.mediaType == MEDIA_ADAPTER),
         projector=store.blob_path(projector.digest) if projector else None,
         template=text(MEDIA_TEMPLATE),

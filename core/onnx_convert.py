@@ -65,11 +65,7 @@ class Converted:
 def gguf_to_hf(gguf_path: Path, out: Path) -> Path:
     """Write config.json, model.safetensors and the tokenizer files for ``gguf_path`` into ``out``."""
     meta = read_metadata(gguf_path)
-    arch = str(meta.get("general.architecture", ""))
-    if arch not in _ARCHITECTURES:
-        raise BadRequest(
-            f"cannot convert a {arch or 'unknown'!r} GGUF to ONNX (supported: {', '.join(sorted(_ARCHITECTURES))})"
-        )
+    arch = _architecture(meta)
     out.mkdir(parents=True, exist_ok=True)
     config = _hf_config(meta, arch, gguf_path)
     tensors = _hf_tensors(gguf_path, arch, config)
@@ -85,6 +81,13 @@ def gguf_to_hf(gguf_path: Path, out: Path) -> Path:
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     _write_tokenizer(meta, out)
     return out
+
+
+def _architecture(meta: dict[str, Any]) -> str:
+    arch = str(meta.get("general.architecture", ""))
+    if arch not in _ARCHITECTURES:
+        raise BadRequest(f"cannot convert a {arch or 'unknown'!r} GGUF to ONNX (supported: {', '.join(sorted(_ARCHITECTURES))})")
+    return arch
 
 
 def _hf_config(meta: dict[str, Any], arch: str, path: Path) -> dict[str, Any]:
@@ -205,12 +208,15 @@ def _write_tokenizer(meta: dict[str, Any], out: Path) -> None:
 
 
 def write_vocab_gguf(gguf_path: Path, out: Path) -> Path:
-    """The source GGUF's metadata without tensors: enough for llama.cpp's vocab_only load (grammars)."""
+    """The source GGUF's metadata without tensors: enough for llama.cpp's vocab_only load (grammars)
+    and for ``corral show``."""
     import gguf
 
     reader = gguf.GGUFReader(str(gguf_path))
-    arch = str(read_metadata(gguf_path)["general.architecture"])
-    writer = gguf.GGUFWriter(str(out), arch)
+    meta = read_metadata(gguf_path)
+    writer = gguf.GGUFWriter(str(out), str(meta["general.architecture"]))
+    if "general.parameter_count" not in reader.fields:  # the source's tensors count; this file has none
+        writer.add_uint64("general.parameter_count", int(meta["general.parameter_count"]))
     for field in reader.fields.values():
         if field.name.startswith("GGUF.") or field.name == "general.architecture":
             continue
@@ -229,12 +235,7 @@ def write_vocab_gguf(gguf_path: Path, out: Path) -> Path:
 
 def build_onnx(hf_dir: Path, out: Path, precision: str, provider: str = "cpu", timeout: float = 3600) -> Path:
     """Run onnxruntime-genai's model builder; raise CorralError with its last lines when it fails."""
-    missing = [m for m in ("torch", "onnx", "onnx_ir", "onnxruntime_genai", "transformers") if not _has(m)]
-    if missing:
-        raise BadRequest(
-            f"converting to ONNX needs {', '.join(missing)}: pip install 'corral[onnx-convert]'"
-            " (torch: the CPU build is enough)"
-        )
+    _check_converter()
     cache = out.parent / f".{out.name}.builder-cache"
     cmd = [
         sys.executable, "-m", "onnxruntime_genai.models.builder",
@@ -256,6 +257,26 @@ def _has(module: str) -> bool:
     from importlib.util import find_spec
 
     return find_spec(module) is not None
+
+
+def _check_converter() -> None:
+    missing = [m for m in ("torch", "onnx", "onnx_ir", "onnxruntime_genai", "transformers") if not _has(m)]
+    if missing:
+        raise BadRequest(
+            f"converting to ONNX needs {', '.join(missing)}: pip install 'corral[onnx-convert]'"
+            " (torch: the CPU build is enough)"
+        )
+
+
+def check_convertible(gguf_path: Path, precision: str | None, provider: str = "cpu") -> str:
+    """Everything ``convert`` would refuse, checked before any work; returns the precision to use."""
+    _check_converter()
+    _architecture(read_metadata(gguf_path))
+    precision = (precision or default_precision(gguf_path)).lower()
+    allowed = PRECISIONS.get(provider, ())
+    if precision not in allowed:
+        raise BadRequest(f"ONNX precision {precision!r} is not available for {provider!r} (choose from {', '.join(allowed)})")
+    return precision
 
 
 # ---- both stages, cached ------------------------------------------------------------------------------
@@ -287,10 +308,7 @@ def convert(
 ) -> Converted:
     """The genai folder for ``gguf_path`` under ``cache_dir``, converting it first if it is not there."""
     gguf_path = Path(gguf_path)
-    precision = precision or default_precision(gguf_path)
-    allowed = PRECISIONS.get(provider, ())
-    if precision not in allowed:
-        raise BadRequest(f"ONNX precision {precision!r} is not available for {provider!r} (choose from {', '.join(allowed)})")
+    precision = check_convertible(gguf_path, precision, provider)
     source_id = content_id(gguf_path)
     final = Path(cache_dir) / f"{source_id[:24]}-{precision}-{provider}-v{CONVERTER_VERSION}"
     if (final / PROVENANCE).is_file():

@@ -26,7 +26,7 @@ _TOKENIZER_ARRAYS = "tokenizer.ggml."
 def show_model(store: Store, model: str | ModelName, *, verbose: bool = False, system: str | None = None) -> ShowResponse:
     stored = find(store, model)
     recipe = recipe_from(store, stored)
-    meta = gguf_metadata(recipe.model_path)
+    meta = gguf_metadata(recipe.metadata_path)
     chat_template = meta.get("tokenizer.chat_template")
     template = recipe.template if recipe.template is not None else (chat_template if isinstance(chat_template, str) else "")
     system_text = system if system is not None else recipe.system

@@ -2,6 +2,7 @@
 
     <root>/blobs/sha256-<hex>
     <root>/manifests/<host>/<namespace>/<model>/<tag>
+    <root>/unpacked/sha256-<hex>/     a folder-valued blob (an ONNX model's tar), unpacked on first use
 
 Every write goes to a temporary file in the same directory, is fsynced and renamed into place;
 blobs are verified by sha256 before they become visible. A lock file serialises writers.
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +39,8 @@ MEDIA_SYSTEM = "application/vnd.ollama.image.system"
 MEDIA_PARAMS = "application/vnd.ollama.image.params"
 MEDIA_MESSAGES = "application/vnd.ollama.image.messages"
 MEDIA_LICENSE = "application/vnd.ollama.image.license"
+# Corral's own: an onnxruntime-genai model folder as one deterministic tar (see corral.onnx_layer)
+MEDIA_ONNX = "application/vnd.corral.onnx.model"
 
 _CHUNK = 1 << 20
 _BLOB_NAME = re.compile(r"^sha256-[0-9a-f]{64}$")
@@ -130,6 +134,19 @@ class Store:
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
+
+    def unpacked_path(self, digest: str) -> Path:
+        """Where a folder-valued blob is unpacked: derived from the blob, removed with it."""
+        return self.root / "unpacked" / check_digest(digest).replace(":", "-")
+
+    def remove_blob(self, digest: str) -> bool:
+        """Delete a blob and its unpacked copy; False if the blob was not there. Callers hold the lock."""
+        shutil.rmtree(self.unpacked_path(digest), ignore_errors=True)
+        try:
+            self.blob_path(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def write_blob_stream(self, chunks: Iterator[bytes] | IO[bytes], expected: str | None = None) -> Layer:
         """Store a stream of bytes; verify it against ``expected`` if given. Returns its digest and size."""
@@ -256,7 +273,6 @@ class Store:
                 digest = blob.name.replace("-", ":", 1)
                 if not _BLOB_NAME.match(blob.name) or digest in referenced:
                     continue
-                if candidates is None or digest in candidates:
-                    blob.unlink()
+                if (candidates is None or digest in candidates) and self.remove_blob(digest):
                     removed.append(blob.name)
         return removed

@@ -171,7 +171,8 @@ class CreateRequest(_Request):
     system: str | None = None
     parameters: dict[str, Any] | None = None
     messages: list[Message] | None = None
-    quantize: str | None = None
+    quantize: str | None = None  # with format "onnx": the ONNX precision (int4, int8, fp32)
+    format: str | None = None  # Corral: "onnx" converts GGUF weights into an onnxruntime-genai model
     modelfile: str | None = None  # the older API: a whole Modelfile in one string
     stream: bool = True
 

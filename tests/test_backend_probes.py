@@ -545,7 +545,7 @@ def test_metal_survives_a_failing_sysctl(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (gpu.name, gpu.total_memory) == ("Apple Silicon GPU", 0)
 
 
-# --- load(): precise refusals until the GPU engines exist -------------------------------
+# --- load(): the engine each backend picks, and precise refusals -------------------------
 
 
 def fake_llama_cpp(monkeypatch: pytest.MonkeyPatch, *, offload: bool) -> None:
@@ -605,6 +605,35 @@ def test_load_with_a_gpu_build_offloads_the_planned_layers(
     assert backend.load(SPEC) == "runner"
     assert backend.load(dataclasses.replace(SPEC, num_gpu=12)) == "runner"
     assert [layers for _spec, layers in calls] == [-1, 12]
+
+
+def fake_genai(monkeypatch: pytest.MonkeyPatch, *, cuda: bool) -> None:
+    og = ModuleType("onnxruntime_genai")
+    og.is_cuda_available = lambda: cuda  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "onnxruntime_genai", og)
+
+
+def test_cuda_runs_an_onnx_folder_on_onnxruntime_genais_cuda_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import dataclasses
+
+    import corral.onnx_engine
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(two_gpus()))
+    (tmp_path / "genai_config.json").write_text("{}")
+    backend = CudaBackend()
+    gpus = backend.probe().devices
+    spec = dataclasses.replace(SPEC, model_path=tmp_path, devices=(gpus[1],))
+    fake_genai(monkeypatch, cuda=False)  # the CPU build lists no CUDA; the GPU is real (NVML found it)
+    with pytest.raises(BackendUnavailable, match="onnxruntime-genai is a CPU build .pip install onnxruntime-genai-cuda"):
+        backend.load(spec)
+    fake_genai(monkeypatch, cuda=True)
+    calls: list[tuple[Path, str, int]] = []
+    monkeypatch.setattr(
+        corral.onnx_engine, "OnnxRunner",
+        lambda spec, provider, device_id: calls.append((spec.model_path, provider, device_id)) or "runner",
+    )  # fmt: skip
+    assert backend.load(spec) == "runner"
+    assert calls == [(tmp_path, "cuda", gpus[1].index)]
 
 
 def test_load_without_the_hardware_names_the_probe_reason(tmp_path: Path) -> None:

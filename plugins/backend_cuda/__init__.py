@@ -1,4 +1,5 @@
-"""NVIDIA GPUs for Corral: finds them through NVML; the CUDA engine is not written yet.
+"""NVIDIA GPUs for Corral: GGUF models through llama.cpp's CUDA build, ONNX models through
+onnxruntime-genai's CUDA build; GPUs are found through NVML.
 
 The probe asks NVML (the driver's own management library, through nvidia-ml-py) rather
 than the CUDA runtime, because NVML needs no CUDA toolkit and does not create a CUDA
@@ -28,7 +29,7 @@ INSTALL_HINT = (
 class CudaBackend:
     name = "cuda"
     priority = 40
-    description = "NVIDIA GPUs through CUDA (llama.cpp CUDA build)"
+    description = "NVIDIA GPUs through CUDA (llama.cpp and onnxruntime-genai CUDA builds)"
 
     def probe(self) -> Probe:
         try:
@@ -62,6 +63,10 @@ class CudaBackend:
         probe = self.probe()
         if not probe.available:
             raise BackendUnavailable(f"the cuda backend cannot run here: {probe.reason}")
+        from corral.onnx_engine import is_genai_folder
+
+        if is_genai_folder(spec.model_path):
+            return _onnx_runner(spec)
         try:
             import llama_cpp
         except ImportError:
@@ -76,6 +81,17 @@ class CudaBackend:
 
         # The scheduler's offload plan put num_gpu layers here (None: let llama.cpp offload all of them).
         return LlamaCppRunner(spec, n_gpu_layers=spec.num_gpu if spec.num_gpu is not None else -1)
+
+
+def _onnx_runner(spec: LoadSpec) -> Runner:
+    """An ONNX model on the first GPU the scheduler chose. Asked only once NVML has found a GPU, since
+    onnxruntime-gpu lists the CUDA provider on machines without one."""
+    from corral.onnx_engine import OnnxRunner, cuda_build_problem
+
+    if (problem := cuda_build_problem()) is not None:
+        raise BackendUnavailable(f"cannot run this ONNX model on the GPU: {problem}")
+    gpus = [d.index for d in spec.devices if d.backend == "cuda"]
+    return OnnxRunner(spec, provider="cuda", device_id=gpus[0] if gpus else 0)
 
 
 def _probe_gpus(nvml: ModuleType) -> Probe:

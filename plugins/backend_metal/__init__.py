@@ -1,4 +1,5 @@
-"""Apple Silicon GPUs for Corral: checks that Metal is usable through mlx; the engine is not written yet."""
+"""Apple Silicon GPUs for Corral: llama-architecture GGUF models on the MLX engine (``mlx_engine``),
+the rest through llama.cpp's Metal build; Metal is checked through mlx."""
 
 from __future__ import annotations
 
