@@ -559,10 +559,16 @@ def available_backend(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dev_root: Path
 ) -> tuple[CudaBackend | RocmBackend | MetalBackend, str]:
     """Each backend with its hardware faked present, and the CMake flag of its llama.cpp build."""
-    if request.param == "cuda":
+    return faked_present(request.param, monkeypatch, tmp_path, dev_root)
+
+
+def faked_present(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dev_root: Path
+) -> tuple[CudaBackend | RocmBackend | MetalBackend, str]:
+    if name == "cuda":
         monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(two_gpus()))
         return CudaBackend(), "-DGGML_CUDA=on"
-    if request.param == "rocm":
+    if name == "rocm":
         return RocmBackend(one_gpu_tree(tmp_path / "sys"), dev_root), "-DGGML_HIP=on"
     fake_mlx(monkeypatch, metal_available=True)
     return MetalBackend(system="Darwin", machine="arm64"), "-DGGML_METAL=on"
@@ -634,6 +640,22 @@ def test_cuda_runs_an_onnx_folder_on_onnxruntime_genais_cuda_build(monkeypatch: 
     )  # fmt: skip
     assert backend.load(spec) == "runner"
     assert calls == [(tmp_path, "cuda", gpus[1].index)]
+
+
+@pytest.mark.parametrize("name", ["rocm", "metal"])
+def test_an_onnx_folder_runs_on_the_cpu_where_genai_has_no_gpu_build(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dev_root: Path
+) -> None:
+    import dataclasses
+
+    import corral.onnx_engine
+
+    backend, _ = faked_present(name, monkeypatch, tmp_path, dev_root)
+    (tmp_path / "genai_config.json").write_text("{}")
+    calls: list[LoadSpec] = []
+    monkeypatch.setattr(corral.onnx_engine, "OnnxRunner", lambda spec: calls.append(spec) or "runner")
+    spec = dataclasses.replace(SPEC, model_path=tmp_path)
+    assert backend.load(spec) == "runner" and calls == [spec]
 
 
 def test_load_without_the_hardware_names_the_probe_reason(tmp_path: Path) -> None:

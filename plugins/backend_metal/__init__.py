@@ -61,6 +61,10 @@ class MetalBackend:
         probe = self.probe()
         if not probe.available:
             raise BackendUnavailable(f"the metal backend cannot run here: {probe.reason}")
+        from corral.onnx_engine import OnnxRunner, is_genai_folder
+
+        if is_genai_folder(spec.model_path):  # onnxruntime-genai's Apple build runs on the CPU
+            return OnnxRunner(spec)
         if _mlx_can_run(spec.model_path):
             from .mlx_engine import MLXRunner
 

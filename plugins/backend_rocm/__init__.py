@@ -119,6 +119,10 @@ class RocmBackend:
         probe = self.probe()
         if not probe.available:
             raise BackendUnavailable(f"the rocm backend cannot run here: {probe.reason}")
+        from corral.onnx_engine import OnnxRunner, is_genai_folder
+
+        if is_genai_folder(spec.model_path):  # onnxruntime-genai has no ROCm build: the CPU runs it
+            return OnnxRunner(spec)
         try:
             import llama_cpp
         except ImportError:
