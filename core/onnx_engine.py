@@ -7,10 +7,10 @@ Shape of the engine:
   advancing in lockstep), not separate generators, so ``step`` advances the listed sequences one
   after another: continuous batching holds, but each step costs one forward pass per sequence.
 * The model is fed with ``append_tokens`` and the next token is picked here, from ``get_logits``,
-  by a numpy sampler that follows llama.cpp's chain (penalties over the generated tokens, top-k,
-  typical, top-p, min-p, temperature, seeded draw). genai's own search options cannot express
-  repeat_last_n, min_p, typical_p or presence/frequency penalties, so every sampling option behaves
-  here as it does on the CPU backend.
+  by ``corral.sampling``'s numpy sampler, which follows llama.cpp's chain (penalties over the
+  generated tokens, top-k, typical, top-p, min-p, temperature, seeded draw). genai's own search
+  options cannot express repeat_last_n, min_p, typical_p or presence/frequency penalties, so every
+  sampling option behaves here as it does on the CPU backend.
 * GBNF grammars (Ollama's ``format``) go through llama.cpp's grammar sampler over the vocabulary in
   ``vocab.gguf``, which ``corral.onnx_convert`` writes beside a converted model. A folder from
   elsewhere has none and refuses grammars with a 400.
@@ -21,10 +21,8 @@ Shape of the engine:
 
 from __future__ import annotations
 
-import ctypes
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ import numpy as np
 from .errors import BadRequest, CorralError, InvalidModelFile
 from .hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
 from .hfnames import byte_decoder as _byte_decoder
+from .sampling import GrammarVocabulary, Sampler
 
 VOCAB_GGUF = "vocab.gguf"
 PROVENANCE = "corral-onnx.json"
@@ -129,120 +128,6 @@ class Vocabulary:
         return text.replace("\u2581", " ").encode("utf-8")
 
 
-# ---- sampling -----------------------------------------------------------------------------------------
-
-
-class Grammar:
-    """llama.cpp's GBNF sampler over a vocab-only load of ``vocab.gguf``: masks logits, follows tokens."""
-
-    def __init__(self, vocab_model: Any, text: str) -> None:
-        import llama_cpp as L
-
-        self._L = L
-        self._sampler = L.llama_sampler_init_grammar(L.llama_model_get_vocab(vocab_model), text.encode(), b"root")
-        if not self._sampler:
-            raise BadRequest("invalid grammar: llama.cpp could not parse it")
-
-    def mask(self, logits: np.ndarray) -> None:
-        """Set the logit of every token the grammar forbids next to -inf, in place."""
-        L = self._L
-        n = logits.shape[0]
-        cells = np.zeros(n, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
-        cells["id"] = np.arange(n, dtype=np.int32)
-        cells["logit"] = logits
-        arr = L.llama_token_data_array(
-            data=cells.ctypes.data_as(ctypes.POINTER(L.llama_token_data)), size=n, selected=-1, sorted=False
-        )
-        L.llama_sampler_apply(self._sampler, ctypes.byref(arr))
-        logits[:] = cells["logit"]
-
-    def accept(self, token: int) -> None:
-        self._L.llama_sampler_accept(self._sampler, token)
-
-    def close(self) -> None:
-        if self._sampler:
-            self._L.llama_sampler_free(self._sampler)
-            self._sampler = None
-
-
-@dataclass
-class SamplerState:
-    """One sequence's sampling settings, RNG and the tokens it generated (for the penalties)."""
-
-    sampling: Sampling
-    rng: np.random.Generator
-    grammar: Grammar | None = None
-    history: list[int] = field(default_factory=list)
-
-    def pick(self, logits: np.ndarray) -> int:
-        s = self.sampling
-        logits = logits.astype(np.float32, copy=True)
-        if self.grammar is not None:
-            self.grammar.mask(logits)
-            if not np.isfinite(logits).any():
-                raise CorralError("the grammar allows no token here")
-        self._penalise(logits)
-        if s.temperature <= 0:
-            token = int(logits.argmax())
-        else:
-            token = self._draw(logits)
-        if self.grammar is not None:
-            self.grammar.accept(token)
-        self.history.append(token)
-        return token
-
-    def _penalise(self, logits: np.ndarray) -> None:
-        s = self.sampling
-        if not self.history or (s.repeat_penalty == 1.0 and not s.presence_penalty and not s.frequency_penalty):
-            return
-        window = self.history if s.repeat_last_n == -1 else self.history[-s.repeat_last_n :] if s.repeat_last_n else []
-        if not window:
-            return
-        ids, counts = np.unique(np.asarray(window, dtype=np.int64), return_counts=True)
-        values = logits[ids]
-        if s.repeat_penalty != 1.0:
-            values = np.where(values > 0, values / s.repeat_penalty, values * s.repeat_penalty)
-        logits[ids] = values - counts * s.frequency_penalty - s.presence_penalty
-
-    def _draw(self, logits: np.ndarray) -> int:
-        """llama.cpp's order: top-k, typical, top-p, min-p, temperature, then a seeded draw."""
-        s = self.sampling
-        ids = np.flatnonzero(np.isfinite(logits))
-        vals = logits[ids].astype(np.float64)
-        if 0 < s.top_k < ids.size:
-            keep = np.argpartition(-vals, s.top_k - 1)[: s.top_k]
-            ids, vals = ids[keep], vals[keep]
-        order = np.argsort(-vals, kind="stable")
-        ids, vals = ids[order], vals[order]
-        if s.typical_p < 1.0:
-            ids, vals = _typical(ids, vals, s.typical_p)
-        if s.top_p < 1.0:
-            cum = np.cumsum(_softmax(vals))
-            cut = int(np.searchsorted(cum, s.top_p)) + 1
-            ids, vals = ids[:cut], vals[:cut]
-        if s.min_p > 0.0:
-            probs = _softmax(vals)
-            keep = probs >= s.min_p * probs[0]
-            ids, vals = ids[keep], vals[keep]
-        probs = _softmax(vals / s.temperature)
-        return int(ids[self.rng.choice(ids.size, p=probs)])
-
-
-def _softmax(vals: np.ndarray) -> np.ndarray:
-    e = np.exp(vals - vals.max())
-    return e / e.sum()
-
-
-def _typical(ids: np.ndarray, vals: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
-    probs = _softmax(vals)
-    logp = np.log(np.maximum(probs, 1e-30))
-    entropy = -(probs * logp).sum()
-    order = np.argsort(np.abs(-logp - entropy), kind="stable")
-    cut = int(np.searchsorted(np.cumsum(probs[order]), p)) + 1
-    keep = np.sort(order[:cut])  # back to descending-logit order
-    return ids[keep], vals[keep]
-
-
 # ---- the Runner -----------------------------------------------------------------------------------------
 
 
@@ -308,8 +193,8 @@ class OnnxRunner:
             size_on_device=0 if provider == "cpu" else size,
         )
         self._gens: dict[int, Any] = {}
-        self._samplers: dict[int, SamplerState] = {}
-        self._vocab_model: Any = None  # llama.cpp vocab-only model for grammars, loaded on first use
+        self._samplers: dict[int, Sampler] = {}
+        self._grammar_vocab = GrammarVocabulary(folder / VOCAB_GGUF)
 
     # ---- text ----------------------------------------------------------------------------------------------
     def tokenize(self, text: str, *, special: bool = True, add_bos: bool = False) -> list[int]:
@@ -327,27 +212,12 @@ class OnnxRunner:
     # ---- sampling ------------------------------------------------------------------------------------------
     def set_sampling(self, seq: int, sampling: Sampling) -> None:
         old = self._samplers.pop(seq, None)
-        if old and old.grammar:
-            old.grammar.close()
-        grammar = Grammar(self._grammar_vocab(), sampling.grammar) if sampling.grammar else None
-        self._samplers[seq] = SamplerState(sampling, np.random.default_rng(sampling.seed), grammar)
-
-    def _grammar_vocab(self) -> Any:
-        if self._vocab_model is None:
-            path = self.folder / VOCAB_GGUF
-            if not path.is_file():
-                raise BadRequest("this ONNX model has no vocab.gguf, so it cannot follow a grammar (format/JSON mode)")
-            import llama_cpp as L
-
-            from .llamacpp import _init_backend
-
-            _init_backend(L)
-            params = L.llama_model_default_params()
-            params.vocab_only = True
-            self._vocab_model = L.llama_model_load_from_file(str(path).encode(), params)
-            if not self._vocab_model:
-                raise InvalidModelFile(f"llama.cpp could not read the vocabulary in {path}")
-        return self._vocab_model
+        if old:
+            old.close()
+        if sampling.grammar and not self._grammar_vocab.path.is_file():
+            raise BadRequest("this ONNX model has no vocab.gguf, so it cannot follow a grammar (format/JSON mode)")
+        grammar = self._grammar_vocab.grammar(sampling.grammar) if sampling.grammar else None
+        self._samplers[seq] = Sampler(sampling, grammar)
 
     # ---- decoding ------------------------------------------------------------------------------------------
     def _generator(self, seq: int) -> Any:
@@ -379,10 +249,10 @@ class OnnxRunner:
                 self.truncate(item.seq, before)
                 raise CorralError(f"onnxruntime-genai failed to decode: {exc}") from None
             if item.sample:
-                state = self._samplers.get(item.seq)
-                if state is None:
-                    state = self._samplers[item.seq] = SamplerState(Sampling(), np.random.default_rng())
-                results[item.seq] = state.pick(np.asarray(gen.get_logits())[0, -1])
+                sampler = self._samplers.get(item.seq)
+                if sampler is None:
+                    sampler = self._samplers[item.seq] = Sampler(Sampling())
+                results[item.seq] = sampler.pick(np.asarray(gen.get_logits())[0, -1])
         return results
 
     def truncate(self, seq: int, keep: int) -> int:
@@ -424,16 +294,11 @@ class OnnxRunner:
         return out
 
     def close(self) -> None:
-        for state in self._samplers.values():
-            if state.grammar:
-                state.grammar.close()
+        for sampler in self._samplers.values():
+            sampler.close()
         self._samplers.clear()
         self._gens.clear()
-        if self._vocab_model is not None:
-            import llama_cpp as L
-
-            L.llama_model_free(self._vocab_model)
-            self._vocab_model = None
+        self._grammar_vocab.close()
         self._model = None
 
 

@@ -23,6 +23,10 @@ are un-permuted.
 each weight once per step for all sequences (as llama.cpp's batches do); only attention runs per
 sequence, over that sequence's own KV cache. The tokenizer is rebuilt from the GGUF vocabulary
 with llama.cpp's rules (special-token partition, pre-tokenizer regexes, BPE or SentencePiece).
+
+Tokens are picked by ``corral.sampling``'s numpy sampler (llama.cpp's chain), except a plain greedy
+sequence, whose argmax is taken on the device. GBNF grammars (Ollama's ``format``) run llama.cpp's
+grammar sampler over a vocab-only llama.cpp load of the same GGUF, made on the first grammar.
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ import os
 import re
 import shutil
 import threading
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +51,7 @@ from corral.gguf_check import read_header, validate_gguf
 from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
 from corral.hfnames import LLAMA_LAYER_NAMES as _LAYER_NAMES, LLAMA_TOP_NAMES as _TOP_NAMES
 from corral.hfnames import byte_decoder as _byte_decoder
+from corral.sampling import GrammarVocabulary, Sampler
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -691,71 +695,6 @@ class _Llama:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sampling (llama.cpp's chain order: penalties, top-k, typical, top-p, min-p, temperature, dist)
-# ---------------------------------------------------------------------------------------------
-
-
-class _Sampler:
-    def __init__(self, s: Sampling, n_ctx: int) -> None:
-        if s.grammar:
-            raise BadRequest("the MLX engine does not support grammars (format/json schema) yet")
-        self.s = s
-        last_n = n_ctx if s.repeat_last_n == -1 else max(0, s.repeat_last_n)
-        self.history: deque[int] = deque(maxlen=last_n)  # sampled tokens, as llama.cpp's sampler accepts
-        self.rng = np.random.default_rng(s.seed)
-        self.greedy = s.temperature <= 0 and not self.penalised
-
-    @property
-    def penalised(self) -> bool:
-        s = self.s
-        return s.repeat_penalty != 1.0 or bool(s.presence_penalty) or bool(s.frequency_penalty)
-
-    def sample(self, logits: np.ndarray) -> int:
-        s = self.s
-        logits = logits.astype(np.float32, copy=True)
-        if self.penalised and self.history:
-            ids, counts = np.unique(np.fromiter(self.history, np.int64), return_counts=True)
-            vals = logits[ids]
-            vals = np.where(vals <= 0, vals * s.repeat_penalty, vals / s.repeat_penalty)
-            logits[ids] = vals - counts * s.frequency_penalty - s.presence_penalty
-        if s.temperature <= 0:
-            token = int(np.argmax(logits))
-        else:
-            token = self._dist(logits)
-        if self.history.maxlen:
-            self.history.append(token)
-        return token
-
-    def _dist(self, logits: np.ndarray) -> int:
-        s = self.s
-        order = np.argsort(-logits, kind="stable")
-        if s.top_k > 0:
-            order = order[:s.top_k]
-        vals = logits[order]
-
-        def probs(v: np.ndarray) -> np.ndarray:
-            e = np.exp(v - v.max())
-            return e / e.sum()
-
-        if s.typical_p < 1.0:
-            p = probs(vals)
-            entropy = -(p * np.log(p + 1e-30)).sum()
-            shifted = np.abs(-np.log(p + 1e-30) - entropy)
-            keep = np.argsort(shifted, kind="stable")
-            cut = int(np.searchsorted(np.cumsum(p[keep]), s.typical_p)) + 1
-            keep = np.sort(keep[:cut])
-            order, vals = order[keep], vals[keep]
-        if s.top_p < 1.0:
-            cut = int(np.searchsorted(np.cumsum(probs(vals)), s.top_p)) + 1
-            order, vals = order[:cut], vals[:cut]
-        if s.min_p > 0.0:
-            keep = vals >= vals[0] + np.log(s.min_p)
-            order, vals = order[keep], vals[keep]
-        p = probs(vals / s.temperature)
-        return int(order[self.rng.choice(len(p), p=p)])
-
-
-# ---------------------------------------------------------------------------------------------
 # The Runner
 # ---------------------------------------------------------------------------------------------
 
@@ -804,7 +743,8 @@ class MLXRunner:
             size_on_device=n_bytes if device == "gpu" else 0,
         )
         self._caches: dict[int, _Cache] = {}
-        self._samplers: dict[int, _Sampler] = {}
+        self._samplers: dict[int, Sampler] = {}
+        self._grammar_vocab = GrammarVocabulary(path)  # the GGUF itself, read by llama.cpp on the first grammar
 
     # ---- text ------------------------------------------------------------------------------
     def tokenize(self, text: str, *, special: bool = True, add_bos: bool = False) -> list[int]:
@@ -818,7 +758,11 @@ class MLXRunner:
 
     # ---- sampling ------------------------------------------------------------------------------
     def set_sampling(self, seq: int, sampling: Sampling) -> None:
-        self._samplers[seq] = _Sampler(sampling, self.max_tokens)
+        old = self._samplers.pop(seq, None)
+        if old:
+            old.close()
+        grammar = self._grammar_vocab.grammar(sampling.grammar) if sampling.grammar else None
+        self._samplers[seq] = Sampler(sampling, grammar)
 
     # ---- decoding ------------------------------------------------------------------------------
     def cached(self, seq: int) -> int:
@@ -860,10 +804,10 @@ class MLXRunner:
         tokens = greedy.tolist()
         for i, seq in enumerate(seqs):
             sampler = self._samplers.get(seq)
-            if sampler is None or sampler.greedy:  # argmax on the device beats copying the vocabulary out
+            if sampler is None or sampler.plain_greedy:  # argmax on the device beats copying the vocabulary out
                 results[seq] = int(tokens[i])
             else:
-                results[seq] = sampler.sample(np.array(logits[i]))
+                results[seq] = sampler.pick(np.array(logits[i]))
 
     def truncate(self, seq: int, keep: int) -> int:
         cache = self._caches.get(seq)
@@ -889,6 +833,9 @@ class MLXRunner:
 
     def close(self) -> None:
         self._caches.clear()
+        for sampler in self._samplers.values():
+            sampler.close()
         self._samplers.clear()
+        self._grammar_vocab.close()
         self.model = None  # type: ignore[assignment]
         self.mx.clear_cache()

@@ -392,17 +392,57 @@ def test_embeddings_have_the_models_width_and_match_llamacpp(tiny_gguf: Path, de
 def test_sampling_follows_llamacpps_penalties_and_seeds(tiny_gguf: Path) -> None:
     runner, cpp = load(tiny_gguf), load_cpp(tiny_gguf)
     try:
-        penalised = Sampling(temperature=0, repeat_penalty=1.5, frequency_penalty=0.2, repeat_last_n=16)
-        assert greedy(runner, "hello world", 20, penalised) == greedy(cpp, "hello world", 20, penalised)
+        plain = greedy(runner, "hello world", 40)
+        by_window = {}
+        for last_n in (16, -1, 0):  # llama.cpp's window: the last 16, the whole context, none
+            penalised = Sampling(temperature=0, repeat_penalty=1.5, frequency_penalty=0.2, repeat_last_n=last_n)
+            by_window[last_n] = greedy(runner, "hello world", 40, penalised)
+            assert by_window[last_n] == greedy(cpp, "hello world", 40, penalised), last_n
+        assert by_window[0] == plain and by_window[16] != plain and by_window[-1] != by_window[16]
         assert greedy(runner, "hello world", 20, Sampling(temperature=0.8, top_k=1, repeat_penalty=1.0)) == \
             greedy(runner, "hello world", 20)
         seeded = Sampling(temperature=1.5, top_k=0, top_p=0.95, min_p=0.01, seed=7, repeat_penalty=1.0)
         assert greedy(runner, "hello world", 20, seeded) == greedy(runner, "hello world", 20, seeded)
-        with pytest.raises(BadRequest, match="grammar"):
-            runner.set_sampling(0, Sampling(grammar='root ::= "a"'))
     finally:
         runner.close()
         cpp.close()
+
+
+def until_end(runner: Any, prompt: str, sampling: Sampling, limit: int = 200) -> list[int]:
+    """Tokens up to (not including) end of generation: a finished grammar allows nothing after it."""
+    runner.truncate(0, 0)
+    runner.set_sampling(0, sampling)
+    out = [runner.step([SequenceStep(0, runner.tokenize(prompt))])[0]]
+    while not runner.is_end_of_generation(out[-1]) and len(out) < limit:
+        out.append(runner.step([SequenceStep(0, [out[-1]])])[0])
+    return out[:-1] if runner.is_end_of_generation(out[-1]) else out
+
+
+def test_a_grammar_gives_llamacpps_tokens(tiny_gguf: Path) -> None:
+    from corral.prompting import grammar_for
+
+    runner, cpp = load(tiny_gguf), load_cpp(tiny_gguf)
+    try:
+        assert runner._grammar_vocab._model is None  # llama.cpp reads the vocabulary only on a grammar
+        schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+        for fmt in ("json", schema):
+            exact = Sampling(temperature=0, repeat_penalty=1.0, grammar=grammar_for(fmt))
+            ours = until_end(runner, PROMPTS[3], exact)
+            assert ours == until_end(cpp, PROMPTS[3], exact), fmt
+            # a seeded draw cannot follow llama.cpp's RNG, but it must follow the grammar and its seed
+            drawn = Sampling(temperature=0.9, seed=3, grammar=grammar_for(fmt))
+            again = until_end(runner, PROMPTS[3], drawn)
+            assert again == until_end(runner, PROMPTS[3], drawn)
+            for tokens in (ours, again):
+                value = json.loads(b"".join(runner.token_bytes(t) for t in tokens))
+                assert isinstance(value, dict) and (fmt == "json" or isinstance(value["ok"], bool)), value
+        assert runner._grammar_vocab._model is not None
+        with pytest.raises(BadRequest, match="grammar"):
+            runner.set_sampling(0, Sampling(grammar="root ::= (("))
+    finally:
+        runner.close()
+        cpp.close()
+    assert runner._grammar_vocab._model is None
 
 
 # ---- the derived MLX folder -----------------------------------------------------------------------
