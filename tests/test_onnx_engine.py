@@ -11,11 +11,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
-import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +22,7 @@ import numpy as np
 import pytest
 
 from corral.errors import BadRequest, CorralError
-from corral.hookspecs import Backend, Device, LoadSpec, Probe, Runner, Sampling, SequenceStep, hookimpl
+from corral.hookspecs import LoadSpec, Runner, Sampling, SequenceStep
 from corral.llamacpp import LlamaCppRunner
 
 pytestmark = pytest.mark.skipif(
@@ -439,92 +436,37 @@ def test_smollm2_text_handling_matches_llamacpp(smol_gguf: Path, smol_onnx: Path
 # ---- the OpenAI API tests, served by the ONNX engine ---------------------------------------------------------
 
 
-class OnnxTestBackend:
-    """What the CPU backend would do by format: a genai folder runs as is, a GGUF is converted first."""
+def load_as_the_cpu_backend_would(cache: Path) -> Callable[[LoadSpec], Runner]:
+    """What the CPU backend does by format: a genai folder runs as is, a GGUF is converted first."""
 
-    name = "onnx"
-    priority = 1
-    description = "onnxruntime-genai on the CPU (test wiring)"
-
-    def __init__(self, cache: Path) -> None:
-        self.cache = cache
-
-    def probe(self) -> Probe:
-        device = Device(backend="onnx", index=0, name="cpu", kind="cpu", total_memory=8 << 30, free_memory=8 << 30)
-        return Probe(available=True, devices=(device,))
-
-    def load(self, spec: LoadSpec) -> Runner:
+    def load(spec: LoadSpec) -> Runner:
         from dataclasses import replace
 
         from corral.onnx_convert import convert
         from corral.onnx_engine import OnnxRunner, is_genai_folder
 
-        folder = spec.model_path if is_genai_folder(spec.model_path) else convert(spec.model_path, self.cache).path
+        folder = spec.model_path if is_genai_folder(spec.model_path) else convert(spec.model_path, cache).path
         return OnnxRunner(replace(spec, model_path=folder))
 
-
-class _Plugin:
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-
-    @hookimpl
-    def corral_register_backends(self, register: Callable[[Backend], None]) -> None:
-        register(self.backend)
+    return load
 
 
 @pytest.fixture(scope="module")
 def corral(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path, tiny_onnx: Path, onnx_cache: Path) -> Iterator[Any]:
     """test_openai_api's app, with models loaded by the ONNX engine in-process."""
-    import uvicorn
-    from corral.config import Settings
-    from corral.plugins import Plugins
-    from corral.scheduler import Scheduler
-    from corral.server import create_app
-    from corral.store import Store
-
     import test_openai_api as api
 
-    home = tmp_path_factory.mktemp("corral-onnx-api")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    settings = Settings(
-        home=home, models=home / "models", host=f"127.0.0.1:{port}", backend="onnx", num_parallel=2,
-        isolate_runners=False,  # the test backend is registered in this process only
-    )  # fmt: skip
-    store = Store(settings.models_dir)
-    api.register_gguf(store, tiny_gguf, "tiny:latest")
-    api.register_gguf(store, tiny_gguf, "someone/tiny:v1")
-    plugins = Plugins(load_entry_points=False, modules=[_Plugin(OnnxTestBackend(onnx_cache))])  # type: ignore[list-item]
-    scheduler = Scheduler(settings, plugins=plugins, store=store)
-    app = create_app(settings, scheduler)
-    loop = api.LoopThread()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    serving = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), loop.loop)
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if serving.done():
-            serving.result()
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield api.Corral(app, scheduler, settings, loop, port)
-    finally:
-        server.should_exit = True
-        serving.result(60)
-        loop.stop()
-        sock.close()
+    backend = api.EngineBackend("onnx", load_as_the_cpu_backend_would(onnx_cache))
+    with api.serve_with(backend, tmp_path_factory.mktemp("corral-onnx-api"), tiny_gguf) as env:
+        yield env
 
 
 def _import_api_tests() -> None:
     import test_openai_api as api
 
-    globals()["no_leaks"] = api.no_leaks  # autouse: every request gives its model back
     # Not the SmolLM2 answer test: at int8 its 8th token is a near-tie with llama.cpp's (' Mar' 2.609
     # vs ' Cit' 2.540), and the answer changes; the greedy-token comparisons above cover that model.
-    for name in dir(api):
-        if name.startswith("test_") and name != "test_smollm2_knows_paris":
-            globals()[f"test_api_{name[len('test_'):]}"] = getattr(api, name)
+    globals().update(api.suite_for_another_engine(excluding=frozenset({"test_smollm2_knows_paris"})))
 
 
 if importlib.util.find_spec("onnxruntime_genai") is not None:

@@ -4,6 +4,9 @@ One Corral app serves a tiny random-weight llama (the ``tiny_gguf`` fixture) fro
 Raw requests go in-process through ``httpx.ASGITransport``; the ``openai`` package talks to the same
 app over a real uvicorn server on a free loopback port. Both run on one background event loop, so
 they share one scheduler and one loaded model. After each test no ticket may still be held.
+
+The other engines' test modules run these same tests on their engine: ``serve_with`` serves their
+backend, ``suite_for_another_engine`` hands them the tests.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import math
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +31,10 @@ import pytest
 import uvicorn
 from corral.config import Settings
 from corral.errors import RunnerCrashed, ServerBusy
+from corral.hookspecs import Backend, Device, LoadSpec, Probe, Runner, hookimpl
 from corral.models import gguf_config_blob
 from corral.names import ModelName
+from corral.plugins import Plugins
 from corral.scheduler import Scheduler
 from corral.server import create_app
 from corral.store import CONFIG_MEDIA_TYPE, MEDIA_MODEL, Manifest, Store
@@ -104,18 +110,19 @@ def register_gguf(store: Store, path: Path, name: str) -> None:
     store.write_manifest(ModelName.parse(name), Manifest(config=config, layers=[model]))
 
 
-@pytest.fixture(scope="module")
-def corral(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Corral]:
-    home = tmp_path_factory.mktemp("corral-openai")
+@contextmanager
+def serve(home: Path, tiny_gguf: Path, plugins: Plugins | None = None, **settings: Any) -> Iterator[Corral]:
+    """The app over a store holding the tiny model (as tiny:latest and someone/tiny:v1), also served by
+    uvicorn on a free loopback port; ``settings`` override the Settings fields (backend, num_parallel...)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    settings = Settings(home=home, models=home / "models", host=f"127.0.0.1:{port}", backend="cpu", num_parallel=2)
-    store = Store(settings.models_dir)
+    config = Settings(home=home, models=home / "models", host=f"127.0.0.1:{port}", **settings)
+    store = Store(config.models_dir)
     register_gguf(store, tiny_gguf, "tiny:latest")
     register_gguf(store, tiny_gguf, "someone/tiny:v1")
-    scheduler = Scheduler(settings, store=store)
-    app = create_app(settings, scheduler)
+    scheduler = Scheduler(config, plugins=plugins, store=store)
+    app = create_app(config, scheduler)
     loop = LoopThread()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     serving = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), loop.loop)
@@ -126,12 +133,51 @@ def corral(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterato
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
     try:
-        yield Corral(app, scheduler, settings, loop, port)
+        yield Corral(app, scheduler, config, loop, port)
     finally:
         server.should_exit = True
         serving.result(60)  # the lifespan's shutdown closes the scheduler
         loop.stop()
         sock.close()
+
+
+@pytest.fixture(scope="module")
+def corral(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Corral]:
+    with serve(tmp_path_factory.mktemp("corral-openai"), tiny_gguf, backend="cpu", num_parallel=2) as env:
+        yield env
+
+
+@dataclass
+class EngineBackend:
+    """A backend that loads every model with ``load`` (another engine), probing as one CPU device."""
+
+    name: str
+    load: Callable[[LoadSpec], Runner]
+    priority: int = 1
+    description: str = "another engine serving the API tests"
+
+    def probe(self) -> Probe:
+        device = Device(backend=self.name, index=0, name="cpu", kind="cpu", total_memory=8 << 30, free_memory=8 << 30)
+        return Probe(available=True, devices=(device,))
+
+    @hookimpl
+    def corral_register_backends(self, register: Callable[[Backend], None]) -> None:
+        register(self)
+
+
+def serve_with(backend: EngineBackend, home: Path, tiny_gguf: Path) -> AbstractContextManager[Corral]:
+    """``serve`` with ``backend`` as the only backend, loaded in this process (isolated runners would
+    start processes that do not have the test's plugin)."""
+    plugins = Plugins(load_entry_points=False, modules=[backend])  # type: ignore[list-item]
+    return serve(home, tiny_gguf, plugins, backend=backend.name, num_parallel=2, isolate_runners=False)
+
+
+def suite_for_another_engine(excluding: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """This module's tests (and its autouse leak check) under names an engine's test module can
+    take into its globals, so they run against that module's own ``corral`` fixture."""
+    tests = {f"test_api_{name[len('test_'):]}": value for name, value in globals().items()
+             if name.startswith("test_") and name not in excluding}
+    return {"no_leaks": no_leaks, **tests}
 
 
 @pytest.fixture(autouse=True)
