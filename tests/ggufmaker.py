@@ -261,16 +261,41 @@ def write_tiny_lora(path: Path, *, n_embd: int = 64, n_layer: int = 2, n_ff: int
     """A LoRA adapter GGUF for ``write_tiny_llama``'s default shapes (as convert_lora_to_gguf writes
     them): ``blk.N.<w>.weight.lora_a`` is (rank, in) and ``.lora_b`` is (out, rank) in numpy order.
     ``scale`` 0 gives an adapter that changes nothing."""
-    path = Path(path)
     rng = np.random.default_rng(seed)
+    pairs = {}
+    for i in range(n_layer):
+        for name, out_dim, in_dim in (("attn_q", n_embd, n_embd), ("ffn_up", n_ff, n_embd)):
+            pairs[f"blk.{i}.{name}.weight"] = (
+                (rng.standard_normal((rank, in_dim)) * 0.5).astype(np.float32),
+                (rng.standard_normal((out_dim, rank)) * 0.5 * scale).astype(np.float32),
+            )
+    return _write_lora(path, pairs, alpha=float(rank))
+
+
+def write_lora_for(base: Path, path: Path, *, rank: int = 4, alpha: float = 8.0, seed: int = 2) -> Path:
+    """A LoRA adapter GGUF on every matrix of ``base`` llama.cpp adapts: each layer's attention and MLP
+    weights, ``output.weight`` and ``token_embd.weight`` (whose pair llama.cpp stores flipped:
+    ``lora_a`` (vocab, rank), ``lora_b`` (embd, rank) in numpy order)."""
+    rng = np.random.default_rng(seed)
+    pairs = {}
+    for t in gguf.GGUFReader(str(base)).tensors:
+        if len(t.shape) != 2:
+            continue
+        cols, rows = (int(n) for n in t.shape)  # ggml order: numpy (rows, cols)
+        a_shape, b_shape = ((rows, rank), (cols, rank)) if t.name == "token_embd.weight" else ((rank, cols), (rows, rank))
+        pairs[t.name] = tuple((rng.standard_normal(shape) * 0.3).astype(np.float32) for shape in (a_shape, b_shape))
+    return _write_lora(path, pairs, alpha=alpha)
+
+
+def _write_lora(path: Path, pairs: dict[str, tuple[np.ndarray, np.ndarray]], alpha: float) -> Path:
+    path = Path(path)
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_string("general.type", "adapter")
     w.add_string("adapter.type", "lora")
-    w.add_float32("adapter.lora.alpha", float(rank))
-    for i in range(n_layer):
-        for name, out_dim, in_dim in (("attn_q", n_embd, n_embd), ("ffn_up", n_ff, n_embd)):
-            w.add_tensor(f"blk.{i}.{name}.weight.lora_a", (rng.standard_normal((rank, in_dim)) * 0.5).astype(np.float32))
-            w.add_tensor(f"blk.{i}.{name}.weight.lora_b", (rng.standard_normal((out_dim, rank)) * 0.5 * scale).astype(np.float32))
+    w.add_float32("adapter.lora.alpha", alpha)
+    for name, (a, b) in pairs.items():
+        w.add_tensor(f"{name}.lora_a", a)
+        w.add_tensor(f"{name}.lora_b", b)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -27,6 +27,8 @@ with llama.cpp's rules (special-token partition, pre-tokenizer regexes, BPE or S
 Tokens are picked by ``corral.sampling``'s numpy sampler (llama.cpp's chain), except a plain greedy
 sequence, whose argmax is taken on the device. GBNF grammars (Ollama's ``format``) run llama.cpp's
 grammar sampler over a vocab-only llama.cpp load of the same GGUF, made on the first grammar.
+LoRA adapters (llama.cpp's GGUF format, read by ``mlx_lora``) are added at run time to the matrices
+they adapt, never merged into the (possibly quantised) weights.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
 from corral.hfnames import LLAMA_LAYER_NAMES as _LAYER_NAMES, LLAMA_TOP_NAMES as _TOP_NAMES
 from corral.hfnames import byte_decoder as _byte_decoder
 from corral.sampling import GrammarVocabulary, Sampler
+
+from .mlx_lora import EMBEDDINGS, LoraPair, load_adapters
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -583,11 +587,13 @@ class _Cache:
 
 
 class _Llama:
-    def __init__(self, weights: dict[str, mx.array], config: dict[str, Any], max_ctx: int) -> None:
+    def __init__(self, weights: dict[str, mx.array], config: dict[str, Any], max_ctx: int,
+                 lora: dict[str, list[LoraPair]] | None = None) -> None:
         import mlx.core as mx
 
         self.mx = mx
         self.w = weights
+        self.lora = lora or {}  # module name -> LoRA pairs, added at run time (see mlx_lora)
         self.quant: dict[str, dict[str, int]] = {
             k: v for k, v in (config.get("quantization") or {}).items() if isinstance(v, dict)
         }
@@ -614,19 +620,27 @@ class _Llama:
         mx, w = self.mx, self.w
         q = self.quant.get(name)
         if q is None:
-            return x @ w[f"{name}.weight"].T
-        return mx.quantized_matmul(x, w[f"{name}.weight"], w[f"{name}.scales"], w[f"{name}.biases"],
-                                   transpose=True, group_size=q["group_size"], bits=q["bits"])
+            y = x @ w[f"{name}.weight"].T
+        else:
+            y = mx.quantized_matmul(x, w[f"{name}.weight"], w[f"{name}.scales"], w[f"{name}.biases"],
+                                    transpose=True, group_size=q["group_size"], bits=q["bits"])
+        for pair in self.lora.get(name, ()):
+            y = y + pair.scale * ((x @ pair.a.T) @ pair.b.T)
+        return y
 
     def _embed(self, ids: mx.array) -> mx.array:
         mx, w, name = self.mx, self.w, self.embed_name
         q = self.quant.get(name)
         if q is None:
-            return w[f"{name}.weight"][ids].astype(mx.float32)
-        # float32 scales: dequantising with float16 ones would round d*q to float16
-        scales = w[f"{name}.scales"][ids].astype(mx.float32)
-        biases = w[f"{name}.biases"][ids].astype(mx.float32)
-        return mx.dequantize(w[f"{name}.weight"][ids], scales, biases, group_size=q["group_size"], bits=q["bits"])
+            rows = w[f"{name}.weight"][ids].astype(mx.float32)
+        else:
+            # float32 scales: dequantising with float16 ones would round d*q to float16
+            scales = w[f"{name}.scales"][ids].astype(mx.float32)
+            biases = w[f"{name}.biases"][ids].astype(mx.float32)
+            rows = mx.dequantize(w[f"{name}.weight"][ids], scales, biases, group_size=q["group_size"], bits=q["bits"])
+        for pair in self.lora.get(name, ()):  # token_embd's pair is stored flipped: rows of A
+            rows = rows + pair.scale * (pair.a[ids] @ pair.b.T)
+        return rows
 
     def _rope(self, x: mx.array, offset: int) -> mx.array:
         return self.mx.fast.rope(x, self.rope_dims, traditional=True, base=self.rope_base,
@@ -699,6 +713,22 @@ class _Llama:
 # ---------------------------------------------------------------------------------------------
 
 
+def _lora_by_module(pairs: dict[str, list[LoraPair]], tied: bool) -> dict[str, list[LoraPair]]:
+    """LoRA pairs keyed by the module names ``_Llama`` uses instead of GGUF tensor names."""
+    if tied and EMBEDDINGS in pairs:
+        # llama.cpp would also apply token_embd's flipped pair to the shared output matrix, where
+        # its shapes do not fit, and abort.
+        raise BadRequest("this LoRA adapts token_embd of a model whose output shares it; neither "
+                         "llama.cpp nor the MLX engine can run that")
+    out: dict[str, list[LoraPair]] = {}
+    for name, found in pairs.items():
+        hf = _hf_name(name)
+        if hf is None:
+            raise BadRequest(f"the MLX engine cannot apply a LoRA to {name!r}")
+        out[hf.rsplit(".", 1)[0]] = found
+    return out
+
+
 class MLXRunner:
     """One loaded GGUF model on an MLX device; every method is called from one owner thread."""
 
@@ -708,8 +738,6 @@ class MLXRunner:
         self.mx = mx
         self.device = mx.gpu if device == "gpu" else mx.cpu
         path = Path(spec.model_path)
-        if spec.adapters:
-            raise BadRequest("the MLX engine does not apply LoRA adapters yet; use the llama.cpp engine")
         summary = validate_gguf(path)
         meta, tensors = read_header(path)
         self.tokenizer = GGUFTokenizer(meta)
@@ -724,9 +752,11 @@ class MLXRunner:
         with mx.stream(self.device):
             weights = mx.load(str(self.folder / "model.safetensors"))
             mx.eval(weights)
-        self.model = _Llama(weights, config, self.max_tokens)
+        lora = _lora_by_module(load_adapters(spec.adapters, tensors, "llama"), config["tie_word_embeddings"])
+        self.model = _Llama(weights, config, self.max_tokens, lora)
         tok = self.tokenizer
         n_bytes = sum(int(a.nbytes) for a in weights.values())
+        n_bytes += sum(int(p.a.nbytes + p.b.nbytes) for pairs in lora.values() for p in pairs)
         self.info = ModelInfo(
             architecture="llama",
             n_ctx_train=n_ctx_train,
