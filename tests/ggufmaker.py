@@ -143,10 +143,12 @@ def write_tiny_llama(
     chat_template: str | None = CHATML,
     defect: str | None = None,
     extra_metadata: dict[str, str | bool | int | float] | None = None,
+    tied: bool = False,
 ) -> Path:
     """Write a tiny llama GGUF to ``path`` and return ``path``.
 
     ``extra_metadata`` adds keys (str, bool, uint32 or float32 values) that are not already written.
+    ``tied`` leaves out ``output.weight``: the output shares the token embeddings (as SmolLM2's does).
     """
     path = Path(path)
     if vocab not in ("gpt2", "spm"):
@@ -243,7 +245,8 @@ def write_tiny_llama(
         w.add_tensor(f"blk.{i}.ffn_up.weight", mat(n_ff, n_embd))
         w.add_tensor(f"blk.{i}.ffn_down.weight", mat(n_embd, n_ff))
     w.add_tensor("output_norm.weight", ones(n_embd))
-    w.add_tensor("output.weight", mat(n_vocab, n_embd))
+    if not tied:
+        w.add_tensor("output.weight", mat(n_vocab, n_embd))
 
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -507,6 +507,20 @@ def test_a_lora_that_does_not_fit_the_model_is_refused(tiny_gguf: Path, tmp_path
         load(tiny_gguf, adapters=(tiny_gguf,))  # a model, not an adapter
 
 
+def test_a_tied_output_takes_adapters_but_not_on_its_shared_embeddings(tmp_path: Path) -> None:
+    tied = write_tiny_llama(tmp_path / "tied.gguf", tied=True)
+    some = write_tiny_lora(tmp_path / "some.gguf")
+    mine, cpp = load(tied, adapters=(some,)), load_cpp(tied, (some,))
+    try:
+        assert greedy(mine, PROMPTS[1]) == greedy(cpp, PROMPTS[1])
+    finally:
+        mine.close()
+        cpp.close()
+    # llama.cpp would apply token_embd's flipped pair to the shared output too, and abort on its shapes
+    with pytest.raises(BadRequest, match="token_embd"):
+        load(tied, adapters=(write_lora_for(tied, tmp_path / "every.gguf"),))
+
+
 # ---- the derived MLX folder -----------------------------------------------------------------------
 
 
