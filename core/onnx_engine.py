@@ -169,8 +169,8 @@ class OnnxRunner:
         # Per-request num_ctx may take more than one slot's share of the pool (as llama.cpp's unified KV):
         # let a generator grow to the whole pool, with a cache that grows instead of being preallocated.
         self.max_length = min(n_ctx_train, self.seq_ctx * spec.num_parallel)
-        tok_cfg = _read_json(folder / "tokenizer_config.json")
-        provenance = _read_json(folder / PROVENANCE)
+        tok_cfg = read_json(folder / "tokenizer_config.json")
+        provenance = read_json(folder / PROVENANCE)
         bos = model_cfg.get("bos_token_id")
         bos = int(bos) if isinstance(bos, int) and 0 <= bos < n_vocab else None
         template = tok_cfg.get("chat_template")
@@ -302,7 +302,7 @@ class OnnxRunner:
         self._model = None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from .errors import BadRequest, InvalidModelFile
 from .models import param_size
-from .onnx_engine import PROVENANCE, VOCAB_GGUF, _read_json, is_genai_folder
+from .onnx_engine import PROVENANCE, VOCAB_GGUF, read_json, is_genai_folder
 from .store import Store, fsync_dir
 
 GENAI_CONFIG = "genai_config.json"
@@ -111,8 +111,8 @@ def unpacked(store: Store, digest: str) -> Path:
 def onnx_config_blob(folder: Path, source_meta: dict[str, Any] | None = None) -> bytes:
     """The config layer for an ONNX model: Ollama's fields, with ``model_format`` "onnx" and the
     builder's precision as the quantization level."""
-    provenance = _read_json(folder / PROVENANCE)
-    genai = _read_json(folder / GENAI_CONFIG).get("model", {})
+    provenance = read_json(folder / PROVENANCE)
+    genai = read_json(folder / GENAI_CONFIG).get("model", {})
     meta = source_meta
     if meta is None and (folder / VOCAB_GGUF).is_file():
         from .gguf_check import read_metadata
@@ -136,7 +136,7 @@ def onnx_config_blob(folder: Path, source_meta: dict[str, Any] | None = None) ->
 
 def precision_of(folder: Path) -> str:
     """The weights' precision as the converter recorded it ("INT8"), or "ONNX" for a folder from elsewhere."""
-    return str(_read_json(Path(folder) / PROVENANCE).get("precision", "onnx")).upper()
+    return str(read_json(Path(folder) / PROVENANCE).get("precision", "onnx")).upper()
 
 
 def check_folder(folder: Path, label: str) -> None:
