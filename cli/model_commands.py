@@ -193,10 +193,10 @@ def fit_report(model: str, backend: str | None, num_ctx: int | None) -> str:
     devices = list(entry.probe().devices)
     if entry.name != "cpu":
         devices += list(plugins.get("cpu").probe().devices)
-    if recipe.is_onnx:
-        return (f"Backend:   {entry.name}\nONNX model ({recipe.model_path}): onnxruntime runs it whole on one device;"
-                " there is no layer split to plan")
     options = recipe.options
+    if recipe.is_onnx:
+        return f"Backend:   {entry.name}\n" + onnx_fit_report(recipe.model_path, num_ctx or options.num_ctx or settings.num_ctx,
+                                                            settings.num_parallel, devices, on_gpu=entry.name == "cuda")
     try:
         plan = plan_for_gguf(
             recipe.model_path, num_ctx or options.num_ctx or settings.num_ctx, settings.num_parallel, devices, options.num_gpu,
@@ -205,6 +205,25 @@ def fit_report(model: str, backend: str | None, num_ctx: int | None) -> str:
     except InsufficientMemory as exc:
         return f"Backend:   {entry.name}\nDoes not fit: {exc}"
     return f"Backend:   {entry.name}\n{plan.explain()}"
+
+
+def onnx_fit_report(folder: Path, num_ctx: int, num_parallel: int, devices: list[Any], *, on_gpu: bool) -> str:
+    from corral.errors import InsufficientMemory
+    from corral.offload import check_onnx_fit, human_bytes, onnx_need
+
+    weights, kv, seq_ctx = onnx_need(folder, num_ctx, num_parallel, on_gpu=on_gpu)
+    lines = [
+        "ONNX model: onnxruntime runs it whole on one device (no layer split)",
+        f"Weights:   {human_bytes(weights)}",
+        f"KV cache:  {human_bytes(kv)} ({num_parallel} x {seq_ctx} tokens)",
+    ]
+    try:
+        check_onnx_fit(folder, num_ctx, num_parallel, devices, on_gpu=on_gpu)
+    except InsufficientMemory as exc:
+        return "\n".join([*lines, f"Does not fit: {exc}"])
+    device = next((d for d in devices if (d.kind == "gpu") == on_gpu), None)
+    free = f"{human_bytes(device.free_memory)} free on {device.name}" if device else "no device to check"
+    return "\n".join([*lines, f"Fits:      {free}"])
 
 
 def info_block(resp: Any, *, verbose: bool = False) -> str:

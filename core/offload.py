@@ -579,6 +579,43 @@ def plan_for_gguf(
     return plan(profile_from_gguf(path), devices, num_ctx=num_ctx, num_parallel=num_parallel, num_gpu=num_gpu, **options)
 
 
+def onnx_need(folder: Path, num_ctx: int, num_parallel: int, *, on_gpu: bool) -> tuple[int, int, int]:
+    """(weights bytes, KV cache bytes, tokens per sequence) for an onnxruntime-genai model with ``num_parallel`` sequences of
+    ``num_ctx`` tokens (capped at its context length): the .onnx files plus their external data, and
+    K and V for every layer in the model's KV type (fp16/bf16 models keep it in 16 bits, others in 32)."""
+    import json
+
+    folder = Path(folder)
+    try:
+        model = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))["model"]
+        decoder = model["decoder"]
+        per_token = 2 * int(decoder["num_hidden_layers"]) * int(decoder["num_key_value_heads"]) * int(decoder["head_size"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidModelFile(f"{folder}: genai_config.json does not describe the decoder ({exc})") from None
+    weights = sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith((".onnx", ".onnx.data")))
+    from .onnx_engine import PROVENANCE, read_json
+
+    bpe = 2 if on_gpu and read_json(folder / PROVENANCE).get("precision") in ("fp16", "bf16") else 4
+    seq_ctx = min(num_ctx, int(model.get("context_length") or num_ctx))
+    return weights, per_token * seq_ctx * num_parallel * bpe, seq_ctx
+
+
+def check_onnx_fit(folder: Path, num_ctx: int, num_parallel: int, devices: Sequence[Device], *, on_gpu: bool) -> None:
+    """An ONNX model runs whole on one device (onnxruntime splits no layers): refuse it, saying what it
+    needs and what is free, when that device cannot hold it."""
+    device = next((d for d in devices if (d.kind == "gpu") == on_gpu), None)
+    if device is None:
+        return
+    weights, kv, seq_ctx = onnx_need(folder, num_ctx, num_parallel, on_gpu=on_gpu)
+    need = weights + kv + (GPU_OVERHEAD if on_gpu else 0)
+    if need > device.free_memory:
+        raise InsufficientMemory(
+            f"the model needs {human_bytes(need)} on {device.name} (weights {human_bytes(weights)}, KV cache "
+            f"{human_bytes(kv)} for {num_parallel} x {seq_ctx} tokens) but only {human_bytes(device.free_memory)} "
+            "is free: lower num_ctx or CORRAL_NUM_PARALLEL, or stop other models"
+        )
+
+
 # ---- formatting ----------------------------------------------------------------------------------
 
 

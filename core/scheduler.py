@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import re
 import time
@@ -22,7 +23,7 @@ from .errors import BadRequest, CorralError, InsufficientMemory, ServerBusy
 from .hookspecs import LoadSpec, Sampling
 from .isolation import ProcessWorker
 from .models import Recipe, resolve
-from .offload import Plan, plan_for_gguf
+from .offload import Plan, check_onnx_fit, plan_for_gguf
 from .plugins import BackendEntry, Plugins
 from .store import Store
 from .types import Options
@@ -189,18 +190,27 @@ class Scheduler:
     async def _fit(self, entry: BackendEntry, spec: LoadSpec, exclude: tuple[str, str]) -> Plan | None:
         """Estimate what the model needs (weights + KV cache for num_ctx × slots + compute) against
         the devices' free memory now; unload idle models, shortest keep-alive first, until it fits.
-        None for files that are not GGUF (their engine checks for itself)."""
-        if not _is_gguf(spec.model_path):
+        An ONNX model folder is checked whole against one device (the GPU on cuda, else the CPU);
+        None for those and for files that are neither (their engine checks for itself)."""
+        from .onnx_engine import is_genai_folder
+
+        if _is_gguf(spec.model_path):
+            estimate = functools.partial(
+                plan_for_gguf, spec.model_path, spec.num_ctx, spec.num_parallel, num_gpu=spec.num_gpu,
+                flash_attention=spec.flash_attention,
+            )  # fmt: skip
+        elif is_genai_folder(spec.model_path):
+            estimate = functools.partial(
+                check_onnx_fit, spec.model_path, spec.num_ctx, spec.num_parallel, on_gpu=entry.name == "cuda"
+            )
+        else:
             return None
         while True:
             devices = list(entry.backend.probe().devices)  # fresh: free memory changes as models load
             if entry.name != "cpu" and "cpu" in self.plugins.names():
                 devices += list(self.plugins.get("cpu").backend.probe().devices)
             try:
-                return await asyncio.to_thread(
-                    plan_for_gguf, spec.model_path, spec.num_ctx, spec.num_parallel, devices, spec.num_gpu,
-                    flash_attention=spec.flash_attention,
-                )
+                return await asyncio.to_thread(estimate, devices=devices)
             except InsufficientMemory:
                 idle = [(k, m) for k, m in self.loaded.items() if m.inflight == 0 and k != exclude]
                 if not idle:

@@ -128,7 +128,8 @@ def test_show_and_list_report_onnx(server: Server, created: Any) -> None:
     text = server.corral("show", "tiny-onnx")
     assert text.returncode == 0 and "FP32" in text.stdout
     fit = server.corral("show", "tiny-onnx", "--fit")
-    assert fit.returncode == 0 and "ONNX model" in fit.stdout
+    assert fit.returncode == 0 and "ONNX model: onnxruntime runs it whole" in fit.stdout
+    assert "KV cache:" in fit.stdout and "Fits:" in fit.stdout
 
 
 def test_the_onnx_model_answers_as_the_gguf_does(server: Server, created: Any) -> None:

@@ -291,3 +291,50 @@ def test_a_busy_model_is_not_evicted_for_memory(tmp_path: Path, tiny_gguf: Path)
             await sched.close()
 
     asyncio.run(main())
+
+
+def _onnx_model(tmp_path: Path, weights: int) -> Settings:
+    """A store holding one ONNX model whose folder has ``weights`` bytes of .onnx data: 2 layers x 2 KV
+    heads x 16 dims, so 128 K/V values per token, 4 bytes each."""
+    import json
+
+    from corral.names import ModelName
+    from corral.onnx_layer import onnx_config_blob, pack_to_temp
+    from corral.store import CONFIG_MEDIA_TYPE, MEDIA_ONNX, Manifest, Store
+
+    folder = tmp_path / "genai"
+    folder.mkdir()
+    decoder = {"num_hidden_layers": 2, "num_key_value_heads": 2, "head_size": 16}
+    (folder / "genai_config.json").write_text(json.dumps({"model": {"context_length": 512, "decoder": decoder}}))
+    (folder / "model.onnx").write_bytes(b"\0" * weights)
+    s = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_ctx=256, num_parallel=2)
+    store = Store(s.models_dir)
+    tar = pack_to_temp(folder, tmp_path)
+    layer = store.write_blob_file(tar, MEDIA_ONNX)
+    config = store.write_blob_bytes(onnx_config_blob(folder), CONFIG_MEDIA_TYPE)
+    store.write_manifest(ModelName.parse("onnx:latest"), Manifest(config=config, layers=[layer]))
+    return s
+
+
+@pytest.mark.parametrize("memory, fits", [(100_000 + 2 * 256 * 128 * 4, True), (100_000 + 2 * 256 * 128 * 4 - 1, False)])
+def test_an_onnx_model_is_checked_whole_against_the_device(tmp_path: Path, memory: int, fits: bool) -> None:
+    from corral.errors import InsufficientMemory
+
+    backend = FakeBackend(memory=memory, script=b"ok")
+    s = _onnx_model(tmp_path, weights=100_000)
+
+    async def main() -> str:
+        sched = Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+        try:
+            return await collect(sched, "onnx")
+        finally:
+            await sched.close()
+
+    if fits:
+        assert asyncio.run(main()) == "ok"
+        assert (backend.runners[0].spec.model_path / "genai_config.json").is_file()  # the unpacked folder
+        return
+    message = r"needs 353.7 KiB on Fake Device \(weights 97.7 KiB, KV cache 256.0 KiB for 2 x 256 tokens\) but only 353.7 KiB"
+    with pytest.raises(InsufficientMemory, match=message):
+        asyncio.run(main())
+    assert backend.loads == 0
