@@ -10,3 +10,4 @@ $PY run_verbose.py
 $PY single_stream.py "$@"
 $PY concurrency.py "$@"
 $PY chat_turns.py "$@"
+$PY engines.py
