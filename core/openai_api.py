@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
-from . import prompting
+from . import prompting, toolcalls
 from .config import Settings
 from .errors import BadRequest, CorralError, InvalidName, ModelNotFound
 from .names import ModelName
@@ -142,6 +142,7 @@ class ChatCompletionRequest(_Generating):
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # "none" hides the tools; others let the model choose
 
 
 class CompletionRequest(_Generating):
@@ -316,8 +317,22 @@ def usage_of(stats: Stats | None) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def finish_reason(event: Event) -> str:
+def finish_reason(event: Event, called: bool = False) -> str:
+    if called:
+        return "tool_calls"
     return "length" if event.done_reason == "length" else "stop"
+
+
+def openai_tool_calls(calls: list[dict[str, Any]], *, streaming: bool) -> list[dict[str, Any]]:
+    """Ollama-shaped calls ({"function": {"index", "name", "arguments": {...}}}) as OpenAI's, whose
+    arguments are a JSON string; stream deltas carry each call's index."""
+    out = []
+    for call in calls:
+        fn = call["function"]
+        item = {"id": f"call_{secrets.token_hex(4)}", "type": "function",
+                "function": {"name": fn["name"], "arguments": json.dumps(fn["arguments"], ensure_ascii=False)}}  # fmt: skip
+        out.append({"index": fn["index"], **item} if streaming else item)
+    return out
 
 
 def _sse(obj: Any) -> bytes:
@@ -443,27 +458,39 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
         grammar = prompting.grammar_for(response_format(req.response_format))
         num_predict = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         options = request_options(req, num_predict)
+        offered = req.tools if req.tool_choice != "none" else None
 
         def build(ticket: Ticket) -> tuple[str, Any]:
             recipe = ticket.loaded.recipe
             info = ticket.loaded.worker.wait_loaded().info
-            prompt = prompting.render(recipe, info, prompting.chat_messages(recipe, messages), tools=req.tools)
+            prompt = prompting.render(recipe, info, prompting.chat_messages(recipe, messages), tools=offered)
             return prompt, replace(ticket.options.sampling(), grammar=grammar)
 
         generation, model = await _generate(scheduler, req, options, build)
+        loaded = generation.ticket.loaded
+        tools = toolcalls.parser_for(loaded.recipe.template, loaded.worker.wait_loaded().info.chat_template, offered)
         cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         if not req.stream:
             parts: list[str] = []
+            called: list[dict[str, Any]] = []
             final = Event(done=True, done_reason="stop")
             try:
                 async for event in generation.rest():
-                    parts.append(event.text)
+                    text, calls = tools.feed(event.text) if tools else (event.text, [])
+                    parts.append(text)
+                    called += calls
                     if event.done:
                         final = event
             finally:
                 await generation.close()
+            if tools:
+                parts.append(tools.finish())
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(parts)}
+            if called:
+                message = {"role": "assistant", "content": message["content"] or None,
+                           "tool_calls": openai_tool_calls(called, streaming=False)}  # fmt: skip
             return JSONResponse(
                 {
                     "id": cid,
@@ -474,9 +501,9 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "".join(parts)},
+                            "message": message,
                             "logprobs": None,
-                            "finish_reason": finish_reason(final),
+                            "finish_reason": finish_reason(final, bool(called)),
                         }
                     ],
                     "usage": usage_of(final.stats),
@@ -498,11 +525,18 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
 
         async def body() -> AsyncIterator[bytes]:
             yield chunk({"role": "assistant", "content": ""}, None)
+            called = False
             async for event in generation.rest():
-                if event.text:
-                    yield chunk({"content": event.text}, None)
+                text, calls = tools.feed(event.text) if tools else (event.text, [])
+                if event.done and tools:
+                    text += tools.finish()
+                if text:
+                    yield chunk({"content": text}, None)
+                if calls:
+                    called = True
+                    yield chunk({"tool_calls": openai_tool_calls(calls, streaming=True)}, None)
                 if event.done:
-                    yield chunk({}, finish_reason(event))
+                    yield chunk({}, finish_reason(event, called))
                     if include_usage:
                         yield _sse(
                             {

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from . import __version__, prompting
+from . import __version__, prompting, toolcalls
 from .config import Settings
 from .errors import BadRequest, CorralError
 from .scheduler import Scheduler, Ticket
@@ -236,23 +236,29 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
             scheduler.release(ticket)
             raise
 
+        tools = toolcalls.parser_for(ticket.loaded.recipe.template, info.chat_template, req.tools)
+
         async def chunks() -> AsyncIterator[ChatResponse]:
             try:
                 async for event in scheduler.stream(ticket, prompt, sampling=sampling):
-                    message = Message(role="assistant", content=event.text)
+                    text, calls = tools.feed(event.text) if tools else (event.text, [])
+                    if event.done and tools:
+                        text += tools.finish()
+                    message = Message(role="assistant", content=text, tool_calls=calls or None)
                     if event.done:
                         yield ChatResponse(
                             model=name, created_at=now_rfc3339(), message=message, done=True,
                             **done_fields(ticket, event, t_start),
                         )
-                    else:
+                    elif text or calls:
                         yield ChatResponse(model=name, created_at=now_rfc3339(), message=message, done=False)
             finally:
                 scheduler.release(ticket)
 
         def merge(items: list[BaseModel]) -> BaseModel:
             text = "".join(i.message.content for i in items)  # type: ignore[attr-defined]
-            return items[-1].model_copy(update={"message": Message(role="assistant", content=text)})
+            calls = [c for i in items for c in i.message.tool_calls or []]  # type: ignore[attr-defined]
+            return items[-1].model_copy(update={"message": Message(role="assistant", content=text, tool_calls=calls or None)})
 
         return await ndjson_or_single(chunks(), req.stream, merge)
 

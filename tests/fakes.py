@@ -108,12 +108,16 @@ class FakePlugin:
         register(self.backend)
 
 
-def write_fake_model(models_dir: Path, name: str = "fake:latest", payload: bytes = b"fake weights, not a GGUF") -> None:
-    """A store entry for the fake backend: it never reads the weights file."""
+def write_fake_model(
+    models_dir: Path, name: str = "fake:latest", payload: bytes = b"fake weights, not a GGUF", template: str | None = None
+) -> None:
+    """A store entry for the fake backend: it never reads the weights file. ``template``: a Go TEMPLATE layer."""
     from corral.names import ModelName
-    from corral.store import CONFIG_MEDIA_TYPE, MEDIA_MODEL, Manifest, Store
+    from corral.store import CONFIG_MEDIA_TYPE, MEDIA_MODEL, MEDIA_TEMPLATE, Manifest, Store
 
     store = Store(models_dir)
-    layer = store.write_blob_bytes(payload, MEDIA_MODEL)
+    layers = [store.write_blob_bytes(payload, MEDIA_MODEL)]
+    if template is not None:
+        layers.append(store.write_blob_bytes(template.encode(), MEDIA_TEMPLATE))
     config = store.write_blob_bytes(b'{"model_format":"gguf","model_family":"fake"}', CONFIG_MEDIA_TYPE)
-    store.write_manifest(ModelName.parse(name), Manifest(config=config, layers=[layer]))
+    store.write_manifest(ModelName.parse(name), Manifest(config=config, layers=layers))
