@@ -51,7 +51,7 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
                 progress(note)
             build(store(), plan, progress=progress)
 
-        return await ndjson_or_single(_run_job(job), req.stream, _last)
+        return await ndjson_or_single(_run_job(job), req.stream, _last, request=request)
 
     @app.post("/api/show")
     async def show(request: Request) -> Response:
@@ -122,7 +122,7 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
 
             registry.pull(store(), name, insecure=bool(req.insecure), progress=progress, cancel=cancel)
 
-        return await ndjson_or_single(_run_job(job), req.stream, _last)
+        return await ndjson_or_single(_run_job(job), req.stream, _last, request=request)
 
     @app.post("/api/push", response_model=ProgressResponse)
     async def push(request: Request) -> Response:
@@ -136,7 +136,7 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
 
             registry.push(store(), name, insecure=bool(req.insecure), progress=progress, cancel=cancel)
 
-        return await ndjson_or_single(_run_job(job), req.stream, _last)
+        return await ndjson_or_single(_run_job(job), req.stream, _last, request=request)
 
 
 def _name(text: str | None) -> ModelName:

@@ -36,7 +36,7 @@ from .config import Settings
 from .errors import BadRequest, CorralError, InvalidName, ModelNotFound
 from .names import ModelName
 from .scheduler import Scheduler, Ticket
-from .server import normalise, parse_body
+from .server import CLIENT_CLOSED, ClientGone, normalise, parse_body, unless_disconnected
 from .store import StoredModel
 from .types import Message, Options
 from .worker import Event, Stats
@@ -88,6 +88,8 @@ def _openai_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callabl
             return await handler(request)
         except CorralError as exc:
             return error_response(exc)
+        except ClientGone:  # a non-streamed answer whose client left: its job is cancelled already
+            return Response(status_code=CLIENT_CLOSED)
         except Exception as exc:  # a bug is still answered in OpenAI's shape, and logged
             log.exception("%s %s failed", request.method, request.url.path)
             return error_response(exc)
@@ -387,6 +389,17 @@ class Generation:
             if event.done:
                 return
 
+    async def collect(self, request: Request) -> list[Event]:
+        """Every event, for a non-streamed answer; the job is cancelled if the client leaves first."""
+
+        async def gather() -> list[Event]:
+            try:
+                return [event async for event in self.rest()]
+            finally:
+                await self.close()
+
+        return await unless_disconnected(request, gather())
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -475,16 +488,12 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
         if not req.stream:
             parts: list[str] = []
             called: list[dict[str, Any]] = []
-            final = Event(done=True, done_reason="stop")
-            try:
-                async for event in generation.rest():
-                    text, calls = tools.feed(event.text) if tools else (event.text, [])
-                    parts.append(text)
-                    called += calls
-                    if event.done:
-                        final = event
-            finally:
-                await generation.close()
+            events = await generation.collect(request)
+            final = events[-1] if events and events[-1].done else Event(done=True, done_reason="stop")
+            for event in events:
+                text, calls = tools.feed(event.text) if tools else (event.text, [])
+                parts.append(text)
+                called += calls
             if tools:
                 parts.append(tools.finish())
             message: dict[str, Any] = {"role": "assistant", "content": "".join(parts)}
@@ -588,15 +597,9 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
             return obj
 
         if not req.stream:
-            parts: list[str] = [prefix]
-            final = Event(done=True, done_reason="stop")
-            try:
-                async for event in generation.rest():
-                    parts.append(event.text)
-                    if event.done:
-                        final = event
-            finally:
-                await generation.close()
+            events = await generation.collect(request)
+            final = events[-1] if events and events[-1].done else Event(done=True, done_reason="stop")
+            parts = [prefix, *(event.text for event in events)]
             return JSONResponse(completion("".join(parts), finish_reason(final), usage_of(final.stats)))
 
         def chunk(text: str, finish: str | None) -> bytes:

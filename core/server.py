@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -9,7 +10,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -87,23 +88,62 @@ def done_fields(ticket: Ticket, event: Event, t_start: float) -> dict[str, Any]:
     return fields
 
 
+T = TypeVar("T")
+CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, but logs say what happened
+
+
+class ClientGone(Exception):
+    """The client disconnected while a non-streamed answer was being made."""
+
+
+async def unless_disconnected(request: Request | None, work: Awaitable[T]) -> T:
+    """``work``'s result, unless the client disconnects first: then ``work`` is cancelled (its own
+    cleanup cancels the job and releases the model, as a closed stream's does) and ClientGone raised.
+    Without this a client that gave up on a long non-streamed answer would still be generated for."""
+    task = asyncio.ensure_future(work)
+    if request is None:
+        return await task
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        gone.cancel()
+    if task.cancelled():
+        raise ClientGone()
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read, so the next ASGI message is the disconnect (or never comes).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def ndjson_or_single(
     chunks: AsyncGenerator[BaseModel, None],
     stream: bool,
     merge: Callable[[list[BaseModel]], BaseModel],
     media_type: str = "application/x-ndjson",
+    request: Request | None = None,
 ) -> Response:
-    """Stream NDJSON lines, or gather them into one object. Errors before the first chunk become a
-    status; an error mid-stream becomes a final ``{"error": ...}`` line."""
+    """Stream NDJSON lines, or gather them into one object (given up if ``request``'s client leaves).
+    Errors before the first chunk become a status; an error mid-stream becomes a final ``{"error": ...}`` line."""
+    if not stream:
+        try:
+            items = await unless_disconnected(request, _gather(chunks))
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        if not items:
+            return error_response(500, "no response")
+        return JSONResponse(merge(items).model_dump(mode="json", exclude_none=True, by_alias=True))
     try:
         first = await anext(chunks)
     except StopAsyncIteration:
         return error_response(500, "no response")
-    if not stream:
-        items = [first]
-        async for item in chunks:
-            items.append(item)
-        return JSONResponse(merge(items).model_dump(mode="json", exclude_none=True, by_alias=True))
 
     async def lines() -> AsyncIterator[bytes]:
         yield _line(first)
@@ -114,6 +154,13 @@ async def ndjson_or_single(
             yield json.dumps({"error": str(exc)}).encode() + b"\n"
 
     return ClosingStream(lines(), chunks.aclose, media_type=media_type)
+
+
+async def _gather(chunks: AsyncGenerator[BaseModel, None]) -> list[BaseModel]:
+    try:
+        return [item async for item in chunks]
+    finally:
+        await chunks.aclose()
 
 
 class ClosingStream(StreamingResponse):
@@ -214,7 +261,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
             last = items[-1]
             return last.model_copy(update={"response": "".join(i.response for i in items)})  # type: ignore[attr-defined]
 
-        return await ndjson_or_single(chunks(), req.stream, merge)
+        return await ndjson_or_single(chunks(), req.stream, merge, request=request)
 
     @app.post("/api/chat", response_model=ChatResponse)
     async def chat(request: Request) -> Response:
@@ -260,7 +307,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
             calls = [c for i in items for c in i.message.tool_calls or []]  # type: ignore[attr-defined]
             return items[-1].model_copy(update={"message": Message(role="assistant", content=text, tool_calls=calls or None)})
 
-        return await ndjson_or_single(chunks(), req.stream, merge)
+        return await ndjson_or_single(chunks(), req.stream, merge, request=request)
 
     async def embed_texts(model: str, texts: list[str], options: Any, keep_alive: Any, backend: str | None) -> tuple[Ticket, list[list[float]], int]:
         ticket = await scheduler.acquire(model, options, keep_alive, backend)

@@ -100,3 +100,30 @@ def test_clients_that_disconnect_mid_stream_leak_nothing(served: tuple[str, Sche
     backend.runners[0].script = b"done"
     r = httpx.post(f"{url}/api/generate", json={"model": "fake", "prompt": "next", "stream": False}, timeout=30)
     assert r.json()["response"] == "done"
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/api/generate", {"model": "fake", "prompt": "long", "stream": False}),
+        ("/api/chat", {"model": "fake", "messages": [{"role": "user", "content": "long"}], "stream": False}),
+        ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "user", "content": "long"}]}),
+        ("/v1/completions", {"model": "fake", "prompt": "long"}),
+    ],
+)
+def test_a_client_that_leaves_a_non_streamed_answer_stops_its_job(
+    served: tuple[str, Scheduler, FakeBackend], path: str, body: dict[str, object]
+) -> None:
+    url, scheduler, backend = served
+    backend.script, backend.step_delay = b"z" * 1_000_000, 0.005  # the context fills in 20 s: only a cancel ends it sooner
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}{path}", json=body, timeout=0.5)
+    deadline = time.monotonic() + 2
+    while (scheduler._queued or any(m.inflight for m in scheduler.ps())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scheduler._queued == 0 and all(m.inflight == 0 for m in scheduler.ps())
+    runner = backend.runners[0]
+    steps = len(runner.history)
+    time.sleep(0.3)
+    assert len(runner.history) == steps  # nothing is generating for the client that left
+    assert all(slot.job is None for slot in scheduler.ps()[0].worker.slots)  # type: ignore[union-attr]
