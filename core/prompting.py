@@ -27,17 +27,19 @@ def render(
     *,
     template: str | None = None,
     tools: list[dict[str, Any]] | None = None,
-    think: bool = False,
+    think: bool | None = None,
 ) -> str:
-    """Render with a Go template (Modelfile TEMPLATE or the request's), else the GGUF's Jinja one."""
+    """Render with a Go template (Modelfile TEMPLATE or the request's), else the GGUF's Jinja one.
+    ``think``: the request's choice, None when it made none."""
     go_template = template or recipe.template
     plain = [m.model_dump(exclude_none=True) for m in messages]
     if go_template:
         from . import gotemplate
 
-        return gotemplate.render(go_template, messages=plain, tools=tools, think=think)
+        return gotemplate.render(go_template, messages=plain, tools=tools, think=bool(think))
     return render_chat(
-        info.chat_template, plain, add_generation_prompt=True, bos_token=info.bos_text, eos_token=info.eos_text, tools=tools
+        info.chat_template, plain, add_generation_prompt=True, bos_token=info.bos_text, eos_token=info.eos_text, tools=tools,
+        enable_thinking=think,
     )
 
 

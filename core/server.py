@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from . import __version__, prompting, toolcalls
+from . import __version__, prompting, thinking, toolcalls
 from .config import Settings
 from .errors import BadRequest, CorralError
 from .scheduler import Scheduler, Ticket
@@ -234,11 +234,15 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
             )
         info = ticket.loaded.worker.wait_loaded().info
         try:
+            thinker = None
             if req.raw:
                 prompt = req.prompt or ""
             else:
                 msgs = prompting.generate_messages(ticket.loaded.recipe, req.prompt or "", req.system)
-                prompt = prompting.render(ticket.loaded.recipe, info, msgs, template=req.template)
+                think = thinking.wanted(req.think) if req.think is not None else None
+                prompt = prompting.render(ticket.loaded.recipe, info, msgs, template=req.template, think=think)
+                go = req.template or ticket.loaded.recipe.template
+                thinker = thinking.parser_for(req.think, go, info.chat_template, prompt, name)
             sampling = replace(ticket.options.sampling(), grammar=prompting.grammar_for(req.format))
         except BaseException:
             scheduler.release(ticket)
@@ -247,19 +251,20 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
         async def chunks() -> AsyncIterator[GenerateResponse]:
             try:
                 async for event in scheduler.stream(ticket, prompt, sampling=sampling, context=req.context or None):
+                    thought, text = _split_thinking(thinker, event)
                     if event.done:
                         yield GenerateResponse(
-                            model=name, created_at=now_rfc3339(), response=event.text, done=True,
+                            model=name, created_at=now_rfc3339(), response=text, thinking=thought or None, done=True,
                             context=event.tokens, **done_fields(ticket, event, t_start),
                         )
-                    else:
-                        yield GenerateResponse(model=name, created_at=now_rfc3339(), response=event.text, done=False)
+                    elif text or thought:
+                        yield GenerateResponse(model=name, created_at=now_rfc3339(), response=text, thinking=thought or None, done=False)
             finally:
                 scheduler.release(ticket)
 
         def merge(items: list[BaseModel]) -> BaseModel:
-            last = items[-1]
-            return last.model_copy(update={"response": "".join(i.response for i in items)})  # type: ignore[attr-defined]
+            thought = "".join(i.thinking or "" for i in items)  # type: ignore[attr-defined]
+            return items[-1].model_copy(update={"response": "".join(i.response for i in items), "thinking": thought or None})  # type: ignore[attr-defined]
 
         return await ndjson_or_single(chunks(), req.stream, merge, request=request)
 
@@ -277,7 +282,9 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
         info = ticket.loaded.worker.wait_loaded().info
         try:
             msgs = prompting.chat_messages(ticket.loaded.recipe, list(req.messages))
-            prompt = prompting.render(ticket.loaded.recipe, info, msgs, tools=req.tools)
+            think = thinking.wanted(req.think) if req.think is not None else None
+            prompt = prompting.render(ticket.loaded.recipe, info, msgs, tools=req.tools, think=think)
+            thinker = thinking.parser_for(req.think, ticket.loaded.recipe.template, info.chat_template, prompt, name)
             sampling = replace(ticket.options.sampling(), grammar=prompting.grammar_for(req.format))
         except BaseException:
             scheduler.release(ticket)
@@ -288,16 +295,17 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
         async def chunks() -> AsyncIterator[ChatResponse]:
             try:
                 async for event in scheduler.stream(ticket, prompt, sampling=sampling):
-                    text, calls = tools.feed(event.text) if tools else (event.text, [])
+                    thought, text = _split_thinking(thinker, event)
+                    text, calls = tools.feed(text) if tools else (text, [])
                     if event.done and tools:
                         text += tools.finish()
-                    message = Message(role="assistant", content=text, tool_calls=calls or None)
+                    message = Message(role="assistant", content=text, thinking=thought or None, tool_calls=calls or None)
                     if event.done:
                         yield ChatResponse(
                             model=name, created_at=now_rfc3339(), message=message, done=True,
                             **done_fields(ticket, event, t_start),
                         )
-                    elif text or calls:
+                    elif text or calls or thought:
                         yield ChatResponse(model=name, created_at=now_rfc3339(), message=message, done=False)
             finally:
                 scheduler.release(ticket)
@@ -305,7 +313,9 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
         def merge(items: list[BaseModel]) -> BaseModel:
             text = "".join(i.message.content for i in items)  # type: ignore[attr-defined]
             calls = [c for i in items for c in i.message.tool_calls or []]  # type: ignore[attr-defined]
-            return items[-1].model_copy(update={"message": Message(role="assistant", content=text, tool_calls=calls or None)})
+            thought = "".join(i.message.thinking or "" for i in items)  # type: ignore[attr-defined]
+            message = Message(role="assistant", content=text, thinking=thought or None, tool_calls=calls or None)
+            return items[-1].model_copy(update={"message": message})
 
         return await ndjson_or_single(chunks(), req.stream, merge, request=request)
 
@@ -378,6 +388,17 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
 
     _include_routers(app, scheduler, settings)
     return app
+
+
+def _split_thinking(thinker: thinking.ThinkingParser | None, event: Event) -> tuple[str, str]:
+    """(thinking, content) of one event's text; the parser's held text comes out with the last."""
+    if thinker is None:
+        return "", event.text
+    thought, text = thinker.feed(event.text)
+    if event.done:
+        more_thought, more_text = thinker.finish()
+        thought, text = thought + more_thought, text + more_text
+    return thought, text
 
 
 def processor_label(size: int, vram: int, backend: str) -> str:

@@ -17,6 +17,7 @@ from .modelfile import ROLES, render_model
 from .models import Recipe, details_of, find, recipe_from
 from .names import ModelName
 from .store import MEDIA_PARAMS, Store
+from .thinking import can_think
 from .types import ShowResponse
 
 PARAM_NAME_WIDTH = 30  # Ollama pads parameter names to 30 columns
@@ -109,19 +110,18 @@ def capabilities(recipe: Recipe, meta: dict[str, Any]) -> list[str]:
     caps = ["embedding" if f"{arch}.pooling_type" in meta else "completion"]
     if recipe.template is not None:  # a Go template (Modelfile TEMPLATE)
         tpl = recipe.template
-        tools, insert, thinking = ".Tools" in tpl, ".Suffix" in tpl, ".Think" in tpl
+        tools, insert = ".Tools" in tpl, ".Suffix" in tpl
     else:  # the GGUF's Jinja chat template
         tpl = meta.get("tokenizer.chat_template") or ""
         tpl = tpl if isinstance(tpl, str) else ""
         tools, insert = "tools" in tpl, False
-        thinking = "enable_thinking" in tpl or "<think>" in tpl
     if tools:
         caps.append("tools")
     if insert:
         caps.append("insert")
     if recipe.projector is not None or f"{arch}.vision.block_count" in meta:
         caps.append("vision")
-    if thinking:
+    if can_think(recipe.template, tpl):
         caps.append("thinking")
     return caps
 

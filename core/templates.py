@@ -45,8 +45,11 @@ def render_chat(
     bos_token: str = "",
     eos_token: str = "",
     tools: list[dict[str, Any]] | None = None,
+    enable_thinking: bool | None = None,
 ) -> str:
-    """Render a conversation into the prompt text the model was trained on."""
+    """Render a conversation into the prompt text the model was trained on. ``enable_thinking`` is
+    the variable reasoning models' templates (Qwen3's) read; left undefined unless given."""
+    extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     try:
         return _compile(template or CHATML).render(
             messages=messages,
@@ -54,6 +57,7 @@ def render_chat(
             bos_token=bos_token,
             eos_token=eos_token,
             tools=tools,
+            **extra,
         )
     except TemplateError as exc:
         raise BadRequest(f"the model's chat template failed to render: {exc}") from None

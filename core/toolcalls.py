@@ -76,7 +76,7 @@ class ToolCallParser:
     def _find_tag(self, content: list[str]) -> bool:
         at = self._buffer.find(self.tag)
         if at < 0:
-            keep = _overlap(self._buffer, self.tag)  # a tag may be arriving in pieces
+            keep = overlap(self._buffer, self.tag)  # a tag may be arriving in pieces
             content.append(self._buffer[: len(self._buffer) - keep])
             self._buffer = self._buffer[len(self._buffer) - keep :]
             return False
@@ -155,7 +155,7 @@ class ToolCallParser:
         return {"function": {"name": name, "arguments": args}}
 
 
-def _overlap(text: str, tag: str) -> int:
+def overlap(text: str, tag: str) -> int:
     """The length of the longest end of ``text`` that begins ``tag``."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:n]):

@@ -1,7 +1,8 @@
-"""Tool calls over both APIs, with the official ``ollama`` and ``openai`` clients against a real HTTP
-server. The model is the fake backend saying a scripted reply, so what is tested is the server's
-part: the tools reach the template, and a call in the reply comes back as ``tool_calls`` (not as
-text), streamed or not; a reply that is not a call comes back as it was said."""
+"""Tool calls and thinking over the APIs, with the official ``ollama`` and ``openai`` clients against a
+real HTTP server. The model is the fake backend saying a scripted reply, so what is tested is the
+server's part: the tools reach the template, a call in the reply comes back as ``tool_calls`` (not as
+text) and a reasoning trace as ``thinking``, streamed or not; a reply that is neither comes back as
+it was said."""
 
 from __future__ import annotations
 
@@ -34,6 +35,14 @@ Reply with <tool_call>{"name": <name>, "arguments": <args>}</tool_call>.<|im_end
 {{ end }}</tool_call>{{ end }}<|im_end|>
 {{ end }}<|im_start|>assistant
 """
+# A reasoning model's template: it opens the trace itself when asked to think.
+THINKER = """{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}<|im_end|>
+{{ end }}<|im_start|>assistant
+{{ if .Think }}<think>
+{{ else }}<think></think>{{ end }}"""
+# One that leaves the opening tag to the model.
+SELF_OPENING = THINKER.replace("{{ if .Think }}<think>\n{{ else }}<think></think>{{ end }}", "{{ if not .Think }}<think></think>{{ end }}")
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
 TWO_CALLS = CALL + '\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "Europe/Paris"}}\n</tool_call>'
 TOOLS = [
@@ -62,6 +71,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("tools")
     settings = Settings(home=tmp, models=tmp / "models", isolate_runners=False)
     write_fake_model(settings.models_dir, "fake:latest", template=TEMPLATE)
+    write_fake_model(settings.models_dir, "thinker:latest", payload=b"other weights", template=THINKER)
+    write_fake_model(settings.models_dir, "fake-thinks:latest", payload=b"third weights", template=SELF_OPENING)
     backend = FakeBackend()
     scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
     port = free_port()
@@ -157,3 +168,37 @@ def test_openai_tool_choice_none_hides_the_tools(served: Served) -> None:
     served.say(CALL)
     resp = served.openai.chat.completions.create(model="fake", messages=ASK, tools=TOOLS, tool_choice="none")  # type: ignore[arg-type]
     assert resp.choices[0].message.content == CALL and resp.choices[0].finish_reason == "stop"
+
+
+# ---- thinking -----------------------------------------------------------------------------------------
+
+
+def test_chat_splits_the_trace_from_the_answer(served: Served) -> None:
+    served.say("The user asks about Paris.\nIt is in France.\n</think>\n\nParis is in France.")
+    resp = served.ollama.chat(model="thinker", messages=ASK, think=True)
+    assert resp.message.thinking == "The user asks about Paris.\nIt is in France.\n"
+    assert resp.message.content == "Paris is in France."
+    parts = list(served.ollama.chat(model="thinker", messages=ASK, think=True, stream=True))
+    assert "".join(p.message.thinking or "" for p in parts) == resp.message.thinking
+    assert "".join(p.message.content for p in parts) == resp.message.content
+    first_content = next(i for i, p in enumerate(parts) if p.message.content)
+    assert all(not p.message.content for p in parts[:first_content]) and parts[0].message.thinking  # trace first
+
+
+def test_a_reply_that_opens_its_own_trace(served: Served) -> None:
+    served.say("<think>\nshort thought</think>Answer.")
+    resp = served.ollama.generate(model="fake-thinks", prompt="hi", think=True)
+    assert (resp.thinking, resp.response) == ("short thought", "Answer.")
+
+
+def test_without_think_the_reply_is_left_alone(served: Served) -> None:
+    said = "<think>hmm</think>Answer."
+    served.say(said)
+    resp = served.ollama.chat(model="thinker", messages=ASK)
+    assert resp.message.content == said and not resp.message.thinking
+
+
+def test_a_model_that_cannot_think_says_so(served: Served) -> None:
+    with pytest.raises(ollama.ResponseError) as caught:
+        served.ollama.chat(model="fake", messages=ASK, think=True)
+    assert caught.value.status_code == 400 and caught.value.error == '"fake:latest" does not support thinking'

@@ -1,5 +1,5 @@
-"""Tool calls parsed out of streamed text: every model family's shape, text that only looks like a
-call, and the same result however the stream is cut into pieces."""
+"""Tool calls and thinking traces parsed out of streamed text: every model family's shape, text that
+only looks like a call or a trace, and the same result however the stream is cut into pieces."""
 
 from __future__ import annotations
 
@@ -101,3 +101,48 @@ def test_indexes_count_across_feeds() -> None:
     _, first = parser.feed(call + "\n")
     _, second = parser.feed(call)
     assert [c["function"]["index"] for c in first + second] == [0, 1]
+
+
+# ---- thinking ---------------------------------------------------------------------------------------------
+
+from corral.thinking import ThinkingParser, can_think, tags  # noqa: E402
+
+THINKING_CASES = [
+    # (reply, the prompt opened the tag, thinking, content)
+    ("<think>\nLet me see.\n</think>\n\nParis.", False, "Let me see.\n", "Paris."),
+    ("  <think>a</think>b", False, "a", "b"),
+    ("Let me see.</think>Paris.", True, "Let me see.", "Paris."),
+    ("\n\nstill thinking when it stopped", True, "still thinking when it stopped", ""),
+    ("Paris. <think> is a tag", False, "", "Paris. <think> is a tag"),
+    ("<thin", False, "", "<thin"),
+    ("<think></think>", False, "", ""),
+]  # fmt: skip
+
+
+def split_thinking(reply: str, opened: bool, cuts: list[int]) -> tuple[str, str]:
+    parser = ThinkingParser(opened=opened)
+    thought, content, last = [], [], 0
+    for cut in [*cuts, len(reply)]:
+        t, c = parser.feed(reply[last:cut])
+        thought.append(t)
+        content.append(c)
+        last = cut
+    t, c = parser.finish()
+    return "".join([*thought, t]), "".join([*content, c])
+
+
+@pytest.mark.parametrize("reply, opened, thinking, content", THINKING_CASES)
+def test_thinking_is_split_however_the_stream_is_cut(reply: str, opened: bool, thinking: str, content: str) -> None:
+    assert split_thinking(reply, opened, list(range(1, len(reply)))) == (thinking, content)
+    assert split_thinking(reply, opened, []) == (thinking, content)
+    rng = random.Random(reply)
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(reply)), min(len(reply) - 1, rng.randint(1, 5)))) if len(reply) > 1 else []
+        assert split_thinking(reply, opened, cuts) == (thinking, content)
+
+
+def test_which_templates_think_and_with_what_tags() -> None:
+    assert can_think("{{ if .Think }}x{{ end }}", None) and not can_think("{{ .Prompt }}", "enable_thinking")
+    assert can_think(None, "{% if enable_thinking %}") and can_think(None, "<think>") and not can_think(None, None)
+    assert tags("{{ range .Messages }}{{ if .Thinking }}<thought>{{ .Thinking }}</thought>{{ end }}{{ end }}") == ("<thought>", "</thought>")
+    assert tags("{{ .Prompt }}") == ("<think>", "</think>")
