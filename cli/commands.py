@@ -90,8 +90,13 @@ def backends() -> None:
 @click.option("--keepalive", help="How long the model stays loaded afterwards (e.g. 5m, 1h, 0).")
 @click.option("--format", "format_", help="Response format: json.")
 @click.option("--nowordwrap", is_flag=True, help="Do not wrap words to the terminal width.")
+@click.option("--think/--nothink", default=None, help="Let a reasoning model think first (shown apart), or not.")
+@click.option("--hidethinking", is_flag=True, help="Think, but print only the answer.")
 @friendly_errors
-def run(model: str, prompt: tuple[str, ...], verbose: bool, backend: str | None, keepalive: str | None, format_: str | None, nowordwrap: bool) -> None:
+def run(
+    model: str, prompt: tuple[str, ...], verbose: bool, backend: str | None, keepalive: str | None, format_: str | None,
+    nowordwrap: bool, think: bool | None, hidethinking: bool,
+) -> None:
     """Run a model: answer PROMPT, or chat when none is given on a terminal."""
     from corral.client import ResponseError
 
@@ -109,7 +114,10 @@ def run(model: str, prompt: tuple[str, ...], verbose: bool, backend: str | None,
             pull_model(client, model)
         except (ResponseError, CorralError, ConnectionError) as pull_error:
             raise not_found_hint(client, model, f"model '{model}' not found, and pulling it failed: {pull_error}") from None
-    session = Session(client, model, backend=backend, keep_alive=keepalive, format=format_, verbose=verbose, wordwrap=not nowordwrap)
+    session = Session(
+        client, model, backend=backend, keep_alive=keepalive, format=format_, verbose=verbose, wordwrap=not nowordwrap,
+        think=True if hidethinking and think is None else think, hide_thinking=hidethinking,
+    )
     text = " ".join(prompt)
     if not sys.stdin.isatty():
         piped = sys.stdin.read()

@@ -36,6 +36,8 @@ class Session:
     format: str | None = None
     verbose: bool = False
     wordwrap: bool = True
+    think: bool | None = None  # None: the request says nothing (the model's default)
+    hide_thinking: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     system: str | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -71,14 +73,24 @@ class Session:
         spinner = Spinner()
         stream = self.client.chat(
             model=self.model, messages=self.conversation(text), stream=True, options=self.options or None,
-            keep_alive=self.keep_alive, format=self.format or None, backend=self.backend,
+            keep_alive=self.keep_alive, format=self.format or None, backend=self.backend, think=self.think,
         )
+        thinking = False
         try:
             spinner.start()
             for chunk in stream:
-                piece = chunk["message"]["content"]
+                thought, piece = chunk["message"].get("thinking"), chunk["message"]["content"]
+                if thought and not self.hide_thinking:
+                    spinner.stop()
+                    if not thinking:
+                        writer.write("Thinking...\n")
+                        thinking = True
+                    writer.write(thought)
                 if piece:
                     spinner.stop()
+                    if thinking:  # Ollama's frame around the trace
+                        writer.write("\n...done thinking.\n\n")
+                        thinking = False
                     answer.append(piece)
                     writer.write(piece)
                 last = chunk

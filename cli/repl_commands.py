@@ -26,6 +26,8 @@ SET_COMMANDS = [
     ("/set nohistory", "Disable history"),
     ("/set wordwrap", "Enable wordwrap"),
     ("/set nowordwrap", "Disable wordwrap"),
+    ("/set think", "Enable thinking"),
+    ("/set nothink", "Disable thinking"),
     ("/set format json", "Enable JSON mode"),
     ("/set noformat", "Disable formatting"),
     ("/set verbose", "Show LLM stats"),
@@ -60,7 +62,10 @@ SHORTCUTS = [
 ]
 
 SHOW_WHAT = ("info", "license", "modelfile", "parameters", "system", "template")
-SET_WHAT = ("parameter", "system", "history", "nohistory", "wordwrap", "nowordwrap", "format", "noformat", "verbose", "quiet")
+SET_WHAT = (
+    "parameter", "system", "history", "nohistory", "wordwrap", "nowordwrap", "think", "nothink", "format", "noformat",
+    "verbose", "quiet",
+)  # fmt: skip
 
 
 class ExitRepl(Exception):
@@ -197,6 +202,9 @@ def _set(session: Session, line: str, args: list[str]) -> None:
         _echo(f"Set '{what}' mode.\n")
     elif what in ("verbose", "quiet"):
         session.verbose = what == "verbose"
+        _echo(f"Set '{what}' mode.\n")
+    elif what in ("think", "nothink"):
+        session.think = what == "think"
         _echo(f"Set '{what}' mode.\n")
     elif what == "format":
         value = args[2] if len(args) > 2 else ""

@@ -83,6 +83,12 @@ class TestRunAgainstServer:
         unknown = corral("run", "--backend", "tpu", SHORT, "hi", env=self.env)
         assert unknown.returncode == 1 and "known backends: cuda, rocm, metal, cpu" in unknown.stderr
 
+    def test_think_reaches_the_server_which_says_this_model_cannot(self) -> None:
+        r = corral("run", "--think", SHORT, "hi", env=self.env)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert r.stderr.strip() == f'Error: "{SHORT}:latest" does not support thinking'
+        assert corral("run", "--nothink", SHORT, "hi", env=self.env).returncode == 0  # nothing asked of the model
+
     def test_unknown_model_is_one_line_with_what_is_available(self) -> None:
         r = corral("run", "no-such-model", "hi", env=self.env)
         assert r.returncode == 1

@@ -142,10 +142,13 @@ def test_wide_characters_count_two_columns() -> None:
 
 
 class FakeStream:
-    def __init__(self, pieces: list[str], interrupt_after: int | None = None) -> None:
+    def __init__(self, pieces: list[str], interrupt_after: int | None = None, thoughts: tuple[str, ...] = ()) -> None:
         self.pieces, self.interrupt_after, self.closed = pieces, interrupt_after, False
+        self.thoughts = thoughts
 
     def __iter__(self) -> Iterator[ChatResponse]:
+        for thought in self.thoughts:
+            yield ChatResponse(model=MODEL, message=Message(role="assistant", content="", thinking=thought), done=False)
         for i, piece in enumerate(self.pieces):
             if self.interrupt_after is not None and i == self.interrupt_after:
                 raise KeyboardInterrupt
@@ -162,6 +165,7 @@ class FakeClient:
         self.created: list[tuple[str, dict[str, Any]]] = []
         self.streams: list[FakeStream] = []
         self.interrupt_after: int | None = None
+        self.thoughts: tuple[str, ...] = ()
 
     def chat(self, model: str, messages: list[dict[str, Any]], stream: bool = False, **kw: Any) -> Any:
         self.chats.append({"model": model, "messages": messages, **kw})
@@ -171,7 +175,7 @@ class FakeClient:
 
                 raise ResponseError(f"model '{model}' not found", 404)
             return ChatResponse(model=model, done=True)
-        s = FakeStream(["Hello", " there", ", friend."], self.interrupt_after)
+        s = FakeStream(["Hello", " there", ", friend."], self.interrupt_after, self.thoughts if kw.get("think") else ())
         self.streams.append(s)
         return s
 
@@ -539,3 +543,20 @@ def test_ctrl_c_stops_the_answer_and_frees_the_slot(one_slot_server: str, tmp_pa
     modelfile = r.send("/show modelfile")
     assert re.search(r'^MESSAGE user (""")?Say hi\.', modelfile, re.M) and "dragon" not in modelfile  # the interrupted turn is left out
     assert r.exit() == 0
+
+
+def test_thinking_is_framed_apart_from_the_answer(session: Session, capsys: pytest.CaptureFixture[str]) -> None:
+    client: FakeClient = session.client
+    client.thoughts = ("The user", " greets me.")
+    assert "Set 'think' mode." in _run(session, "/set think", capsys)
+    assert session.ask("hi") == "Hello there, friend."
+    out = session.stdout.getvalue()  # type: ignore[attr-defined]
+    assert out.endswith("Thinking...\nThe user greets me.\n...done thinking.\n\nHello there, friend.\n")
+    assert client.chats[-1]["think"] is True
+    assert session.messages[-1] == {"role": "assistant", "content": "Hello there, friend."}  # the trace stays out
+    session.hide_thinking = True
+    session.ask("again")
+    assert session.stdout.getvalue().endswith("friend.\nHello there, friend.\n")  # type: ignore[attr-defined]
+    assert "Set 'nothink' mode." in _run(session, "/set nothink", capsys)
+    session.ask("and again")
+    assert client.chats[-1]["think"] is False
