@@ -211,11 +211,12 @@ def onnx_fit_report(folder: Path, num_ctx: int, num_parallel: int, devices: list
     from corral.errors import InsufficientMemory
     from corral.offload import check_onnx_fit, human_bytes, onnx_need
 
-    weights, kv, seq_ctx = onnx_need(folder, num_ctx, num_parallel, on_gpu=on_gpu)
+    need = onnx_need(folder, num_ctx, num_parallel, on_gpu=on_gpu)
     lines = [
         "ONNX model: onnxruntime runs it whole on one device (no layer split)",
-        f"Weights:   {human_bytes(weights)}",
-        f"KV cache:  {human_bytes(kv)} ({num_parallel} x {seq_ctx} tokens)",
+        f"Weights:   {human_bytes(need.weights)}",
+        f"KV cache:  {human_bytes(need.kv_cache)} ({num_parallel} x {need.seq_ctx} tokens)",
+        f"Compute:   {human_bytes(need.compute)} (the logits of one 512-token prefill chunk)",
     ]
     try:
         check_onnx_fit(folder, num_ctx, num_parallel, devices, on_gpu=on_gpu)

@@ -201,7 +201,8 @@ class Scheduler:
             )  # fmt: skip
         elif is_genai_folder(spec.model_path):
             estimate = functools.partial(
-                check_onnx_fit, spec.model_path, spec.num_ctx, spec.num_parallel, on_gpu=entry.name == "cuda"
+                check_onnx_fit, spec.model_path, spec.num_ctx, spec.num_parallel, on_gpu=entry.name == "cuda",
+                num_batch=spec.num_batch,
             )
         else:
             return None

@@ -305,7 +305,8 @@ def _onnx_model(tmp_path: Path, weights: int) -> Settings:
     folder = tmp_path / "genai"
     folder.mkdir()
     decoder = {"num_hidden_layers": 2, "num_key_value_heads": 2, "head_size": 16}
-    (folder / "genai_config.json").write_text(json.dumps({"model": {"context_length": 512, "decoder": decoder}}))
+    model = {"context_length": 512, "vocab_size": 100, "decoder": decoder}
+    (folder / "genai_config.json").write_text(json.dumps({"model": model}))
     (folder / "model.onnx").write_bytes(b"\0" * weights)
     s = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_ctx=256, num_parallel=2)
     store = Store(s.models_dir)
@@ -316,7 +317,10 @@ def _onnx_model(tmp_path: Path, weights: int) -> Settings:
     return s
 
 
-@pytest.mark.parametrize("memory, fits", [(100_000 + 2 * 256 * 128 * 4, True), (100_000 + 2 * 256 * 128 * 4 - 1, False)])
+NEED = 100_000 + 2 * 256 * 128 * 4 + 256 * 100 * 4  # weights + KV (2 slots x 256 tokens) + logits of a 256-token chunk
+
+
+@pytest.mark.parametrize("memory, fits", [(NEED, True), (NEED - 1, False)])
 def test_an_onnx_model_is_checked_whole_against_the_device(tmp_path: Path, memory: int, fits: bool) -> None:
     from corral.errors import InsufficientMemory
 
@@ -334,7 +338,7 @@ def test_an_onnx_model_is_checked_whole_against_the_device(tmp_path: Path, memor
         assert asyncio.run(main()) == "ok"
         assert (backend.runners[0].spec.model_path / "genai_config.json").is_file()  # the unpacked folder
         return
-    message = r"needs 353.7 KiB on Fake Device \(weights 97.7 KiB, KV cache 256.0 KiB for 2 x 256 tokens\) but only 353.7 KiB"
+    message = r"needs 453.7 KiB on Fake Device \(weights 97.7 KiB, KV cache 256.0 KiB for 2 x 256 tokens, compute 100.0 KiB\) but only 453.7 KiB"
     with pytest.raises(InsufficientMemory, match=message):
         asyncio.run(main())
     assert backend.loads == 0
