@@ -31,12 +31,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
-from . import prompting, toolcalls
+from . import prompting, thinking, toolcalls
 from .config import Settings
 from .errors import BadRequest, CorralError, InvalidName, ModelNotFound
 from .names import ModelName
 from .scheduler import Scheduler, Ticket
-from .server import CLIENT_CLOSED, ClientGone, normalise, parse_body, unless_disconnected
+from .server import CLIENT_CLOSED, ClientGone, normalise, parse_body, split_thinking, unless_disconnected
 from .store import StoredModel
 from .types import Message, Options
 from .worker import Event, Stats
@@ -145,6 +145,9 @@ class ChatCompletionRequest(_Generating):
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None  # "none" hides the tools; others let the model choose
+    # Ollama's mapping to ``think``: "high", "medium", "low" think; "none" does not; absent leaves it to the model
+    reasoning_effort: str | None = None
+    reasoning: dict[str, Any] | None = None  # {"effort": ...}, the Responses API's spelling
 
 
 class CompletionRequest(_Generating):
@@ -472,14 +475,19 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
         num_predict = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         options = request_options(req, num_predict)
         offered = req.tools if req.tool_choice != "none" else None
+        effort = req.reasoning_effort or (req.reasoning or {}).get("effort")
+        thinkers: list[thinking.ThinkingParser | None] = []
 
         def build(ticket: Ticket) -> tuple[str, Any]:
             recipe = ticket.loaded.recipe
             info = ticket.loaded.worker.wait_loaded().info
-            prompt = prompting.render(recipe, info, prompting.chat_messages(recipe, messages), tools=offered)
+            think = thinking.wanted(effort) if effort is not None else None
+            prompt = prompting.render(recipe, info, prompting.chat_messages(recipe, messages), tools=offered, think=think)
+            thinkers.append(thinking.parser_for(effort, recipe.template, info.chat_template, prompt, recipe.name.display))
             return prompt, replace(ticket.options.sampling(), grammar=grammar)
 
         generation, model = await _generate(scheduler, req, options, build)
+        thinker = thinkers[0]
         loaded = generation.ticket.loaded
         tools = toolcalls.parser_for(loaded.recipe.template, loaded.worker.wait_loaded().info.chat_template, offered)
         cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
@@ -487,12 +495,15 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
 
         if not req.stream:
             parts: list[str] = []
+            thoughts: list[str] = []
             called: list[dict[str, Any]] = []
             events = await generation.collect(request)
             final = events[-1] if events and events[-1].done else Event(done=True, done_reason="stop")
             for event in events:
-                text, calls = tools.feed(event.text) if tools else (event.text, [])
+                thought, text = split_thinking(thinker, event)
+                text, calls = tools.feed(text) if tools else (text, [])
                 parts.append(text)
+                thoughts.append(thought)
                 called += calls
             if tools:
                 parts.append(tools.finish())
@@ -500,6 +511,8 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
             if called:
                 message = {"role": "assistant", "content": message["content"] or None,
                            "tool_calls": openai_tool_calls(called, streaming=False)}  # fmt: skip
+            if "".join(thoughts):
+                message["reasoning"] = "".join(thoughts)  # Ollama's field for the trace
             return JSONResponse(
                 {
                     "id": cid,
@@ -536,9 +549,12 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
             yield chunk({"role": "assistant", "content": ""}, None)
             called = False
             async for event in generation.rest():
-                text, calls = tools.feed(event.text) if tools else (event.text, [])
+                thought, text = split_thinking(thinker, event)
+                text, calls = tools.feed(text) if tools else (text, [])
                 if event.done and tools:
                     text += tools.finish()
+                if thought:
+                    yield chunk({"reasoning": thought}, None)
                 if text:
                     yield chunk({"content": text}, None)
                 if calls:

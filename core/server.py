@@ -251,7 +251,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
         async def chunks() -> AsyncIterator[GenerateResponse]:
             try:
                 async for event in scheduler.stream(ticket, prompt, sampling=sampling, context=req.context or None):
-                    thought, text = _split_thinking(thinker, event)
+                    thought, text = split_thinking(thinker, event)
                     if event.done:
                         yield GenerateResponse(
                             model=name, created_at=now_rfc3339(), response=text, thinking=thought or None, done=True,
@@ -295,7 +295,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
         async def chunks() -> AsyncIterator[ChatResponse]:
             try:
                 async for event in scheduler.stream(ticket, prompt, sampling=sampling):
-                    thought, text = _split_thinking(thinker, event)
+                    thought, text = split_thinking(thinker, event)
                     text, calls = tools.feed(text) if tools else (text, [])
                     if event.done and tools:
                         text += tools.finish()
@@ -390,7 +390,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
     return app
 
 
-def _split_thinking(thinker: thinking.ThinkingParser | None, event: Event) -> tuple[str, str]:
+def split_thinking(thinker: thinking.ThinkingParser | None, event: Event) -> tuple[str, str]:
     """(thinking, content) of one event's text; the parser's held text comes out with the last."""
     if thinker is None:
         return "", event.text

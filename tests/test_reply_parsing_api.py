@@ -202,3 +202,18 @@ def test_a_model_that_cannot_think_says_so(served: Served) -> None:
     with pytest.raises(ollama.ResponseError) as caught:
         served.ollama.chat(model="fake", messages=ASK, think=True)
     assert caught.value.status_code == 400 and caught.value.error == '"fake:latest" does not support thinking'
+
+
+def test_openai_reasoning_effort_thinks_and_none_does_not(served: Served) -> None:
+    served.say("Weighing it.</think>\n\nParis.")
+    resp = served.openai.chat.completions.create(model="thinker", messages=ASK, reasoning_effort="high")  # type: ignore[arg-type]
+    message = resp.choices[0].message
+    assert message.content == "Paris." and message.model_extra == {"reasoning": "Weighing it."}
+    chunks = list(served.openai.chat.completions.create(model="thinker", messages=ASK, reasoning_effort="low", stream=True))  # type: ignore[arg-type]
+    assert "".join((c.choices[0].delta.model_extra or {}).get("reasoning", "") for c in chunks) == "Weighing it."
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Paris."
+    served.say("<think></think>Paris.")  # thinking off: nothing is taken out of the reply
+    plain = served.openai.chat.completions.create(model="thinker", messages=ASK, reasoning_effort="none")  # type: ignore[arg-type]
+    assert plain.choices[0].message.content == "<think></think>Paris." and not plain.choices[0].message.model_extra
+    with pytest.raises(openai.BadRequestError, match="does not support thinking"):
+        served.openai.chat.completions.create(model="fake", messages=ASK, reasoning_effort="high")  # type: ignore[arg-type]
