@@ -481,8 +481,7 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
         def build(ticket: Ticket) -> tuple[str, Any]:
             recipe = ticket.loaded.recipe
             info = ticket.loaded.worker.wait_loaded().info
-            think = thinking.wanted(effort) if effort is not None else None
-            prompt = prompting.render(recipe, info, prompting.chat_messages(recipe, messages), tools=offered, think=think)
+            prompt = prompting.render(recipe, info, prompting.chat_messages(recipe, messages), tools=offered, think=effort)
             thinkers.append(thinking.parser_for(effort, recipe.template, info.chat_template, prompt, recipe.name.display))
             return prompt, replace(ticket.options.sampling(), grammar=grammar)
 
@@ -592,6 +591,10 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
             info = ticket.loaded.worker.wait_loaded().info
             if not prompt and not (isinstance(prompt, str) and info.add_bos):
                 raise InvalidParam("prompt is empty", "prompt")
+            if req.suffix:  # fill in the middle, through the model's template
+                if not isinstance(prompt, str):
+                    raise InvalidParam("suffix needs a text prompt, not token ids", "suffix")
+                return prompting.render_insert(ticket.loaded.recipe, prompt, req.suffix), ticket.options.sampling()
             return prompt, ticket.options.sampling()
 
         generation, model = await _generate(scheduler, req, options, build)

@@ -27,20 +27,32 @@ def render(
     *,
     template: str | None = None,
     tools: list[dict[str, Any]] | None = None,
-    think: bool | None = None,
+    think: bool | str | None = None,
 ) -> str:
     """Render with a Go template (Modelfile TEMPLATE or the request's), else the GGUF's Jinja one.
-    ``think``: the request's choice, None when it made none."""
+    ``think``: the request's choice (True/False or a level such as "high"), None when it made none."""
     go_template = template or recipe.template
     plain = [m.model_dump(exclude_none=True) for m in messages]
     if go_template:
         from . import gotemplate
 
-        return gotemplate.render(go_template, messages=plain, tools=tools, think=bool(think))
+        return gotemplate.render(go_template, messages=plain, tools=tools, think=think)
+    from .thinking import wanted
+
     return render_chat(
         info.chat_template, plain, add_generation_prompt=True, bos_token=info.bos_text, eos_token=info.eos_text, tools=tools,
-        enable_thinking=think,
+        enable_thinking=wanted(think) if think is not None else None,
     )
+
+
+def render_insert(recipe: Recipe, prompt: str, suffix: str, *, template: str | None = None, model: str = "") -> str:
+    """Fill-in-the-middle (``suffix``): only a Go template that reads .Suffix knows the model's FIM tokens."""
+    go_template = template or recipe.template
+    if not go_template or ".Suffix" not in go_template:
+        raise BadRequest(f'"{model or recipe.name.display}" does not support insert')
+    from . import gotemplate
+
+    return gotemplate.render(go_template, messages=[], prompt=prompt, suffix=suffix)
 
 
 def generate_messages(recipe: Recipe, prompt: str, system: str | None) -> list[Message]:

@@ -237,10 +237,11 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
             thinker = None
             if req.raw:
                 prompt = req.prompt or ""
+            elif req.suffix:
+                prompt = prompting.render_insert(ticket.loaded.recipe, req.prompt or "", req.suffix, template=req.template, model=name)
             else:
                 msgs = prompting.generate_messages(ticket.loaded.recipe, req.prompt or "", req.system)
-                think = thinking.wanted(req.think) if req.think is not None else None
-                prompt = prompting.render(ticket.loaded.recipe, info, msgs, template=req.template, think=think)
+                prompt = prompting.render(ticket.loaded.recipe, info, msgs, template=req.template, think=req.think)
                 go = req.template or ticket.loaded.recipe.template
                 thinker = thinking.parser_for(req.think, go, info.chat_template, prompt, name)
             sampling = replace(ticket.options.sampling(), grammar=prompting.grammar_for(req.format))
@@ -282,8 +283,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
         info = ticket.loaded.worker.wait_loaded().info
         try:
             msgs = prompting.chat_messages(ticket.loaded.recipe, list(req.messages))
-            think = thinking.wanted(req.think) if req.think is not None else None
-            prompt = prompting.render(ticket.loaded.recipe, info, msgs, tools=req.tools, think=think)
+            prompt = prompting.render(ticket.loaded.recipe, info, msgs, tools=req.tools, think=req.think)
             thinker = thinking.parser_for(req.think, ticket.loaded.recipe.template, info.chat_template, prompt, name)
             sampling = replace(ticket.options.sampling(), grammar=prompting.grammar_for(req.format))
         except BaseException:

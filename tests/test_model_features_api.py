@@ -1,8 +1,9 @@
-"""Tool calls and thinking over the APIs, with the official ``ollama`` and ``openai`` clients against a
-real HTTP server. The model is the fake backend saying a scripted reply, so what is tested is the
-server's part: the tools reach the template, a call in the reply comes back as ``tool_calls`` (not as
-text) and a reasoning trace as ``thinking``, streamed or not; a reply that is neither comes back as
-it was said."""
+"""What templates make possible (tools, thinking, fill-in-the-middle) over the APIs, with the official
+``ollama`` and ``openai`` clients against a real HTTP server. The model is the fake backend saying a
+scripted reply, so what is tested is the server's part: the tools reach the template, a call in the
+reply comes back as ``tool_calls`` (not as text) and a reasoning trace as ``thinking``, streamed or
+not; a reply that is neither comes back as it was said; a suffix is rendered with the model's FIM
+template, and refused where it has none."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ THINKER = """{{- range .Messages }}<|im_start|>{{ .Role }}
 {{ else }}<think></think>{{ end }}"""
 # One that leaves the opening tag to the model.
 SELF_OPENING = THINKER.replace("{{ if .Think }}<think>\n{{ else }}<think></think>{{ end }}", "{{ if not .Think }}<think></think>{{ end }}")
+# Code Llama's fill-in-the-middle template, as Ollama ships it.
+CODER = "{{- if .Suffix }}<PRE> {{ .Prompt }} <SUF>{{ .Suffix }} <MID>{{- else }}{{ .Prompt }}{{- end }}"
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
 TWO_CALLS = CALL + '\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "Europe/Paris"}}\n</tool_call>'
 TOOLS = [
@@ -73,6 +76,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     write_fake_model(settings.models_dir, "fake:latest", template=TEMPLATE)
     write_fake_model(settings.models_dir, "thinker:latest", payload=b"other weights", template=THINKER)
     write_fake_model(settings.models_dir, "fake-thinks:latest", payload=b"third weights", template=SELF_OPENING)
+    write_fake_model(settings.models_dir, "coder:latest", payload=b"coder weights", template=CODER)
     backend = FakeBackend()
     scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
     port = free_port()
@@ -217,3 +221,25 @@ def test_openai_reasoning_effort_thinks_and_none_does_not(served: Served) -> Non
     assert plain.choices[0].message.content == "<think></think>Paris." and not plain.choices[0].message.model_extra
     with pytest.raises(openai.BadRequestError, match="does not support thinking"):
         served.openai.chat.completions.create(model="fake", messages=ASK, reasoning_effort="high")  # type: ignore[arg-type]
+
+
+# ---- fill in the middle -----------------------------------------------------------------------------------
+
+
+def test_a_suffix_goes_through_the_fim_template(served: Served) -> None:
+    served.say("x * 2")
+    resp = served.ollama.generate(model="coder", prompt="def double(x):\n    return ", suffix="\n\nprint(double(2))")
+    assert resp.response == "x * 2"
+    runner = next(r for r in served.backend.runners if r.spec.model_path.read_bytes() == b"coder weights")
+    fed = runner.history[0][0][1]  # the fake's tokens are bytes: the first step is the whole prompt
+    assert fed == len("<PRE> def double(x):\n    return  <SUF>\n\nprint(double(2)) <MID>".encode())
+    done = served.openai.completions.create(model="coder", prompt="def double(x):\n    return ", suffix="\n")
+    assert done.choices[0].text == "x * 2"
+
+
+def test_a_model_without_fim_refuses_a_suffix(served: Served) -> None:
+    with pytest.raises(ollama.ResponseError) as caught:
+        served.ollama.generate(model="fake", prompt="def f():", suffix="pass")
+    assert caught.value.status_code == 400 and caught.value.error == '"fake:latest" does not support insert'
+    with pytest.raises(openai.BadRequestError, match="does not support insert"):
+        served.openai.completions.create(model="fake", prompt="def f():", suffix="pass")
