@@ -509,8 +509,8 @@ def test_completion_prompt_forms(corral: Corral) -> None:
     assert_openai_error(corral.post("/v1/completions", {**body, "prompt": []}), 400)
     echoed = corral.post("/v1/completions", {**body, "prompt": "hello", "echo": True}).json()["choices"][0]["text"]
     assert echoed == "hello" + text
-    suffixed = corral.post("/v1/completions", {**body, "prompt": "hello", "suffix": "ignored"}).json()
-    assert suffixed["choices"][0]["text"] == text
+    suffixed = corral.post("/v1/completions", {**body, "prompt": "hello", "suffix": "world"})
+    assert "does not support insert" in assert_openai_error(suffixed, 400)["message"]  # no FIM template
 
 
 # ---- /v1/embeddings -----------------------------------------------------------------------------
