@@ -92,6 +92,7 @@ class ModelInfo:
     chat_template: str | None
     size_bytes: int
     size_on_device: int  # bytes placed on an accelerator
+    embed_tokens: int = 0  # the most tokens one embedding input may have (llama.cpp: one batch); 0: n_ctx
 
 
 @dataclass(frozen=True)

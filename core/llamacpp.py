@@ -124,6 +124,7 @@ class LlamaCppRunner:
             chat_template=template.decode("utf-8", "replace") if template else None,
             size_bytes=int(llama.llama_model_size(self._model)),
             size_on_device=0 if n_gpu_layers == 0 else int(llama.llama_model_size(self._model)),
+            embed_tokens=self.n_batch,  # an input is embedded in one batch
         )
         self.total_ctx = int(llama.llama_n_ctx(self._ctx))
         self._pos: dict[int, int] = {}  # tokens cached per sequence

@@ -284,9 +284,10 @@ class Scheduler:
             async for event in events:
                 yield event
 
-    async def embed(self, ticket: Ticket, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, ticket: Ticket, texts: list[str], *, truncate: bool = True) -> tuple[list[list[float]], int]:
+        """One vector per text and the tokens read; ``truncate``: cut inputs longer than the context to fit."""
         result: list[list[list[float]]] = []
-        job = Job(prompt="", sampling=Sampling(), emit=lambda e: None, embed=texts, on_result=result.append)
+        job = Job(prompt="", sampling=Sampling(), emit=lambda e: None, embed=texts, truncate=truncate, on_result=result.append)
         count = 0
         async for event in self._run(ticket, job):
             if event.error:

@@ -319,10 +319,12 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
 
         return await ndjson_or_single(chunks(), req.stream, merge, request=request)
 
-    async def embed_texts(model: str, texts: list[str], options: Any, keep_alive: Any, backend: str | None) -> tuple[Ticket, list[list[float]], int]:
+    async def embed_texts(
+        model: str, texts: list[str], options: Any, keep_alive: Any, backend: str | None, truncate: bool = True
+    ) -> tuple[Ticket, list[list[float]], int]:
         ticket = await scheduler.acquire(model, options, keep_alive, backend)
         try:
-            vectors, count = await scheduler.embed(ticket, texts) if texts else ([], 0)
+            vectors, count = await scheduler.embed(ticket, texts, truncate=truncate) if texts else ([], 0)
         finally:
             scheduler.release(ticket)
         return ticket, vectors, count
@@ -332,7 +334,8 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
         req: EmbedRequest = await parse_body(request, EmbedRequest)
         t_start = time.perf_counter()
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
-        ticket, vectors, count = await embed_texts(req.model, texts, req.options, req.keep_alive, req.backend)
+        truncate = req.truncate is not False  # Ollama cuts long inputs to the context unless told not to
+        ticket, vectors, count = await embed_texts(req.model, texts, req.options, req.keep_alive, req.backend, truncate)
         out = [normalise(v[: req.dimensions] if req.dimensions else v) for v in vectors]
         return JSONResponse(
             EmbedResponse(

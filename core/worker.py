@@ -57,6 +57,7 @@ class Job:
     add_bos: bool = True
     context: list[int] = field(default_factory=list)  # earlier tokens to continue from (Ollama's "context")
     embed: list[str] | None = None  # set: an embedding job instead of a generation
+    truncate: bool = True  # an input longer than the context is cut to fit (Ollama's default), else refused
     on_result: Callable[[Any], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -200,14 +201,29 @@ class ModelWorker:
     def _embed(self, job: Job) -> None:
         assert self.runner is not None and job.embed is not None
         try:
-            vectors = self.runner.embed(job.embed)
-            counts = sum(len(self.runner.tokenize(t, add_bos=self.runner.info.add_bos)) for t in job.embed)
+            texts = [self._fit_context(t) for t in job.embed] if job.truncate else job.embed
+            vectors = self.runner.embed(texts)
+            counts = sum(len(self.runner.tokenize(t, add_bos=self.runner.info.add_bos)) for t in texts)
         except CorralError as exc:
             job.emit(Event(done=True, done_reason="error", error=str(exc), exception=exc))
             return
         if job.on_result:
             job.on_result(vectors)
         job.emit(Event(done=True, done_reason="stop", stats=Stats(prompt_eval_count=counts)))
+
+    def _fit_context(self, text: str) -> str:
+        """``text`` cut at the end to the context's length in tokens, on a whole character."""
+        runner = self.runner
+        assert runner is not None
+        add_bos = runner.info.add_bos
+        tokens = runner.tokenize(text, add_bos=add_bos)
+        n_ctx = keep = runner.info.embed_tokens or runner.info.n_ctx
+        while len(tokens) > n_ctx and keep > 0:
+            body = tokens[1:keep] if add_bos else tokens[:keep]
+            text = b"".join(runner.token_bytes(t) for t in body).decode("utf-8", errors="ignore")
+            tokens = runner.tokenize(text, add_bos=add_bos)  # re-tokenised text may merge differently
+            keep -= max(1, len(tokens) - n_ctx)
+        return text
 
     def _tokens(self, job: Job) -> list[int]:
         runner = self.runner

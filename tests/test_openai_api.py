@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import math
 import socket
 import threading
@@ -559,6 +560,21 @@ def test_embeddings_bad_input(corral: Corral) -> None:
     assert_openai_error(corral.post("/v1/embeddings", {"model": "tiny", "input": []}), 400)
     assert_openai_error(corral.post("/v1/embeddings", {"model": "tiny", "input": [1, 2, 3]}), 400)
     assert_openai_error(corral.post("/v1/embeddings", {"model": "tiny", "input": "x", "dimensions": 0}), 400)
+
+
+def test_long_inputs_are_cut_to_the_context_unless_truncate_is_false(corral: Corral) -> None:
+    long = "the cat sat on the mat " * 400  # far more tokens than the tiny model's context
+    cut = corral.post("/api/embed", {"model": "tiny", "input": long})
+    assert cut.status_code == 200, cut.text
+    [loaded] = [m for m in corral.scheduler.ps() if m.recipe.name.display == "tiny:latest"]
+    info = loaded.worker.runner.info
+    limit = info.embed_tokens or info.n_ctx
+    assert cut.json()["prompt_eval_count"] == limit  # as many tokens as fit, no more
+    refused = corral.post("/api/embed", {"model": "tiny", "input": long, "truncate": False})
+    assert refused.status_code == 400 and re.match(r"input is \d+ tokens, more than the", refused.json()["error"])
+    openai_cut = corral.post("/v1/embeddings", {"model": "tiny", "input": long})
+    assert openai_cut.status_code == 200 and openai_cut.json()["usage"]["prompt_tokens"] == limit
+    assert openai_cut.json()["data"][0]["embedding"] == cut.json()["embeddings"][0]
 
 
 # ---- /v1/models ---------------------------------------------------------------------------------
