@@ -9,7 +9,6 @@ and relays jobs and events over a socket pair. The child is a fresh ``python -m 
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import socket
 import subprocess

@@ -36,7 +36,6 @@ from .types import (
     ListModel,
     ListResponse,
     Message,
-    ModelDetails,
     ProcessModel,
     ProcessResponse,
 )
