@@ -63,9 +63,38 @@ class Session:
     def ask(self, text: str) -> str:
         """Send one user turn and stream the answer; the turn joins the conversation once complete.
 
+        A conversation that has outgrown the model's context loses its oldest exchanges, one at a time,
+        until it fits, and says so (the server refuses a prompt that does not fit rather than cut it).
         KeyboardInterrupt (Ctrl+C) closes the stream, which makes the server stop generating, and
         propagates with the conversation unchanged.
         """
+        from corral.client import ResponseError
+
+        kept = list(self.messages)
+        dropped = 0
+        while True:
+            try:
+                answer = self._ask_once(text)
+            except ResponseError as exc:
+                if exc.status_code != 400 or "more than the context" not in str(exc) or not self._drop_oldest_exchange():
+                    self.messages = kept  # even the new turn alone does not fit: nothing is forgotten
+                    raise
+                dropped += 1
+                continue
+            if dropped:
+                click.echo(f"(the conversation no longer fit the context: its {dropped} oldest exchange(s) were dropped)", err=True)
+            return answer
+
+    def _drop_oldest_exchange(self) -> bool:
+        """Forget the first user turn and the answers to it; False when there is nothing left to forget."""
+        users = [i for i, m in enumerate(self.messages) if m["role"] == "user"]
+        if not users:
+            return False
+        end = users[1] if len(users) > 1 else len(self.messages)
+        del self.messages[users[0] : end]
+        return True
+
+    def _ask_once(self, text: str) -> str:
         out = self.stdout
         writer = Wrapper(out, terminal_width(out) if self.wordwrap else None)
         answer: list[str] = []

@@ -166,6 +166,7 @@ class FakeClient:
         self.streams: list[FakeStream] = []
         self.interrupt_after: int | None = None
         self.thoughts: tuple[str, ...] = ()
+        self.max_messages: int | None = None  # more than this many messages: "the prompt does not fit"
 
     def chat(self, model: str, messages: list[dict[str, Any]], stream: bool = False, **kw: Any) -> Any:
         self.chats.append({"model": model, "messages": messages, **kw})
@@ -175,6 +176,11 @@ class FakeClient:
 
                 raise ResponseError(f"model '{model}' not found", 404)
             return ChatResponse(model=model, done=True)
+        if self.max_messages is not None and len(messages) > self.max_messages:
+            from corral.client import ResponseError
+
+            raise ResponseError(f"the prompt is {100 * len(messages)} tokens, more than the context of {100 * self.max_messages} "
+                                "(raise num_ctx or shorten the prompt)", 400)  # fmt: skip
         s = FakeStream(["Hello", " there", ", friend."], self.interrupt_after, self.thoughts if kw.get("think") else ())
         self.streams.append(s)
         return s
@@ -403,6 +409,18 @@ class TestTerminal:
         assert "What is the capital of France?" in history and "Name one colour." in history
         assert "+Pasted line one.\n+Pasted line two.\n" in history  # one entry of two lines
 
+    def test_a_long_chat_keeps_going_past_the_context(self) -> None:
+        r = self.repl(MODEL)
+        for line in [*DETERMINISTIC, "/set parameter num_predict 16", "/set parameter num_ctx 160"]:
+            r.send(line)
+        question = "Please tell me, in a few words, something true about the number {}."
+        first = r.send(question.format(1))
+        assert first and "dropped" not in first
+        said = [r.send(question.format(n)) for n in range(2, 7)]  # ~40 tokens a turn: 160 hold about three
+        notes = [s for s in said if "oldest exchange(s) were dropped" in s]
+        assert notes and all("Error" not in s for s in said)
+        assert r.exit() == 0
+
     def test_ctrl_c_at_the_prompt_hints_and_clears_the_line(self) -> None:
         r = self.repl(MODEL)
         r.child.send("\x03")
@@ -560,3 +578,22 @@ def test_thinking_is_framed_apart_from_the_answer(session: Session, capsys: pyte
     assert "Set 'nothink' mode." in _run(session, "/set nothink", capsys)
     session.ask("and again")
     assert client.chats[-1]["think"] is False
+
+
+def test_a_conversation_that_outgrows_the_context_drops_its_oldest_exchanges(session: Session, capsys: pytest.CaptureFixture[str]) -> None:
+    client: FakeClient = session.client
+    session.system = "be brief"
+    for i in range(3):
+        session.ask(f"turn {i}")
+    client.max_messages = 4  # the system prompt and three more
+    assert session.ask("turn 3") == "Hello there, friend."
+    sent = client.chats[-1]["messages"]
+    assert [m["content"] for m in sent] == ["be brief", "turn 2", "Hello there, friend.", "turn 3"]
+    assert "its 2 oldest exchange(s) were dropped" in capsys.readouterr().err
+    assert [m["content"] for m in session.messages if m["role"] == "user"] == ["turn 2", "turn 3"]
+    client.max_messages = 1  # not even the new turn fits: the error is the user's to see, the history stays
+    from corral.client import ResponseError
+
+    with pytest.raises(ResponseError, match="more than the context"):
+        session.ask("a very long question")
+    assert [m["content"] for m in session.messages if m["role"] == "user"] == ["turn 2", "turn 3"]
