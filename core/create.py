@@ -142,7 +142,8 @@ def prepare(
     base_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> Plan:
-    """Check a create request without writing anything (but a bundled base model's first import).
+    """Check a create request without writing anything (but a bundled base model's first import, and the
+    unpacked copy of an uploaded ONNX tar, which is derived from its blob and removed with it).
 
     ``base_dir``: FROM and ADAPTER values may name local files, relative to it (a Modelfile's
     directory). The server passes None: over HTTP, files arrive as uploaded blobs (``files``).
