@@ -30,6 +30,9 @@ def friendly_errors(fn: F) -> F:
 
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:  # the reader left (`corral run ... | head`): quiet, as a SIGPIPE'd tool is
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(141)
         except (CorralError, ResponseError, ConnectionError) as exc:
             if _debug():
                 traceback.print_exc()

@@ -89,6 +89,15 @@ class TestRunAgainstServer:
         assert r.stderr.strip() == f'Error: "{SHORT}:latest" does not support thinking'
         assert corral("run", "--nothink", SHORT, "hi", env=self.env).returncode == 0  # nothing asked of the model
 
+    def test_a_reader_that_leaves_early_gets_no_error(self) -> None:
+        env = {**os.environ, **self.env}
+        proc = subprocess.Popen([sys.executable, "-m", "corral.cli.main", "run", MODEL, "Tell me a long story."],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+        assert proc.stdout is not None and proc.stdout.read(5)
+        proc.stdout.close()  # as `| head -c 5` does
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 141 and err == b""
+
     def test_unknown_model_is_one_line_with_what_is_available(self) -> None:
         r = corral("run", "no-such-model", "hi", env=self.env)
         assert r.returncode == 1
