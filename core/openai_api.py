@@ -31,12 +31,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
-from . import prompting, thinking, toolcalls
+from . import prompting
+from .reply import Reply
 from .config import Settings
 from .errors import BadRequest, CorralError, InvalidName, ModelNotFound
 from .names import ModelName
 from .scheduler import Scheduler, Ticket
-from .server import CLIENT_CLOSED, ClientGone, normalise, parse_body, split_thinking, unless_disconnected
+from .server import CLIENT_CLOSED, ClientGone, normalise, parse_body, unless_disconnected
 from .store import StoredModel
 from .types import Message, Options
 from .worker import Event, Stats
@@ -476,19 +477,20 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
         options = request_options(req, num_predict)
         offered = req.tools if req.tool_choice != "none" else None
         effort = req.reasoning_effort or (req.reasoning or {}).get("effort")
-        thinkers: list[thinking.ThinkingParser | None] = []
+        replies: list[Reply] = []  # made with the prompt, once the model is loaded
 
         def build(ticket: Ticket) -> tuple[str, Any]:
             recipe = ticket.loaded.recipe
             info = ticket.loaded.worker.wait_loaded().info
             prompt = prompting.render(recipe, info, prompting.chat_messages(recipe, messages), tools=offered, think=effort)
-            thinkers.append(thinking.parser_for(effort, recipe.template, info.chat_template, prompt, recipe.name.display))
+            replies.append(Reply.for_request(
+                think=effort, tools=offered, template=recipe.template, chat_template=info.chat_template,
+                prompt=prompt, model=recipe.name.display,
+            ))  # fmt: skip
             return prompt, replace(ticket.options.sampling(), grammar=grammar)
 
         generation, model = await _generate(scheduler, req, options, build)
-        thinker = thinkers[0]
-        loaded = generation.ticket.loaded
-        tools = toolcalls.parser_for(loaded.recipe.template, loaded.worker.wait_loaded().info.chat_template, offered)
+        reply = replies[0]
         cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -498,14 +500,11 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
             called: list[dict[str, Any]] = []
             events = await generation.collect(request)
             final = events[-1] if events and events[-1].done else Event(done=True, done_reason="stop")
-            for event in events:
-                thought, text = split_thinking(thinker, event)
-                text, calls = tools.feed(text) if tools else (text, [])
+            for i, event in enumerate(events):
+                thought, text, calls = reply.feed(event.text, i == len(events) - 1)
                 parts.append(text)
                 thoughts.append(thought)
                 called += calls
-            if tools:
-                parts.append(tools.finish())
             message: dict[str, Any] = {"role": "assistant", "content": "".join(parts)}
             if called:
                 message = {"role": "assistant", "content": message["content"] or None,
@@ -548,10 +547,7 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
             yield chunk({"role": "assistant", "content": ""}, None)
             called = False
             async for event in generation.rest():
-                thought, text = split_thinking(thinker, event)
-                text, calls = tools.feed(text) if tools else (text, [])
-                if event.done and tools:
-                    text += tools.finish()
+                thought, text, calls = reply.feed(event.text, event.done)
                 if thought:
                     yield chunk({"reasoning": thought}, None)
                 if text:

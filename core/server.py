@@ -19,7 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from . import __version__, prompting, thinking, toolcalls
+from . import __version__, prompting
+from .reply import Reply
 from .config import Settings
 from .errors import BadRequest, CorralError
 from .scheduler import Scheduler, Ticket
@@ -233,7 +234,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
             )
         info = ticket.loaded.worker.wait_loaded().info
         try:
-            thinker = None
+            reply = Reply()
             if req.raw:
                 prompt = req.prompt or ""
             elif req.suffix:
@@ -241,8 +242,10 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
             else:
                 msgs = prompting.generate_messages(ticket.loaded.recipe, req.prompt or "", req.system)
                 prompt = prompting.render(ticket.loaded.recipe, info, msgs, template=req.template, think=req.think)
-                go = req.template or ticket.loaded.recipe.template
-                thinker = thinking.parser_for(req.think, go, info.chat_template, prompt, name)
+                reply = Reply.for_request(
+                    think=req.think, tools=None, template=req.template or ticket.loaded.recipe.template,
+                    chat_template=info.chat_template, prompt=prompt, model=name,
+                )
             sampling = replace(ticket.options.sampling(), grammar=prompting.grammar_for(req.format))
         except BaseException:
             scheduler.release(ticket)
@@ -251,7 +254,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
         async def chunks() -> AsyncIterator[GenerateResponse]:
             try:
                 async for event in scheduler.stream(ticket, prompt, sampling=sampling, context=req.context or None):
-                    thought, text = split_thinking(thinker, event)
+                    thought, text, _calls = reply.feed(event.text, event.done)
                     if event.done:
                         yield GenerateResponse(
                             model=name, created_at=now_rfc3339(), response=text, thinking=thought or None, done=True,
@@ -283,21 +286,19 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
         try:
             msgs = prompting.chat_messages(ticket.loaded.recipe, list(req.messages))
             prompt = prompting.render(ticket.loaded.recipe, info, msgs, tools=req.tools, think=req.think)
-            thinker = thinking.parser_for(req.think, ticket.loaded.recipe.template, info.chat_template, prompt, name)
+            reply = Reply.for_request(
+                think=req.think, tools=req.tools, template=ticket.loaded.recipe.template,
+                chat_template=info.chat_template, prompt=prompt, model=name,
+            )
             sampling = replace(ticket.options.sampling(), grammar=prompting.grammar_for(req.format))
         except BaseException:
             scheduler.release(ticket)
             raise
 
-        tools = toolcalls.parser_for(ticket.loaded.recipe.template, info.chat_template, req.tools)
-
         async def chunks() -> AsyncIterator[ChatResponse]:
             try:
                 async for event in scheduler.stream(ticket, prompt, sampling=sampling):
-                    thought, text = split_thinking(thinker, event)
-                    text, calls = tools.feed(text) if tools else (text, [])
-                    if event.done and tools:
-                        text += tools.finish()
+                    thought, text, calls = reply.feed(event.text, event.done)
                     message = Message(role="assistant", content=text, thinking=thought or None, tool_calls=calls or None)
                     if event.done:
                         yield ChatResponse(
@@ -390,17 +391,6 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
 
     _include_routers(app, scheduler, settings)
     return app
-
-
-def split_thinking(thinker: thinking.ThinkingParser | None, event: Event) -> tuple[str, str]:
-    """(thinking, content) of one event's text; the parser's held text comes out with the last."""
-    if thinker is None:
-        return "", event.text
-    thought, text = thinker.feed(event.text)
-    if event.done:
-        more_thought, more_text = thinker.finish()
-        thought, text = thought + more_thought, text + more_text
-    return thought, text
 
 
 def processor_label(size: int, vram: int, backend: str) -> str:
