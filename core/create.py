@@ -387,8 +387,8 @@ def build(store: Store, plan: Plan, *, progress: Progress | None = None) -> Mani
             cleanup.callback(_unlink, tmp_quantized)
             weights = _Source(label=f"{target} weights", path=tmp_quantized)
             _emit(progress, f"quantized {plan.file_type.upper()} model to {target}")
-        if plan.to_onnx:
-            weights = _convert_to_onnx(store, plan, weights, cleanup, progress)
+        converted = _convert_to_onnx(store, plan, weights, cleanup, progress) if plan.to_onnx else None
+        weights = converted or weights
         config_bytes = None
         if weights is not None and weights.onnx:
             from .onnx_layer import onnx_config_blob, unpacked
@@ -398,7 +398,12 @@ def build(store: Store, plan: Plan, *, progress: Progress | None = None) -> Mani
             weights = _onnx_layer_source(store, weights, cleanup)
         elif weights is not None:
             config_bytes = gguf_config_blob(weights.path)
-        return _write(store, plan, weights, config_bytes, progress)
+        manifest = _write(store, plan, weights, config_bytes, progress)
+        if converted is not None:  # the folder just converted is what unpacking its layer would give
+            from .onnx_layer import adopt
+
+            adopt(store, manifest.layer(MEDIA_ONNX).digest, converted.path)  # type: ignore[union-attr]
+        return manifest
     raise AssertionError("unreachable")
 
 

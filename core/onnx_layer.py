@@ -95,10 +95,7 @@ def unpacked(store: Store, digest: str) -> Path:
                 tar.extractall(work, members=_members(tar, digest), filter="data")
         except (tarfile.TarError, OSError) as exc:
             raise InvalidModelFile(f"the ONNX layer {digest} cannot be unpacked ({exc}): pull or create it again") from None
-        for path in work.rglob("*"):
-            if path.is_file():
-                with open(path, "rb") as fh:
-                    os.fsync(fh.fileno())
+        _fsync_files(work)
         try:
             os.replace(work, final)
         except OSError:
@@ -106,6 +103,27 @@ def unpacked(store: Store, digest: str) -> Path:
                 raise
         fsync_dir(final.parent)
     return final
+
+
+def adopt(store: Store, digest: str, folder: Path) -> None:
+    """Move ``folder``, the contents of the layer ``digest``, into place as its unpacked copy (a rename
+    within the store's file system), so that the first load need not unpack the tar again."""
+    final = store.unpacked_path(digest)
+    if (final / GENAI_CONFIG).is_file():
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _fsync_files(folder)
+    with contextlib.suppress(OSError):  # another process unpacked it first: theirs is as good
+        os.replace(folder, final)
+        fsync_dir(final.parent)
+
+
+def _fsync_files(folder: Path) -> None:
+    """On disk before the folder is renamed into place: a crash must not leave a complete-looking copy."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 def onnx_config_blob(folder: Path, source_meta: dict[str, Any] | None = None) -> bytes:

@@ -201,9 +201,9 @@ class ModelWorker:
     def _embed(self, job: Job) -> None:
         assert self.runner is not None and job.embed is not None
         try:
-            texts = [self._fit_context(t) for t in job.embed] if job.truncate else job.embed
-            vectors = self.runner.embed(texts)
-            counts = sum(len(self.runner.tokenize(t, add_bos=self.runner.info.add_bos)) for t in texts)
+            fitted = [self._fit_context(t, job.truncate) for t in job.embed]
+            vectors = self.runner.embed([text for text, _n in fitted])
+            counts = sum(n for _text, n in fitted)
         except CorralError as exc:
             job.emit(Event(done=True, done_reason="error", error=str(exc), exception=exc))
             return
@@ -211,19 +211,20 @@ class ModelWorker:
             job.on_result(vectors)
         job.emit(Event(done=True, done_reason="stop", stats=Stats(prompt_eval_count=counts)))
 
-    def _fit_context(self, text: str) -> str:
-        """``text`` cut at the end to the context's length in tokens, on a whole character."""
+    def _fit_context(self, text: str, truncate: bool) -> tuple[str, int]:
+        """``text`` (cut at the end, on a whole character, to the tokens one input may have, if
+        ``truncate``) and its length in tokens."""
         runner = self.runner
         assert runner is not None
         add_bos = runner.info.add_bos
         tokens = runner.tokenize(text, add_bos=add_bos)
-        n_ctx = keep = runner.info.embed_tokens or runner.info.n_ctx
-        while len(tokens) > n_ctx and keep > 0:
+        limit = keep = runner.info.embed_tokens or runner.info.n_ctx
+        while truncate and len(tokens) > limit and keep > 0:
             body = tokens[1:keep] if add_bos else tokens[:keep]
             text = b"".join(runner.token_bytes(t) for t in body).decode("utf-8", errors="ignore")
             tokens = runner.tokenize(text, add_bos=add_bos)  # re-tokenised text may merge differently
-            keep -= max(1, len(tokens) - n_ctx)
-        return text
+            keep -= max(1, len(tokens) - limit)
+        return text, len(tokens)
 
     def _tokens(self, job: Job) -> list[int]:
         runner = self.runner
