@@ -60,16 +60,13 @@ def gemma() -> BenchModel:
 
 
 def ensure_in_store(models_dir: Path, model: BenchModel) -> None:
-    from corral.models import gguf_config_blob
+    from corral.models import store_gguf
     from corral.names import ModelName
-    from corral.store import CONFIG_MEDIA_TYPE, MEDIA_MODEL, Manifest, Store
+    from corral.store import Store
 
     store = Store(models_dir)
-    name = ModelName.parse(model.name)
-    if not store.exists(name):
-        layer = store.write_blob_file(model.path, MEDIA_MODEL)
-        config = store.write_blob_bytes(gguf_config_blob(model.path), CONFIG_MEDIA_TYPE)
-        store.write_manifest(name, Manifest(config=config, layers=[layer]))
+    if not store.exists(ModelName.parse(model.name)):
+        store_gguf(store, model.name, model.path)
 
 
 def free_port() -> int:

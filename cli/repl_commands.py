@@ -179,6 +179,14 @@ def run_command(session: Session, line: str) -> None:
 # ---- /set ------------------------------------------------------------------------------------------
 
 
+# /set words that switch a Session flag: word -> (attribute, value)
+_MODES = {
+    "history": ("history", True), "nohistory": ("history", False), "wordwrap": ("wordwrap", True),
+    "nowordwrap": ("wordwrap", False), "verbose": ("verbose", True), "quiet": ("verbose", False),
+    "think": ("think", True), "nothink": ("think", False),
+}  # fmt: skip
+
+
 def _set(session: Session, line: str, args: list[str]) -> None:
     if len(args) < 2:
         _echo(set_help())
@@ -194,17 +202,9 @@ def _set(session: Session, line: str, args: list[str]) -> None:
             return
         session.system = text
         _echo("Set system message.\n")
-    elif what in ("history", "nohistory"):
-        session.history = what == "history"
-        _echo(f"Set '{what}' mode.\n")
-    elif what in ("wordwrap", "nowordwrap"):
-        session.wordwrap = what == "wordwrap"
-        _echo(f"Set '{what}' mode.\n")
-    elif what in ("verbose", "quiet"):
-        session.verbose = what == "verbose"
-        _echo(f"Set '{what}' mode.\n")
-    elif what in ("think", "nothink"):
-        session.think = what == "think"
+    elif what in _MODES:
+        name, on = _MODES[what]
+        setattr(session, name, on)
         _echo(f"Set '{what}' mode.\n")
     elif what == "format":
         value = args[2] if len(args) > 2 else ""

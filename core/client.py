@@ -372,6 +372,10 @@ class Client(_BaseClient[httpx.Client]):
     def _request(self, cls: type[T], method: str, path: str, body: BaseModel | None = None) -> T:
         return _parse_body(cls, self._send(method, path, body))
 
+    def _post(self, cls: type[T], path: str, body: BaseModel, stream: bool) -> T | Iterator[T]:
+        """POST ``body``: the parts of a stream, or the one answer."""
+        return self._stream(cls, "POST", path, body) if stream else self._request(cls, "POST", path, body)
+
     def _stream(self, cls: type[T], method: str, path: str, body: BaseModel | None) -> Iterator[T]:
         try:
             with self._client.stream(method, path, json=_dump(body)) as response:
@@ -413,9 +417,7 @@ class Client(_BaseClient[httpx.Client]):
             context=[*context] if context is not None else None, stream=stream, think=think, raw=raw,
             format=format, images=_images(images), options=_options(options), keep_alive=keep_alive, backend=backend,
         )
-        if stream:
-            return self._stream(GenerateResponse, "POST", "/api/generate", body)
-        return self._request(GenerateResponse, "POST", "/api/generate", body)
+        return self._post(GenerateResponse, "/api/generate", body, stream)
 
     @overload
     def chat(
@@ -442,9 +444,7 @@ class Client(_BaseClient[httpx.Client]):
             model=model, messages=_messages(messages), tools=_tools(tools), stream=stream, think=think,
             format=format, options=_options(options), keep_alive=keep_alive, backend=backend,
         )
-        if stream:
-            return self._stream(ChatResponse, "POST", "/api/chat", body)
-        return self._request(ChatResponse, "POST", "/api/chat", body)
+        return self._post(ChatResponse, "/api/chat", body, stream)
 
     def embed(
         self, model: str = "", input: str | Sequence[str] = "", truncate: bool | None = None,
@@ -477,9 +477,7 @@ class Client(_BaseClient[httpx.Client]):
         self, model: str, *, insecure: bool = False, stream: bool = False
     ) -> ProgressResponse | Iterator[ProgressResponse]:
         body = PullRequest(model=model, insecure=insecure, stream=stream)
-        if stream:
-            return self._stream(ProgressResponse, "POST", "/api/pull", body)
-        return self._request(ProgressResponse, "POST", "/api/pull", body)
+        return self._post(ProgressResponse, "/api/pull", body, stream)
 
     @overload
     def push(self, model: str, *, insecure: bool = False, stream: Literal[False] = False) -> ProgressResponse: ...
@@ -491,9 +489,7 @@ class Client(_BaseClient[httpx.Client]):
         self, model: str, *, insecure: bool = False, stream: bool = False
     ) -> ProgressResponse | Iterator[ProgressResponse]:
         body = PushRequest(model=model, insecure=insecure, stream=stream)
-        if stream:
-            return self._stream(ProgressResponse, "POST", "/api/push", body)
-        return self._request(ProgressResponse, "POST", "/api/push", body)
+        return self._post(ProgressResponse, "/api/push", body, stream)
 
     @overload
     def create(
@@ -521,9 +517,7 @@ class Client(_BaseClient[httpx.Client]):
         body = _create_request(
             model, quantize, from_, files, adapters, template, license, system, parameters, messages, modelfile, format, stream
         )
-        if stream:
-            return self._stream(ProgressResponse, "POST", "/api/create", body)
-        return self._request(ProgressResponse, "POST", "/api/create", body)
+        return self._post(ProgressResponse, "/api/create", body, stream)
 
     def create_blob(self, path: str | Path) -> str:
         """Upload a file for ``create(files=...)``; returns its digest ("sha256:...")."""
@@ -582,6 +576,10 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
     async def _request(self, cls: type[T], method: str, path: str, body: BaseModel | None = None) -> T:
         return _parse_body(cls, await self._send(method, path, body))
 
+    async def _post(self, cls: type[T], path: str, body: BaseModel, stream: bool) -> T | AsyncIterator[T]:
+        """POST ``body``: the parts of a stream, or the one answer."""
+        return self._stream(cls, "POST", path, body) if stream else await self._request(cls, "POST", path, body)
+
     async def _stream(self, cls: type[T], method: str, path: str, body: BaseModel | None) -> AsyncIterator[T]:
         try:
             async with self._client.stream(method, path, json=_dump(body)) as response:
@@ -622,9 +620,7 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
             context=[*context] if context is not None else None, stream=stream, think=think, raw=raw,
             format=format, images=_images(images), options=_options(options), keep_alive=keep_alive, backend=backend,
         )
-        if stream:
-            return self._stream(GenerateResponse, "POST", "/api/generate", body)
-        return await self._request(GenerateResponse, "POST", "/api/generate", body)
+        return await self._post(GenerateResponse, "/api/generate", body, stream)
 
     @overload
     async def chat(
@@ -650,9 +646,7 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
             model=model, messages=_messages(messages), tools=_tools(tools), stream=stream, think=think,
             format=format, options=_options(options), keep_alive=keep_alive, backend=backend,
         )
-        if stream:
-            return self._stream(ChatResponse, "POST", "/api/chat", body)
-        return await self._request(ChatResponse, "POST", "/api/chat", body)
+        return await self._post(ChatResponse, "/api/chat", body, stream)
 
     async def embed(
         self, model: str = "", input: str | Sequence[str] = "", truncate: bool | None = None,
@@ -684,9 +678,7 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         self, model: str, *, insecure: bool = False, stream: bool = False
     ) -> ProgressResponse | AsyncIterator[ProgressResponse]:
         body = PullRequest(model=model, insecure=insecure, stream=stream)
-        if stream:
-            return self._stream(ProgressResponse, "POST", "/api/pull", body)
-        return await self._request(ProgressResponse, "POST", "/api/pull", body)
+        return await self._post(ProgressResponse, "/api/pull", body, stream)
 
     @overload
     async def push(self, model: str, *, insecure: bool = False, stream: Literal[False] = False) -> ProgressResponse: ...
@@ -698,9 +690,7 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         self, model: str, *, insecure: bool = False, stream: bool = False
     ) -> ProgressResponse | AsyncIterator[ProgressResponse]:
         body = PushRequest(model=model, insecure=insecure, stream=stream)
-        if stream:
-            return self._stream(ProgressResponse, "POST", "/api/push", body)
-        return await self._request(ProgressResponse, "POST", "/api/push", body)
+        return await self._post(ProgressResponse, "/api/push", body, stream)
 
     @overload
     async def create(
@@ -725,9 +715,7 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         body = _create_request(
             model, quantize, from_, files, adapters, template, license, system, parameters, messages, modelfile, format, stream
         )
-        if stream:
-            return self._stream(ProgressResponse, "POST", "/api/create", body)
-        return await self._request(ProgressResponse, "POST", "/api/create", body)
+        return await self._post(ProgressResponse, "/api/create", body, stream)
 
     async def create_blob(self, path: str | Path) -> str:
         import anyio  # httpx's own dependency; only blob uploads need it

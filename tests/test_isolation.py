@@ -11,11 +11,10 @@ import pytest
 
 from corral.config import Settings
 from corral.errors import RunnerCrashed
-from corral.models import gguf_config_blob
-from corral.names import ModelName
+from corral.models import store_gguf
 from corral.plugins import Plugins
 from corral.scheduler import Scheduler
-from corral.store import CONFIG_MEDIA_TYPE, MEDIA_MODEL, Manifest, Store
+from corral.store import Store
 from fakes import write_fake_model
 
 CRASHY = """
@@ -64,14 +63,7 @@ def crashy_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_crashing_runner_fails_its_request_and_the_server_goes_on(tmp_path: Path, tiny_gguf: Path, crashy_plugin: None) -> None:
     settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=True, num_ctx=128, num_parallel=1)
     write_fake_model(settings.models_dir, "doomed:latest")
-    store = Store(settings.models_dir)
-    store.write_manifest(
-        ModelName.parse("tiny"),
-        Manifest(
-            config=store.write_blob_bytes(gguf_config_blob(tiny_gguf), CONFIG_MEDIA_TYPE),
-            layers=[store.write_blob_file(tiny_gguf, MEDIA_MODEL)],
-        ),
-    )
+    store_gguf(Store(settings.models_dir), "tiny", tiny_gguf)
 
     async def main() -> tuple[str, str, int]:
         sched = Scheduler(settings, Plugins())
@@ -103,14 +95,7 @@ def test_an_isolated_runner_streams_like_an_in_process_one(tmp_path: Path, tiny_
     results = []
     for isolate in (False, True):
         settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=isolate, num_ctx=128, num_parallel=2)
-        store = Store(settings.models_dir)
-        store.write_manifest(
-            ModelName.parse("tiny"),
-            Manifest(
-                config=store.write_blob_bytes(gguf_config_blob(tiny_gguf), CONFIG_MEDIA_TYPE),
-                layers=[store.write_blob_file(tiny_gguf, MEDIA_MODEL)],
-            ),
-        )
+        store_gguf(Store(settings.models_dir), "tiny", tiny_gguf)
 
         async def main() -> list[str]:
             sched = Scheduler(settings, Plugins())

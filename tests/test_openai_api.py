@@ -33,12 +33,11 @@ import uvicorn
 from corral.config import Settings
 from corral.errors import RunnerCrashed, ServerBusy
 from corral.hookspecs import Backend, Device, LoadSpec, Probe, Runner, hookimpl
-from corral.models import gguf_config_blob
-from corral.names import ModelName
+from corral.models import store_gguf
 from corral.plugins import Plugins
 from corral.scheduler import Scheduler
 from corral.server import create_app
-from corral.store import CONFIG_MEDIA_TYPE, MEDIA_MODEL, Manifest, Store
+from corral.store import Store
 from corral.worker import Event
 from fastapi import FastAPI
 
@@ -105,12 +104,6 @@ class Corral:
         return sum(m.inflight for m in self.scheduler.loaded.values()) + self.scheduler._queued
 
 
-def register_gguf(store: Store, path: Path, name: str) -> None:
-    model = store.write_blob_file(path, MEDIA_MODEL)
-    config = store.write_blob_bytes(gguf_config_blob(path), CONFIG_MEDIA_TYPE)
-    store.write_manifest(ModelName.parse(name), Manifest(config=config, layers=[model]))
-
-
 @contextmanager
 def serve(home: Path, tiny_gguf: Path, plugins: Plugins | None = None, **settings: Any) -> Iterator[Corral]:
     """The app over a store holding the tiny model (as tiny:latest and someone/tiny:v1), also served by
@@ -120,8 +113,8 @@ def serve(home: Path, tiny_gguf: Path, plugins: Plugins | None = None, **setting
     port = sock.getsockname()[1]
     config = Settings(home=home, models=home / "models", host=f"127.0.0.1:{port}", **settings)
     store = Store(config.models_dir)
-    register_gguf(store, tiny_gguf, "tiny:latest")
-    register_gguf(store, tiny_gguf, "someone/tiny:v1")
+    store_gguf(store, "tiny:latest", tiny_gguf)
+    store_gguf(store, "someone/tiny:v1", tiny_gguf)
     scheduler = Scheduler(config, plugins=plugins, store=store)
     app = create_app(config, scheduler)
     loop = LoopThread()
