@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import queue
 from pathlib import Path
 
 import pytest
 
 from corral.errors import InvalidModelFile
-from corral.hookspecs import LoadSpec, Sampling, SequenceStep
+from corral.hookspecs import LoadSpec
 from corral.llamacpp import LlamaCppRunner, physical_cores
-from corral.worker import Event, Job, ModelWorker
+from corral.worker import ModelWorker
 from corral_backend_cpu import CpuBackend
 from ggufmaker import write_tiny_llama
+from runnerchecks import decode_together, greedy, run_job
 
-GREEDY = Sampling(temperature=0, repeat_penalty=1.0)
 PROMPTS = ["hello world", "the cat sat on the mat", "one two three four", "<|im_start|>user\nhi<|im_end|>\n"]
 
 
@@ -22,30 +21,11 @@ def load(path: Path, parallel: int = 4, **kw: object) -> LlamaCppRunner:
     return LlamaCppRunner(LoadSpec(model_path=path, num_ctx=256, num_parallel=parallel, num_thread=2, **kw))  # type: ignore[arg-type]
 
 
-def greedy_alone(runner: LlamaCppRunner, prompt: str, n: int) -> list[int]:
-    runner.truncate(0, 0)
-    runner.set_sampling(0, GREEDY)
-    token = runner.step([SequenceStep(0, runner.tokenize(prompt))])[0]
-    out = [token]
-    for _ in range(n - 1):
-        token = runner.step([SequenceStep(0, [token])])[0]
-        out.append(token)
-    return out
-
-
 def test_a_batched_step_gives_the_same_greedy_tokens_as_one_at_a_time(tiny_gguf: Path) -> None:
     runner = load(tiny_gguf)
     try:
-        alone = [greedy_alone(runner, p, 16) for p in PROMPTS]
-        runner.truncate(0, 0)
-        for seq in range(4):
-            runner.set_sampling(seq, GREEDY)
-        nxt = runner.step([SequenceStep(seq, runner.tokenize(p)) for seq, p in enumerate(PROMPTS)])
-        together = [[nxt[s]] for s in range(4)]
-        for _ in range(15):
-            nxt = runner.step([SequenceStep(s, [together[s][-1]]) for s in range(4)])
-            for s in range(4):
-                together[s].append(nxt[s])
+        alone = [greedy(runner, p, 16) for p in PROMPTS]
+        together = decode_together(runner, [runner.tokenize(p) for p in PROMPTS], 16)
         assert together == alone
         assert len({tuple(t) for t in alone}) > 1  # the prompts really lead to different text
     finally:
@@ -57,25 +37,16 @@ def test_a_prompt_longer_than_a_batch_is_split_and_still_matches(tiny_gguf: Path
     try:
         prompt = "hello world " * 20  # more tokens than one 32-token batch
         assert len(runner.tokenize(prompt)) > 32
-        chunked = greedy_alone(runner, prompt, 8)
+        chunked = greedy(runner, prompt, 8)
     finally:
         runner.close()
     wide = load(tiny_gguf, parallel=1, num_batch=512)
     try:
-        assert greedy_alone(wide, prompt, 8) == chunked
+        assert greedy(wide, prompt, 8) == chunked
     finally:
         wide.close()
 
 
-def run_job(worker: ModelWorker, prompt: str, n: int = 8) -> list[Event]:
-    events: queue.Queue[Event] = queue.Queue()
-    worker.submit(Job(prompt=prompt, sampling=GREEDY, emit=events.put, num_predict=n))
-    out = []
-    while True:
-        event = events.get(timeout=30)
-        out.append(event)
-        if event.done:
-            return out
 
 
 def test_the_prefix_cache_evaluates_only_new_tokens(tiny_gguf: Path) -> None:
@@ -140,7 +111,7 @@ def test_a_lora_adapter_changes_the_answer_and_a_zero_one_does_not(tiny_gguf: Pa
     for adapters in ((), (write_tiny_lora(tmp_path / "lora.gguf"),), (write_tiny_lora(tmp_path / "zero.gguf", scale=0.0),)):
         runner = load(tiny_gguf, parallel=1, adapters=adapters)
         try:
-            answers.append(greedy_alone(runner, "the cat sat on the mat", 12))
+            answers.append(greedy(runner, "the cat sat on the mat", 12))
         finally:
             runner.close()
     base, with_lora, with_zero = answers
@@ -164,7 +135,7 @@ def test_an_adapter_is_stored_as_a_layer_and_applied(tiny_gguf: Path, tmp_path: 
     tuned = CpuBackend().load(LoadSpec(model_path=recipe.model_path, num_ctx=256, num_parallel=1, num_thread=2, adapters=recipe.adapters))
     plain = load(tiny_gguf, parallel=1)
     try:
-        assert greedy_alone(tuned, "hello world", 12) != greedy_alone(plain, "hello world", 12)
+        assert greedy(tuned, "hello world", 12) != greedy(plain, "hello world", 12)
     finally:
         tuned.close()
         plain.close()

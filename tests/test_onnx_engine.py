@@ -24,12 +24,12 @@ import pytest
 from corral.errors import BadRequest, CorralError
 from corral.hookspecs import LoadSpec, Runner, Sampling, SequenceStep
 from corral.llamacpp import LlamaCppRunner
+from runnerchecks import GREEDY, decode_together, greedy
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime_genai") is None, reason="onnxruntime-genai is not installed"
 )
 
-GREEDY = Sampling(temperature=0, repeat_penalty=1.0)
 TINY_PROMPTS = ["hello world", "the cat sat on the mat", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"]
 SMOL_PROMPTS = [
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
@@ -98,17 +98,6 @@ def onnx_runner(folder: Path, parallel: int = 2, ctx: int = 512) -> Runner:
 
 def llama_runner(gguf: Path, ctx: int = 512) -> LlamaCppRunner:
     return LlamaCppRunner(LoadSpec(model_path=gguf, num_ctx=ctx, num_parallel=1, num_thread=2))
-
-
-def greedy(runner: Runner, ids: list[int], n: int = 20, seq: int = 0) -> list[int]:
-    runner.truncate(seq, 0)
-    runner.set_sampling(seq, GREEDY)
-    token = runner.step([SequenceStep(seq, ids)])[seq]
-    out = [token]
-    for _ in range(n - 1):
-        token = runner.step([SequenceStep(seq, [token])])[seq]
-        out.append(token)
-    return out
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -236,15 +225,7 @@ def test_two_sequences_in_one_step_equal_each_alone(tiny_onnx: Path) -> None:
     try:
         prompts = [engine.tokenize(p) for p in TINY_PROMPTS[:2]]
         alone = [greedy(engine, ids, 12) for ids in prompts]
-        for seq in (0, 1):
-            engine.truncate(seq, 0)
-            engine.set_sampling(seq, GREEDY)
-        nxt = engine.step([SequenceStep(seq, ids) for seq, ids in enumerate(prompts)])
-        together = [[nxt[0]], [nxt[1]]]
-        for _ in range(11):
-            nxt = engine.step([SequenceStep(s, [together[s][-1]]) for s in (0, 1)])
-            for s in (0, 1):
-                together[s].append(nxt[s])
+        together = decode_together(engine, prompts, 12)
         assert together == alone
         assert alone[0] != alone[1]
         assert engine.cached(0) == len(prompts[0]) + 11

@@ -14,7 +14,6 @@ import ctypes
 import itertools
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
@@ -30,8 +29,9 @@ from corral.hookspecs import LoadSpec, Sampling, SequenceStep
 from corral.llamacpp import LlamaCppRunner
 from corral.models import BUNDLED
 from corral.names import ModelName
-from corral.worker import Event, Job, ModelWorker
+from corral.worker import ModelWorker
 from ggufmaker import write_lora_for, write_tiny_llama, write_tiny_lora
+from runnerchecks import GREEDY, decode_together, greedy, run_job
 
 try:
     import mlx.core as mx
@@ -47,7 +47,6 @@ if not MLX_MISSING:
     from corral_backend_metal.mlx_engine import MLXRunner, _Cache, derived_folder
 
 DEVICES = ["cpu"] + (["gpu"] if mx is not None and mx.metal.is_available() else [])
-GREEDY = Sampling(temperature=0, repeat_penalty=1.0)
 PROMPTS = ["hello world", "the cat sat on the mat", "one two three four", "<|im_start|>user\nhi<|im_end|>\n"]
 STRINGS = [
     "hello world", "Hello, World! 123 4567", "  multiple   spaces\t\ttabs\n\nnew\r\nlines ", "Café déjà vu — naïve",
@@ -100,16 +99,6 @@ def load(path: Path, device: str = "cpu", parallel: int = 2, **kw: Any) -> MLXRu
 
 def load_cpp(path: Path, adapters: tuple[Path, ...] = ()) -> LlamaCppRunner:
     return LlamaCppRunner(LoadSpec(model_path=path, num_ctx=256, num_parallel=1, num_thread=1, adapters=adapters))
-
-
-def greedy(runner: Any, prompt: str | list[int], n: int = 20, sampling: Sampling = GREEDY) -> list[int]:
-    runner.truncate(0, 0)
-    runner.set_sampling(0, sampling)
-    tokens = runner.tokenize(prompt, add_bos=runner.info.add_bos) if isinstance(prompt, str) else prompt
-    out = [runner.step([SequenceStep(0, tokens)])[0]]
-    while len(out) < n:
-        out.append(runner.step([SequenceStep(0, [out[-1]])])[0])
-    return out
 
 
 def mlx_logits(runner: MLXRunner, tokens: list[int]) -> np.ndarray:
@@ -301,15 +290,7 @@ def test_a_batched_step_gives_the_same_greedy_tokens_as_one_at_a_time(tiny_gguf:
     runner = load(tiny_gguf, device, parallel=4)
     try:
         alone = [greedy(runner, p, 16) for p in PROMPTS]
-        runner.truncate(0, 0)
-        for seq in range(4):
-            runner.set_sampling(seq, GREEDY)
-        nxt = runner.step([SequenceStep(seq, runner.tokenize(p)) for seq, p in enumerate(PROMPTS)])
-        together = [[nxt[s]] for s in range(4)]
-        for _ in range(15):
-            nxt = runner.step([SequenceStep(s, [together[s][-1]]) for s in range(4)])
-            for s in range(4):
-                together[s].append(nxt[s])
+        together = decode_together(runner, [runner.tokenize(p) for p in PROMPTS], 16)
         assert together == alone
         assert len({tuple(t) for t in alone}) > 1
     finally:
@@ -353,15 +334,6 @@ def test_a_full_context_is_an_error_that_leaves_the_cache_alone(tiny_gguf: Path)
         assert runner.cached(0) == 200
     finally:
         runner.close()
-
-
-def run_job(worker: ModelWorker, prompt: str, n: int = 8) -> list[Event]:
-    events: queue.Queue[Event] = queue.Queue()
-    worker.submit(Job(prompt=prompt, sampling=GREEDY, emit=events.put, num_predict=n))
-    out = [events.get(timeout=60)]
-    while not out[-1].done:
-        out.append(events.get(timeout=60))
-    return out
 
 
 def test_the_worker_drives_the_engine_with_the_prefix_cache(tiny_gguf: Path) -> None:
