@@ -29,8 +29,8 @@ class BenchModel:
 
 
 def smollm2() -> BenchModel:
-    from corral.models import BUNDLED
-    from corral.names import ModelName
+    from corral.models.recipes import BUNDLED
+    from corral.models.names import ModelName
 
     path = BUNDLED[ModelName.parse("smollm2:135m").key()].path()
     if path is None:
@@ -60,9 +60,9 @@ def gemma() -> BenchModel:
 
 
 def ensure_in_store(models_dir: Path, model: BenchModel) -> None:
-    from corral.models import store_gguf
-    from corral.names import ModelName
-    from corral.store import Store
+    from corral.models.recipes import store_gguf
+    from corral.models.names import ModelName
+    from corral.models.store import Store
 
     store = Store(models_dir)
     if not store.exists(ModelName.parse(model.name)):

@@ -28,9 +28,9 @@ ONNX_NAME = "smollm2-onnx:int8"
 
 def ensure_onnx_model() -> None:
     """``corral create smollm2-onnx:int8 --format onnx`` (FROM smollm2:135m) in the bench store, once."""
-    from corral.create import create_model
-    from corral.names import ModelName
-    from corral.store import Store
+    from corral.models.create import create_model
+    from corral.models.names import ModelName
+    from corral.models.store import Store
     from corral.types import CreateRequest
 
     store = Store(models_dir())
@@ -62,9 +62,9 @@ def main() -> None:
 
     from llama_cpp import Llama
 
-    from corral.models import resolve
-    from corral.onnx_engine import OnnxRunner
-    from corral.store import Store
+    from corral.models.recipes import resolve
+    from corral.engines.onnx.runner import OnnxRunner
+    from corral.models.store import Store
 
     model = smollm2()
     ensure_in_store(models_dir(), model)

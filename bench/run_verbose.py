@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from common import MAX_FOREIGN, THREADS, Disturbance, median_spread, print_table, smollm2
-from corral.templates import render_chat
+from corral.chat.jinja import render_chat
 
 PROMPT = "Why is the sky blue?"
 UNITS = {"µs": 1e-6, "ms": 1e-3, "s": 1.0}

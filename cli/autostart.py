@@ -12,7 +12,7 @@ import httpx
 
 from corral.config import Settings
 from corral.errors import CorralError
-from corral.security import bound_to_loopback
+from corral.server.security import bound_to_loopback
 
 
 def server_answers(base_url: str, timeout: float = 0.5) -> bool:

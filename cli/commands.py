@@ -159,7 +159,7 @@ def ps() -> None:
 @friendly_errors
 def stop(model: str) -> None:
     """Unload a running model."""
-    from corral.names import ModelName
+    from corral.models.names import ModelName
 
     client = client_for()
     running = client.ps()["models"]

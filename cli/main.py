@@ -76,7 +76,7 @@ def serve(host: str | None, backend: str | None) -> None:
     """Serve Ollama's and OpenAI's APIs over HTTP."""
     import uvicorn
 
-    from corral.server import create_app
+    from corral.server.app import create_app
 
     overrides: dict[str, Any] = {}
     if host:

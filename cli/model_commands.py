@@ -32,8 +32,8 @@ _CHUNK = 1 << 20
 @friendly_errors
 def create(model: str, modelfile: Path | None, quantize: str | None, format_: str | None) -> None:
     """Create a model from a Modelfile."""
-    from corral.modelfile import parse
-    from corral.names import ModelName
+    from corral.models.modelfile import parse
+    from corral.models.names import ModelName
 
     ModelName.parse(model)  # a bad name fails before anything is uploaded
     path = modelfile or Path("Modelfile")
@@ -56,7 +56,7 @@ def create(model: str, modelfile: Path | None, quantize: str | None, format_: st
 
 def _create_request(client: Any, mf: Any, base_dir: Path) -> dict[str, Any]:
     """The /api/create fields for a parsed Modelfile, uploading the files it names."""
-    from corral.modelfile import resolve_from
+    from corral.models.modelfile import resolve_from
 
     request: dict[str, Any] = {}
     source = resolve_from(mf.from_, base_dir)
@@ -91,14 +91,14 @@ def _upload_weights(client: Any, source: Path, value: str) -> dict[str, str]:
     if source.is_dir():
         import tempfile
 
-        from corral.onnx_layer import check_folder, pack_to_temp
+        from corral.models.onnx_layer import check_folder, pack_to_temp
 
         check_folder(source, f"FROM {value}")
         with tempfile.TemporaryDirectory(prefix="corral-upload-") as tmp:
             tar = pack_to_temp(source, Path(tmp))
             return {f"{source.name}.onnx.tar": _upload(client, tar)}
     _check_file(source, value, "FROM")
-    from corral.gguf_check import validate_gguf
+    from corral.formats.gguf import validate_gguf
 
     validate_gguf(source)  # a broken file fails here, before it is uploaded
     return {source.name: _upload(client, source)}
@@ -181,10 +181,10 @@ def fit_report(model: str, backend: str | None, num_ctx: int | None) -> str:
     the free memory the backends report now (Ollama only says that a model did not fit)."""
     from corral.config import Settings
     from corral.errors import InsufficientMemory
-    from corral.models import resolve
-    from corral.offload import plan_for_gguf
+    from corral.models.recipes import resolve
+    from corral.engines.llamacpp.offload import plan_for_gguf
     from corral.plugins import Plugins
-    from corral.store import Store
+    from corral.models.store import Store
 
     settings = Settings()
     recipe = resolve(Store(settings.models_dir), model)
@@ -209,7 +209,7 @@ def fit_report(model: str, backend: str | None, num_ctx: int | None) -> str:
 
 def onnx_fit_report(folder: Path, num_ctx: int, num_parallel: int, devices: list[Any], *, on_gpu: bool) -> str:
     from corral.errors import InsufficientMemory
-    from corral.offload import check_onnx_fit, human_bytes, onnx_need
+    from corral.engines.llamacpp.offload import check_onnx_fit, human_bytes, onnx_need
 
     need = onnx_need(folder, num_ctx, num_parallel, on_gpu=on_gpu)
     lines = [

@@ -306,7 +306,7 @@ def session_modelfile(session: Session, text: str) -> str:
     /save would build."""
     if not (session.system or session.options or session.messages):
         return text
-    from corral.modelfile import parse, render_model
+    from corral.models.modelfile import parse, render_model
     from corral.types import Options
 
     try:

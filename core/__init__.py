@@ -10,10 +10,10 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-from .hookspecs import hookimpl
+from corral.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from .client import AsyncClient, Client, ResponseError
+    from corral.client import AsyncClient, Client, ResponseError
 
 __all__ = ["AsyncClient", "Client", "ResponseError", "__version__", "hookimpl"]
 _CLIENT_NAMES = {"AsyncClient", "Client", "ResponseError"}
@@ -22,7 +22,7 @@ _CLIENT_NAMES = {"AsyncClient", "Client", "ResponseError"}
 def __getattr__(name: str) -> Any:
     # The client pulls in httpx: import it only when asked, so plugins and `corral --help` stay quick.
     if name in _CLIENT_NAMES:
-        from . import client
+        from corral import client
 
         return getattr(client, name)
     raise AttributeError(f"module 'corral' has no attribute {name!r}")

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 import httpx
 from pydantic import BaseModel
 
-from . import __version__
-from .config import Settings, host_to_url
-from .types import (
+from corral import __version__
+from corral.config import Settings, host_to_url
+from corral.types import (
     ChatRequest,
     ChatResponse,
     CopyRequest,

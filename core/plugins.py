@@ -9,9 +9,9 @@ from types import ModuleType
 
 import pluggy
 
-from . import hookspecs
-from .errors import BackendUnavailable, CorralError
-from .hookspecs import Backend, Probe
+from corral import hookspecs
+from corral.errors import BackendUnavailable, CorralError
+from corral.hookspecs import Backend, Probe
 
 ENTRY_POINT_GROUP = "corral"
 STRICT_ENV = "CORRAL_STRICT_PLUGINS"

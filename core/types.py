@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import BadRequest
-from .hookspecs import Sampling
+from corral.errors import BadRequest
+from corral.hookspecs import Sampling
 
 
 class SubscriptableModel(BaseModel):

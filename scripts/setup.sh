@@ -11,7 +11,7 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     exit 1
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip "setuptools>=70.1" wheel
+.venv/bin/python -m pip install --quiet --upgrade pip "setuptools>=77" wheel
 # llama-cpp-python builds from source the first time (about 4 minutes on 2 cores); pip caches the wheel.
 target="."
 [ -n "${EXTRAS:-}" ] && target=".[${EXTRAS}]"

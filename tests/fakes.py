@@ -112,8 +112,8 @@ def write_fake_model(
     models_dir: Path, name: str = "fake:latest", payload: bytes = b"fake weights, not a GGUF", template: str | None = None
 ) -> None:
     """A store entry for the fake backend: it never reads the weights file. ``template``: a Go TEMPLATE layer."""
-    from corral.names import ModelName
-    from corral.store import CONFIG_MEDIA_TYPE, MEDIA_MODEL, MEDIA_TEMPLATE, Manifest, Store
+    from corral.models.names import ModelName
+    from corral.models.store import CONFIG_MEDIA_TYPE, MEDIA_MODEL, MEDIA_TEMPLATE, Manifest, Store
 
     store = Store(models_dir)
     layers = [store.write_blob_bytes(payload, MEDIA_MODEL)]

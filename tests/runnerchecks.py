@@ -7,7 +7,7 @@ import queue
 from typing import Any
 
 from corral.hookspecs import Sampling, SequenceStep
-from corral.worker import Event, Job, ModelWorker
+from corral.runtime.worker import Event, Job, ModelWorker
 
 GREEDY = Sampling(temperature=0, repeat_penalty=1.0)
 

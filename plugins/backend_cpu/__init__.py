@@ -38,7 +38,7 @@ class CpuBackend:
     def probe(self) -> Probe:
         from importlib.util import find_spec
 
-        from corral.llamacpp import physical_cores
+        from corral.engines.llamacpp.runner import physical_cores
 
         if find_spec("llama_cpp") is None:
             return Probe(available=False, reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
@@ -55,13 +55,13 @@ class CpuBackend:
         return Probe(available=True, devices=(device,))
 
     def load(self, spec: LoadSpec) -> Runner:
-        from corral.onnx_engine import is_genai_folder
+        from corral.formats.onnx import is_genai_folder
 
         if is_genai_folder(spec.model_path):  # an ONNX model in onnxruntime-genai's layout
-            from corral.onnx_engine import OnnxRunner
+            from corral.engines.onnx.runner import OnnxRunner
 
             return OnnxRunner(spec)
-        from corral.llamacpp import LlamaCppRunner
+        from corral.engines.llamacpp.runner import LlamaCppRunner
 
         return LlamaCppRunner(spec, n_gpu_layers=0)
 

@@ -63,7 +63,7 @@ class CudaBackend:
         probe = self.probe()
         if not probe.available:
             raise BackendUnavailable(f"the cuda backend cannot run here: {probe.reason}")
-        from corral.onnx_engine import is_genai_folder
+        from corral.formats.onnx import is_genai_folder
 
         if is_genai_folder(spec.model_path):
             return _onnx_runner(spec)
@@ -77,7 +77,7 @@ class CudaBackend:
             raise BackendUnavailable(
                 f"the installed llama-cpp-python was built without GPU offload; reinstall a CUDA build: {INSTALL_HINT}"
             )
-        from corral.llamacpp import LlamaCppRunner
+        from corral.engines.llamacpp.runner import LlamaCppRunner
 
         # The scheduler's offload plan put num_gpu layers here (None: let llama.cpp offload all of them).
         return LlamaCppRunner(spec, n_gpu_layers=spec.num_gpu if spec.num_gpu is not None else -1)
@@ -86,7 +86,7 @@ class CudaBackend:
 def _onnx_runner(spec: LoadSpec) -> Runner:
     """An ONNX model on the first GPU the scheduler chose. Asked only once NVML has found a GPU, since
     onnxruntime-gpu lists the CUDA provider on machines without one."""
-    from corral.onnx_engine import OnnxRunner, cuda_build_problem
+    from corral.engines.onnx.runner import OnnxRunner, cuda_build_problem
 
     if (problem := cuda_build_problem()) is not None:
         raise BackendUnavailable(f"cannot run this ONNX model on the GPU: {problem}")

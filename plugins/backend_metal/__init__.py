@@ -61,7 +61,8 @@ class MetalBackend:
         probe = self.probe()
         if not probe.available:
             raise BackendUnavailable(f"the metal backend cannot run here: {probe.reason}")
-        from corral.onnx_engine import OnnxRunner, is_genai_folder
+        from corral.engines.onnx.runner import OnnxRunner
+        from corral.formats.onnx import is_genai_folder
 
         if is_genai_folder(spec.model_path):  # onnxruntime-genai's Apple build runs on the CPU
             return OnnxRunner(spec)
@@ -79,7 +80,7 @@ class MetalBackend:
             raise BackendUnavailable(
                 f"the installed llama-cpp-python was built without GPU offload; reinstall a Metal build: {INSTALL_HINT}"
             )
-        from corral.llamacpp import LlamaCppRunner
+        from corral.engines.llamacpp.runner import LlamaCppRunner
 
         # The scheduler's offload plan put num_gpu layers here (None: let llama.cpp offload all of them).
         return LlamaCppRunner(spec, n_gpu_layers=spec.num_gpu if spec.num_gpu is not None else -1)
@@ -90,7 +91,7 @@ def _mlx_can_run(path: Path) -> bool:
     everything else goes to llama.cpp's Metal build. CORRAL_METAL_ENGINE=llama.cpp forces the latter."""
     from corral.config import Settings
     from corral.errors import InvalidModelFile
-    from corral.gguf_check import validate_gguf
+    from corral.formats.gguf import validate_gguf
 
     if Settings().metal_engine != "mlx":
         return False

@@ -24,7 +24,7 @@ each weight once per step for all sequences (as llama.cpp's batches do); only at
 sequence, over that sequence's own KV cache. The tokenizer is rebuilt from the GGUF vocabulary
 with llama.cpp's rules (special-token partition, pre-tokenizer regexes, BPE or SentencePiece).
 
-Tokens are picked by ``corral.sampling``'s numpy sampler (llama.cpp's chain), except a plain greedy
+Tokens are picked by ``corral.engines.sampling``'s numpy sampler (llama.cpp's chain), except a plain greedy
 sequence, whose argmax is taken on the device. GBNF grammars (Ollama's ``format``) run llama.cpp's
 grammar sampler over a vocab-only llama.cpp load of the same GGUF, made on the first grammar.
 LoRA adapters (llama.cpp's GGUF format, read by ``mlx_lora``) are added at run time to the matrices
@@ -49,11 +49,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from corral.errors import BadRequest, CorralError, InvalidModelFile
-from corral.gguf_check import read_header, validate_gguf
+from corral.formats.gguf import read_header, validate_gguf
 from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
-from corral.hfnames import LLAMA_LAYER_NAMES as _LAYER_NAMES, LLAMA_TOP_NAMES as _TOP_NAMES
-from corral.hfnames import byte_decoder as _byte_decoder
-from corral.sampling import GrammarVocabulary, Sampler
+from corral.formats.hfnames import LLAMA_LAYER_NAMES as _LAYER_NAMES, LLAMA_TOP_NAMES as _TOP_NAMES
+from corral.formats.hfnames import byte_decoder as _byte_decoder
+from corral.engines.sampling import GrammarVocabulary, Sampler
 
 from .mlx_lora import EMBEDDINGS, LoraPair, load_adapters
 
@@ -166,7 +166,7 @@ def _pack(q: np.ndarray, bits: int) -> np.ndarray:
 def _data_start(path: Path) -> int:
     # The tensor data offset is parsed by gguf_check but not returned by read_header; reuse the
     # parser rather than pay gguf.GGUFReader's seconds of string decoding.
-    from corral.gguf_check import _parse
+    from corral.formats.gguf import _parse
 
     size = path.stat().st_size
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from corral.errors import InvalidModelFile
-from corral.gguf_check import TensorInfo, read_header
+from corral.formats.gguf import TensorInfo, read_header
 
 if TYPE_CHECKING:
     import mlx.core as mx

@@ -119,7 +119,8 @@ class RocmBackend:
         probe = self.probe()
         if not probe.available:
             raise BackendUnavailable(f"the rocm backend cannot run here: {probe.reason}")
-        from corral.onnx_engine import OnnxRunner, is_genai_folder
+        from corral.engines.onnx.runner import OnnxRunner
+        from corral.formats.onnx import is_genai_folder
 
         if is_genai_folder(spec.model_path):  # onnxruntime-genai has no ROCm build: the CPU runs it
             return OnnxRunner(spec)
@@ -133,7 +134,7 @@ class RocmBackend:
             raise BackendUnavailable(
                 f"the installed llama-cpp-python was built without GPU offload; reinstall a ROCm build: {INSTALL_HINT}"
             )
-        from corral.llamacpp import LlamaCppRunner
+        from corral.engines.llamacpp.runner import LlamaCppRunner
 
         # The scheduler's offload plan put num_gpu layers here (None: let llama.cpp offload all of them).
         return LlamaCppRunner(spec, n_gpu_layers=spec.num_gpu if spec.num_gpu is not None else -1)

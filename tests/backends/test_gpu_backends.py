@@ -20,10 +20,10 @@ import pytest
 
 from corral.config import Settings
 from corral.hookspecs import LoadSpec, Probe, Sampling, SequenceStep
-from corral.models import BUNDLED
-from corral.names import ModelName
+from corral.models.recipes import BUNDLED
+from corral.models.names import ModelName
 from corral.plugins import BackendEntry, Plugins
-from corral.scheduler import Scheduler
+from corral.runtime.scheduler import Scheduler
 
 GPU_BACKENDS = [
     pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.slow], id="cuda"),

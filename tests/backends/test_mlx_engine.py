@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 
 from corral.errors import BadRequest, CorralError
-from corral.gguf_check import read_metadata
+from corral.formats.gguf import read_metadata
 from corral.hookspecs import LoadSpec, Sampling, SequenceStep
-from corral.llamacpp import LlamaCppRunner
-from corral.models import BUNDLED
-from corral.names import ModelName
-from corral.worker import ModelWorker
+from corral.engines.llamacpp.runner import LlamaCppRunner
+from corral.models.recipes import BUNDLED
+from corral.models.names import ModelName
+from corral.runtime.worker import ModelWorker
 from ggufmaker import write_lora_for, write_tiny_llama, write_tiny_lora
 from runnerchecks import GREEDY, decode_together, greedy, run_job
 
@@ -401,7 +401,7 @@ def until_end(runner: Any, prompt: str, sampling: Sampling, limit: int = 200) ->
 
 
 def test_a_grammar_gives_llamacpps_tokens(tiny_gguf: Path) -> None:
-    from corral.prompting import grammar_for
+    from corral.chat.prompting import grammar_for
 
     runner, cpp = load(tiny_gguf), load_cpp(tiny_gguf)
     try:

@@ -54,7 +54,7 @@ class ExampleBackend:
         probe = self.probe()
         if not probe.available:
             raise BackendUnavailable(f"the example backend cannot run here: {probe.reason}")
-        from corral.llamacpp import LlamaCppRunner  # the heavy import happens here, not at module import
+        from corral.engines.llamacpp.runner import LlamaCppRunner  # the heavy import happens here, not at module import
 
         # The runner batches every active sequence into one decode per step(); the scheduler's owner
         # thread is its only caller, so it needs no locking of its own.

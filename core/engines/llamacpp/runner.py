@@ -1,0 +1,358 @@
+"""The GGUF engine: a Runner over llama-cpp-python's low-level API, shared by every llama.cpp backend.
+
+Why the low-level API rather than ``llama_cpp.Llama``: one context holds every slot's sequence so a
+single ``llama_decode`` advances them all (continuous batching), and per-sequence KV surgery gives the
+prefix cache. Backends differ only in how many layers they offload (``n_gpu_layers``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from corral.errors import BadRequest, CorralError, InvalidModelFile
+from corral.formats.gguf import validate_gguf
+from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
+
+_backend_ready = False
+_log_callback: Any = None  # keeps the ctypes callback alive for the process
+
+
+def physical_cores() -> int:
+    """Physical cores, not hyperthreads: llama.cpp slows down when threads share a core."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            pairs, phys = set(), "0"
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    phys = value.strip()
+                elif key == "core id":
+                    pairs.add((phys, value.strip()))
+        if pairs:
+            return len(pairs)
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+def _init_backend(llama: Any) -> None:
+    global _backend_ready, _log_callback
+    if _backend_ready:
+        return
+    verbose = os.environ.get("CORRAL_DEBUG", "") not in ("", "0", "false")
+
+    @llama.llama_log_callback
+    def log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        # llama.cpp chatters on stderr during every load; keep errors, and all of it with --debug.
+        if verbose or level == 4:  # ggml: 3 is WARN, 4 is ERROR
+            os.write(2, text)
+
+    _log_callback = log
+    llama.llama_log_set(log, ctypes.c_void_p(0))
+    llama.llama_backend_init()
+    _backend_ready = True
+
+
+class LlamaCppRunner:
+    """One loaded GGUF model; every method is called from the model's single owner thread."""
+
+    def __init__(self, spec: LoadSpec, *, n_gpu_layers: int = 0) -> None:
+        import llama_cpp as llama
+
+        self._L = llama
+        _init_backend(llama)
+        path = Path(spec.model_path)
+        # Some malformed files make llama.cpp abort the whole process: refuse them before it sees them.
+        validate_gguf(path)
+        mparams = llama.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        self._model = llama.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self._model:
+            raise InvalidModelFile(f"llama.cpp could not load {path} (run with --debug to see why)")
+        self._vocab = llama.llama_model_get_vocab(self._model)
+        n_ctx_train = int(llama.llama_model_n_ctx_train(self._model))
+        seq_ctx = min(spec.num_ctx, n_ctx_train) if n_ctx_train > 0 else spec.num_ctx
+        self.num_parallel = spec.num_parallel
+        self.scratch_seq = spec.num_parallel  # an extra sequence for embeddings, outside the slots
+        self.threads = spec.num_thread or physical_cores()
+        self.n_batch = max(32, spec.num_batch)
+
+        cparams = llama.llama_context_default_params()
+        cparams.n_ctx = seq_ctx * spec.num_parallel
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = self.n_batch
+        cparams.n_seq_max = spec.num_parallel + 1
+        cparams.n_threads = self.threads
+        cparams.n_threads_batch = self.threads
+        cparams.kv_unified = True  # one pool: a sequence may use more than its share (per-request num_ctx)
+        cparams.no_perf = True
+        cparams.flash_attn_type = (
+            llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if spec.flash_attention else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        self._ctx = llama.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            llama.llama_model_free(self._model)
+            raise CorralError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {path}")
+        self._mem = llama.llama_get_memory(self._ctx)
+        self._adapters = [self._load_adapter(p) for p in spec.adapters]
+        if self._adapters:
+            arr = (llama.llama_adapter_lora_p_ctypes * len(self._adapters))(*self._adapters)
+            scales = (ctypes.c_float * len(self._adapters))(*([1.0] * len(self._adapters)))
+            llama.llama_set_adapters_lora(self._ctx, arr, len(self._adapters), scales)
+
+        self.n_vocab = int(llama.llama_vocab_n_tokens(self._vocab))
+        bos = int(llama.llama_vocab_bos(self._vocab))
+        template = llama.llama_model_chat_template(self._model, None)
+        self.info = ModelInfo(
+            architecture=self._meta("general.architecture") or "unknown",
+            n_ctx_train=n_ctx_train,
+            n_ctx=int(llama.llama_n_ctx(self._ctx)) // spec.num_parallel,
+            n_vocab=self.n_vocab,
+            n_embd=int(llama.llama_model_n_embd(self._model)),
+            num_parallel=spec.num_parallel,
+            bos_token=bos if bos >= 0 else None,
+            add_bos=bool(llama.llama_vocab_get_add_bos(self._vocab)),
+            bos_text=self._token_text(bos),
+            eos_text=self._token_text(int(llama.llama_vocab_eos(self._vocab))),
+            chat_template=template.decode("utf-8", "replace") if template else None,
+            size_bytes=int(llama.llama_model_size(self._model)),
+            size_on_device=0 if n_gpu_layers == 0 else int(llama.llama_model_size(self._model)),
+            embed_tokens=self.n_batch,  # an input is embedded in one batch
+        )
+        self.total_ctx = int(llama.llama_n_ctx(self._ctx))
+        self._pos: dict[int, int] = {}  # tokens cached per sequence
+        self._samplers: dict[int, tuple[Sampling, Any]] = {}
+        self._pieces: dict[int, bytes] = {}
+        self._init_batch(self.n_batch)
+
+    # ---- setup helpers ---------------------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = self._L.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        text = self._L.llama_vocab_get_text(self._vocab, token)
+        return text.decode("utf-8", "replace") if text else ""
+
+    def _load_adapter(self, path: Path) -> Any:
+        adapter = self._L.llama_adapter_lora_init(self._model, str(path).encode())
+        if not adapter:
+            raise InvalidModelFile(f"llama.cpp could not load the LoRA adapter {path}")
+        return adapter
+
+    def _init_batch(self, capacity: int) -> None:
+        """A llama_batch whose arrays are numpy buffers we own, so filling it is vectorised."""
+        L = self._L
+        self._cap = capacity
+        self._tok = np.zeros(capacity, dtype=np.int32)
+        self._posarr = np.zeros(capacity, dtype=np.int32)
+        self._nseq = np.ones(capacity, dtype=np.int32)
+        self._seqarr = np.zeros(capacity, dtype=np.int32)
+        self._out = np.zeros(capacity, dtype=np.int8)
+        i32p = ctypes.POINTER(ctypes.c_int32)
+        base = self._seqarr.ctypes.data
+        self._seq_ptrs = (i32p * capacity)(*[ctypes.cast(base + 4 * i, i32p) for i in range(capacity)])
+        batch = L.llama_batch()
+        batch.token = self._tok.ctypes.data_as(i32p)
+        batch.embd = None
+        batch.pos = self._posarr.ctypes.data_as(i32p)
+        batch.n_seq_id = self._nseq.ctypes.data_as(i32p)
+        batch.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(i32p))
+        batch.logits = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self._batch = batch
+
+    # ---- Runner: text ------------------------------------------------------------------------
+    def tokenize(self, text: str, *, special: bool = True, add_bos: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        arr = (ctypes.c_int32 * cap)()
+        n = self._L.llama_tokenize(self._vocab, data, len(data), arr, cap, add_bos, special)
+        if n < 0:
+            arr = (ctypes.c_int32 * -n)()
+            n = self._L.llama_tokenize(self._vocab, data, len(data), arr, -n, add_bos, special)
+        return list(arr[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = self._L.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._L.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            piece = buf.raw[:n]
+            self._pieces[token] = piece
+        return piece
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(self._L.llama_vocab_is_eog(self._vocab, token))
+
+    # ---- Runner: sampling ----------------------------------------------------------------------
+    def set_sampling(self, seq: int, sampling: Sampling) -> None:
+        old = self._samplers.pop(seq, None)
+        if old and old[1]:
+            self._L.llama_sampler_free(old[1])
+        self._samplers[seq] = (sampling, None if _is_plain_greedy(sampling) else self._make_chain(sampling))
+
+    def _make_chain(self, s: Sampling) -> Any:
+        L = self._L
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if s.grammar:
+            grammar = L.llama_sampler_init_grammar(self._vocab, s.grammar.encode(), b"root")
+            if not grammar:
+                L.llama_sampler_free(chain)
+                raise BadRequest("invalid grammar: llama.cpp could not parse it")
+            L.llama_sampler_chain_add(chain, grammar)
+        if s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty:
+            last_n = self.total_ctx if s.repeat_last_n == -1 else s.repeat_last_n
+            L.llama_sampler_chain_add(
+                chain,
+                L.llama_sampler_init_penalties(
+                    self.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+                ),
+            )
+        if s.temperature <= 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            return chain
+        if s.top_k > 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(s.top_k))
+        if s.typical_p < 1.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_typical(s.typical_p, 1))
+        if s.top_p < 1.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(s.min_p, 1))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(s.temperature))
+        seed = s.seed if s.seed is not None else L.LLAMA_DEFAULT_SEED
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _sample(self, seq: int, index: int) -> int:
+        _sampling, chain = self._samplers.get(seq) or (None, None)
+        if chain is None:
+            # numpy's argmax beats the sampler chain for plain greedy decoding (big vocabularies).
+            logits = self._L.llama_get_logits_ith(self._ctx, index)
+            return int(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
+        return int(self._L.llama_sampler_sample(chain, self._ctx, index))
+
+    # ---- Runner: decoding ---------------------------------------------------------------------
+    def cached(self, seq: int) -> int:
+        return self._pos.get(seq, 0)
+
+    def step(self, batch: Sequence[SequenceStep]) -> dict[int, int]:
+        """Decode every listed sequence's new tokens together; chunks larger than one llama batch are
+        split, and each sequence is sampled right after the chunk holding its last token."""
+        flat_tok: list[int] = []
+        flat_seq: list[int] = []
+        flat_pos: list[int] = []
+        last_index: dict[int, int] = {}
+        for item in batch:
+            start = self._pos.get(item.seq, 0)
+            n = len(item.tokens)
+            if n == 0:
+                continue
+            flat_tok.extend(item.tokens)
+            flat_seq.extend([item.seq] * n)
+            flat_pos.extend(range(start, start + n))
+            if item.sample:
+                last_index[len(flat_tok) - 1] = item.seq
+        results: dict[int, int] = {}
+        total = len(flat_tok)
+        for lo in range(0, total, self._cap):
+            hi = min(total, lo + self._cap)
+            n = hi - lo
+            self._tok[:n] = flat_tok[lo:hi]
+            self._posarr[:n] = flat_pos[lo:hi]
+            self._seqarr[:n] = flat_seq[lo:hi]
+            self._out[:n] = 0
+            sample_here = [(i - lo, s) for i, s in last_index.items() if lo <= i < hi]
+            for local, _seq in sample_here:
+                self._out[local] = 1
+            self._batch.n_tokens = n
+            rc = self._L.llama_decode(self._ctx, self._batch)
+            if rc != 0:
+                # Undo what this chunk may have written so the sequences stay consistent.
+                for s in set(flat_seq[lo:hi]):
+                    self.truncate(s, min(p for p, q in zip(flat_pos[lo:hi], flat_seq[lo:hi]) if q == s))
+                if rc == 1:
+                    raise CorralError("the context is full: no room left in the KV cache (raise num_ctx)")
+                raise CorralError(f"llama_decode failed with code {rc}")
+            for s in set(flat_seq[lo:hi]):
+                self._pos[s] = max(p for p, q in zip(flat_pos[lo:hi], flat_seq[lo:hi]) if q == s) + 1
+            for local, s in sample_here:
+                results[s] = self._sample(s, local)
+        return results
+
+    def truncate(self, seq: int, keep: int) -> int:
+        if keep <= 0 or not self._L.llama_memory_seq_rm(self._mem, seq, keep, -1):
+            # Some caches (sliding-window, recurrent) cannot drop a tail: start the sequence over.
+            self._L.llama_memory_seq_rm(self._mem, seq, 0, -1)
+            keep = 0
+        self._pos[seq] = min(keep, self._pos.get(seq, 0))
+        return self._pos[seq]
+
+    # ---- Runner: embeddings ------------------------------------------------------------------
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        L = self._L
+        seq = self.scratch_seq
+        out: list[list[float]] = []
+        L.llama_set_embeddings(self._ctx, True)
+        try:
+            pooled = L.llama_pooling_type(self._ctx) != L.LLAMA_POOLING_TYPE_NONE
+            for text in texts:
+                tokens = self.tokenize(text, add_bos=self.info.add_bos) or [self.info.bos_token or 0]
+                if len(tokens) > self._cap:
+                    raise BadRequest(f"input is {len(tokens)} tokens, more than the batch size {self._cap}")
+                self.truncate(seq, 0)
+                n = len(tokens)
+                self._tok[:n] = tokens
+                self._posarr[:n] = np.arange(n)
+                self._seqarr[:n] = seq
+                self._out[:n] = 1
+                self._batch.n_tokens = n
+                if L.llama_decode(self._ctx, self._batch) != 0:
+                    raise CorralError("llama_decode failed while embedding")
+                dim = self.info.n_embd
+                if pooled:
+                    vec = np.ctypeslib.as_array(L.llama_get_embeddings_seq(self._ctx, seq), shape=(dim,)).copy()
+                else:  # generative models pool nothing themselves: mean over the tokens
+                    rows = [np.ctypeslib.as_array(L.llama_get_embeddings_ith(self._ctx, i), shape=(dim,)) for i in range(n)]
+                    vec = np.mean(rows, axis=0)
+                out.append(vec.astype(float).tolist())
+        finally:
+            self.truncate(seq, 0)
+            L.llama_set_embeddings(self._ctx, False)
+        return out
+
+    def close(self) -> None:
+        L = self._L
+        for _s, chain in self._samplers.values():
+            if chain:
+                L.llama_sampler_free(chain)
+        self._samplers.clear()
+        if self._ctx:
+            L.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            L.llama_model_free(self._model)
+            self._model = None
+
+
+def _is_plain_greedy(s: Sampling) -> bool:
+    return (
+        s.temperature <= 0
+        and s.repeat_penalty == 1.0
+        and not s.presence_penalty
+        and not s.frequency_penalty
+        and not s.grammar
+    )

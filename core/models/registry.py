@@ -1,0 +1,912 @@
+"""Pull and push models over the registry protocol Ollama speaks (OCI distribution v2).
+
+    GET  {scheme}://{host}/v2/{namespace}/{model}/manifests/{tag}
+    GET  {scheme}://{host}/v2/{namespace}/{model}/blobs/{digest}        (with Range for parts)
+    HEAD {scheme}://{host}/v2/{namespace}/{model}/blobs/{digest}
+    POST {scheme}://{host}/v2/{namespace}/{model}/blobs/uploads/        -> Location
+    PUT  {Location}&digest={digest}                                      (monolithic upload)
+    PUT  {scheme}://{host}/v2/{namespace}/{model}/manifests/{tag}
+
+The scheme is https; ``insecure=True`` uses plain http instead (as Ollama does: there is no
+special case for localhost). A ``401`` with a ``Bearer`` challenge is answered by fetching a token
+from the challenge's realm (``GET realm?service=..&scope=..``) and retrying once.
+
+A pull downloads each missing blob into ``<store>/blobs/sha256-<hex>-partial``: big blobs in
+parallel HTTP Range parts, each written at its offset. A sidecar ``...-partial.json`` records how
+far each part has got; it is only ever rewritten after the bytes it counts have been fsynced, so a
+pull that is interrupted -- even by SIGKILL -- resumes where each part stopped. A part that gets no
+bytes for ``stall_timeout`` seconds is cancelled and retried from where it stopped, and a worker
+that runs out of parts takes over the second half of the slowest one, so one slow connection
+cannot hold the pull at 99%. Every blob is verified against its sha256 before it is renamed into
+the store; the manifest is written last, under the store lock. On any failure the store holds the
+same blobs and manifests as before; only partial downloads (which are not blobs) stay, so the
+next pull can resume them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
+
+from corral import __version__
+from corral.errors import CorralError, ModelNotFound
+from corral.models.names import ModelName
+from corral.models.store import MANIFEST_MEDIA_TYPE, Manifest, Store, check_digest, fsync_dir
+
+MiB = 1 << 20
+Progress = Callable[[dict], None]
+
+_RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
+_HASH_CHUNK = 4 * MiB
+
+
+class RegistryError(CorralError):
+    """The registry could not be reached, refused us, or sent something wrong."""
+
+
+class RegistryAuthError(RegistryError):
+    """The registry asked for credentials Corral cannot give, or refused the token it issued."""
+
+
+@dataclass
+class PullStats:
+    bytes_downloaded: int = 0  # blob bytes received from the registry in this call (network bytes)
+    bytes_resumed: int = 0  # blob bytes already on disk from an earlier, interrupted pull
+    blobs_downloaded: int = 0
+    blobs_skipped: int = 0  # already in the store
+    retries: int = 0  # requests that failed or stalled and were tried again
+    stalls: int = 0  # parts cancelled because no bytes came for stall_timeout seconds
+    splits: int = 0  # parts split so an idle worker could take over half
+
+
+@dataclass
+class PushStats:
+    bytes_uploaded: int = 0
+    blobs_uploaded: int = 0
+    blobs_skipped: int = 0  # already in the registry
+    retries: int = 0
+
+
+# ---- HTTP: one registry, with bearer tokens and retries --------------------------------------
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    params = {k.lower(): v for k, v in re.findall(r'([A-Za-z_]+)="([^"]*)"', rest)}
+    for k, v in re.findall(r'([A-Za-z_]+)=([^",\s]+)', rest):
+        params.setdefault(k.lower(), v)
+    return scheme.lower(), params
+
+
+def _describe(resp: httpx.Response) -> str:
+    """The registry's own words: ``{"errors":[{"code":..,"message":..}]}`` or the start of the body."""
+    try:
+        text = resp.text
+    except (httpx.HTTPError, UnicodeDecodeError):
+        text = ""
+    try:
+        errors = json.loads(text).get("errors") or []
+        words = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors)
+        if words:
+            return words
+    except (ValueError, AttributeError):
+        pass
+    return text.strip()[:200] or resp.reason_phrase
+
+
+class _Registry:
+    def __init__(
+        self,
+        name: ModelName,
+        *,
+        insecure: bool,
+        timeout: float,
+        max_tries: int,
+        backoff: float,
+        cancel: threading.Event | None,
+    ) -> None:
+        self.name = name
+        self.host = name.host
+        self.base = f"{'http' if insecure else 'https'}://{name.host}"
+        self.repo_url = f"{self.base}/v2/{name.namespace}/{name.model}"
+        self.max_tries = max(1, max_tries)
+        self.backoff = backoff
+        self.cancel = cancel
+        self.client = httpx.Client(
+            follow_redirects=True,  # httpx drops Authorization when a redirect leaves the registry's origin
+            timeout=httpx.Timeout(timeout, connect=max(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            headers={"User-Agent": f"corral/{__version__}"},
+        )
+        self._token: str | None = None
+        self._token_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def blob_url(self, digest: str) -> str:
+        return f"{self.repo_url}/blobs/{digest}"
+
+    def manifest_url(self) -> str:
+        return f"{self.repo_url}/manifests/{self.name.tag}"
+
+    def sleep_backoff(self, attempt: int) -> None:
+        delay = min(self.backoff * (2**attempt), 30.0) * random.uniform(0.75, 1.25)
+        if self.cancel is not None:
+            if self.cancel.wait(delay):
+                raise CorralError("cancelled")
+        else:
+            time.sleep(delay)
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: Callable[[], bytes | Iterator[bytes]] | None = None,
+        stream: bool = False,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """One request; a 401 with a Bearer challenge is answered once. Transport errors propagate."""
+        fetched_token = False
+        while True:
+            hdrs = dict(headers or {})
+            token = self._token
+            if token:
+                hdrs["Authorization"] = f"Bearer {token}"
+            extra = {"timeout": timeout} if timeout is not None else {}
+            request = self.client.build_request(
+                method, url, headers=hdrs, content=body() if body else None, **extra
+            )
+            resp = self.client.send(request, stream=stream)
+            if resp.status_code != 401:
+                return resp
+            challenge = resp.headers.get("WWW-Authenticate", "")
+            resp.close()
+            if fetched_token:
+                raise RegistryAuthError(
+                    f"registry {self.host} answered 401 unauthorized to {method} {httpx.URL(url).path} "
+                    "even with the token its auth server issued"
+                )
+            self._authenticate(challenge, token)
+            fetched_token = True
+
+    def _authenticate(self, challenge: str, used_token: str | None) -> None:
+        with self._token_lock:
+            if self._token != used_token:  # another thread already fetched a fresh token
+                return
+            scheme, params = _parse_challenge(challenge)
+            if scheme == "basic":
+                raise RegistryAuthError(
+                    f"registry {self.host} asks for HTTP Basic authentication, which Corral does not support "
+                    "(it supports anonymous access and Bearer tokens)"
+                )
+            if scheme != "bearer" or not params.get("realm"):
+                raise RegistryAuthError(
+                    f"registry {self.host} answered 401 unauthorized without a Bearer challenge "
+                    f"(WWW-Authenticate: {challenge or 'missing'})"
+                )
+            realm = params["realm"]
+            if not realm.startswith(("https://", "http://")):
+                raise RegistryAuthError(f"registry {self.host} sent a token realm that is not an URL: {realm}")
+            query = {k: params[k] for k in ("service", "scope") if params.get(k)}
+            try:
+                resp = self.client.get(realm, params=query)
+            except httpx.HTTPError as exc:
+                raise RegistryAuthError(f"cannot reach the token server {realm} of {self.host}: {exc}") from None
+            if resp.status_code != 200:
+                raise RegistryAuthError(
+                    f"the token server {realm} of {self.host} answered {resp.status_code}: {_describe(resp)}"
+                )
+            try:
+                data = resp.json()
+                token = data.get("token") or data.get("access_token")
+            except (ValueError, AttributeError):
+                token = None
+            if not token or not isinstance(token, str):
+                raise RegistryAuthError(f"the token server {realm} of {self.host} sent no token")
+            self._token = token
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        headers: dict[str, str] | None = None,
+        body: Callable[[], bytes | Iterator[bytes]] | None = None,
+        timeout: float | None = None,
+        on_retry: Callable[[], None] | None = None,
+    ) -> httpx.Response:
+        """``send`` with retries (exponential backoff) on connection errors and 5xx/429. Body read."""
+        for attempt in range(self.max_tries):
+            last = attempt == self.max_tries - 1
+            try:
+                resp = self.send(method, url, headers=headers, body=body, timeout=timeout)
+            except httpx.TransportError as exc:
+                if last:
+                    raise RegistryError(
+                        f"{what}: cannot reach registry {self.host} after {self.max_tries} tries: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from None
+            else:
+                if resp.status_code not in _RETRY_STATUSES:
+                    return resp
+                if last:
+                    raise RegistryError(
+                        f"{what}: registry {self.host} answered {resp.status_code} after "
+                        f"{self.max_tries} tries: {_describe(resp)}"
+                    )
+            if on_retry is not None:
+                on_retry()
+            self.sleep_backoff(attempt)
+        raise AssertionError("unreachable")
+
+
+# ---- pull ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Part:
+    offset: int
+    end: int  # exclusive; may shrink while the part runs when an idle worker takes over its tail
+    completed: int = 0  # bytes written (and counted) from offset
+    claimed: int = 0  # bytes written or being written from offset; completed <= claimed
+    active: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return self.end - self.offset - self.claimed
+
+
+@dataclass
+class _BlobDownload:
+    digest: str
+    size: int
+    partial: Path
+    sidecar: Path
+    parts: list[_Part] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def completed(self) -> int:
+        return sum(p.completed for p in self.parts)
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            parts = [{"offset": p.offset, "size": p.end - p.offset, "completed": p.completed} for p in self.parts]
+        return {"digest": self.digest, "size": self.size, "parts": sorted(parts, key=lambda p: p["offset"])}
+
+
+def _partial_paths(store: Store, digest: str) -> tuple[Path, Path]:
+    base = store.blob_path(digest)
+    return base.with_name(base.name + "-partial"), base.with_name(base.name + "-partial.json")
+
+
+def _load_sidecar(dl: _BlobDownload) -> bool:
+    """Adopt the parts an earlier pull recorded, if they describe this blob and the file is intact."""
+    try:
+        data = json.loads(dl.sidecar.read_text())
+        if data.get("digest") != dl.digest or data.get("size") != dl.size:
+            return False
+        if dl.partial.stat().st_size != dl.size:
+            return False
+        parts, cursor = [], 0
+        for item in sorted(data["parts"], key=lambda p: p["offset"]):
+            offset, size, completed = int(item["offset"]), int(item["size"]), int(item["completed"])
+            if offset != cursor or size <= 0 or not 0 <= completed <= size:
+                return False
+            parts.append(_Part(offset=offset, end=offset + size, completed=completed, claimed=completed))
+            cursor = offset + size
+        if cursor != dl.size:
+            return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    dl.parts = parts
+    return True
+
+
+def _write_sidecar(dl: _BlobDownload, fd: int | None) -> None:
+    """Record progress. The data it counts is fsynced first, so the record never runs ahead of the file."""
+    state = dl.snapshot()  # taken before the sync: every byte it counts was already written
+    if fd is not None:
+        os.fdatasync(fd)
+    tmp = dl.sidecar.with_name(dl.sidecar.name + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, dl.sidecar)
+
+
+def _plan_parts(size: int, parts: int, part_size_min: int) -> list[_Part]:
+    if size < 2 * part_size_min or parts <= 1:
+        return [_Part(0, size)]
+    count = max(1, min(parts, size // part_size_min))
+    step = -(-size // count)
+    return [_Part(off, min(off + step, size)) for off in range(0, size, step)]
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return f"sha256:{hashlib.file_digest(fh, 'sha256').hexdigest()}"
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _verify(path: Path) -> str:
+    """Flush the file to disk (it must be durable before it is renamed) and return its sha256."""
+    _fsync_file(path)
+    return _sha256_file(path)
+
+
+class _Throttle:
+    """A shared pace for all parts, in bytes per second (for tests and for users on a shared line)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = float(rate)
+        self.lock = threading.Lock()
+        self.start = time.monotonic()
+        self.sent = 0
+
+    def take(self, n: int) -> None:
+        with self.lock:
+            self.sent += n
+            due = self.start + self.sent / self.rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+class _Puller:
+    def __init__(
+        self,
+        store: Store,
+        reg: _Registry,
+        *,
+        progress: Progress,
+        parts: int,
+        part_size_min: int,
+        stall_timeout: float,
+        checkpoint_interval: float,
+        rate_limit: float | None,
+        cancel: threading.Event | None,
+        stats: PullStats,
+    ) -> None:
+        self.store = store
+        self.reg = reg
+        self.progress = progress
+        self.parts = max(1, parts)
+        self.part_size_min = max(1, part_size_min)
+        self.stall_timeout = stall_timeout
+        self.checkpoint_interval = checkpoint_interval
+        self.throttle = _Throttle(rate_limit) if rate_limit else None
+        self.cancel = cancel
+        self.stats = stats
+        self.stats_lock = threading.Lock()
+
+    def _count(self, **deltas: int) -> None:
+        with self.stats_lock:
+            for key, value in deltas.items():
+                setattr(self.stats, key, getattr(self.stats, key) + value)
+
+    def _report(self, dl: _BlobDownload, completed: int | None = None) -> None:
+        self.progress(
+            {
+                "status": f"pulling {dl.digest[7:19]}",
+                "digest": dl.digest,
+                "total": dl.size,
+                "completed": dl.completed if completed is None else completed,
+            }
+        )
+
+    # -- one blob --------------------------------------------------------------------------
+    def download(self, digest: str, size: int) -> _BlobDownload:
+        """Bring ``digest`` to a complete partial file (not yet verified). Caller holds its blob lock."""
+        partial, sidecar = _partial_paths(self.store, digest)
+        dl = _BlobDownload(digest=digest, size=size, partial=partial, sidecar=sidecar)
+        resumed = _load_sidecar(dl)
+        if not resumed:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+            dl.parts = _plan_parts(size, self.parts, self.part_size_min)
+        else:
+            self._count(bytes_resumed=dl.completed)
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not resumed:
+                os.ftruncate(fd, size)  # sparse: the parts fill it in at their offsets
+                _write_sidecar(dl, None)
+                fsync_dir(partial.parent)
+            self._report(dl)
+            if dl.completed < size:
+                self._run_parts(dl, fd)
+        finally:
+            os.close(fd)
+        self._report(dl)
+        return dl
+
+    def _run_parts(self, dl: _BlobDownload, fd: int) -> None:
+        abort = threading.Event()
+        pending = deque(p for p in dl.parts if p.completed < p.end - p.offset)
+        min_split = max(self.part_size_min, 64 * 1024)
+        workers = 1 if dl.size < 2 * self.part_size_min else self.parts
+
+        def next_part() -> _Part | None:
+            with dl.lock:
+                if pending:
+                    part = pending.popleft()
+                    part.active = True
+                    return part
+                victim = max((p for p in dl.parts if p.active), key=lambda p: p.remaining, default=None)
+                if victim is None or victim.remaining < 2 * min_split:
+                    return None
+                mid = victim.offset + victim.claimed + victim.remaining // 2
+                part = _Part(offset=mid, end=victim.end, active=True)
+                victim.end = mid
+                dl.parts.append(part)
+            self._count(splits=1)
+            return part
+
+        def worker() -> None:
+            while not abort.is_set() and (part := next_part()) is not None:
+                try:
+                    self._download_part(dl, part, fd, abort)
+                finally:
+                    with dl.lock:
+                        part.active = False
+
+        last_checkpoint = time.monotonic()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"pull-{dl.digest[7:19]}") as pool:
+            futures = [pool.submit(worker) for _ in range(workers)]
+            try:
+                while True:
+                    done, not_done = wait(futures, timeout=0.1, return_when=FIRST_EXCEPTION)
+                    failed = next((f for f in done if f.exception() is not None), None)
+                    if failed is not None:
+                        raise failed.exception()  # type: ignore[misc]
+                    if self.cancel is not None and self.cancel.is_set():
+                        raise CorralError("pull cancelled")
+                    self._report(dl)
+                    if not not_done:
+                        break
+                    if time.monotonic() - last_checkpoint >= self.checkpoint_interval:
+                        _write_sidecar(dl, fd)
+                        last_checkpoint = time.monotonic()
+            finally:
+                abort.set()
+                wait(futures)
+                _write_sidecar(dl, fd)
+        if dl.completed != dl.size:  # every worker returned, so every part ran to its end
+            raise RegistryError(f"download of {dl.digest} stopped at {dl.completed} of {dl.size} bytes")
+
+    def _download_part(self, dl: _BlobDownload, part: _Part, fd: int, abort: threading.Event) -> None:
+        failures = 0
+        while True:
+            with dl.lock:
+                start, end = part.offset + part.completed, part.end
+            if start >= end or abort.is_set():
+                return
+            try:
+                got = self._stream_range(dl, part, fd, start, end, abort)
+                error: Exception | None = None
+            except (httpx.TransportError, _Retry) as exc:
+                got = getattr(exc, "got", 0)
+                error = exc
+            if abort.is_set():
+                return
+            with dl.lock:
+                if part.offset + part.completed >= part.end:
+                    return  # done, or an idle worker took over the rest
+            if got > 0:
+                failures = 0  # progress was made: only consecutive fruitless tries count
+            if error is None:
+                if got > 0:
+                    continue  # a short answer: ask for the rest
+                error = _Retry(f"registry {self.reg.host} sent no bytes for {dl.digest}", 0)
+            stalled = isinstance(error, httpx.ReadTimeout)
+            if stalled:
+                self._count(stalls=1)
+            failures += 1
+            if failures >= self.reg.max_tries:
+                raise RegistryError(
+                    f"download of {dl.digest} from registry {self.reg.host} failed after "
+                    f"{self.reg.max_tries} tries: {_explain(error, self.stall_timeout)}"
+                )
+            self._count(retries=1)
+            if not (stalled and got > 0):  # a part that stalled after making progress retries at once
+                self.reg.sleep_backoff(failures - 1)
+
+    def _stream_range(
+        self, dl: _BlobDownload, part: _Part, fd: int, start: int, end: int, abort: threading.Event
+    ) -> int:
+        headers = {"Accept-Encoding": "identity"}
+        whole = start == 0 and end == dl.size
+        if not whole:
+            headers["Range"] = f"bytes={start}-{end - 1}"
+        resp = self.reg.send("GET", self.reg.blob_url(dl.digest), headers=headers, stream=True)
+        got = 0
+        try:
+            status = resp.status_code
+            if status == 404:
+                raise RegistryError(f"blob {dl.digest} of {self.reg.name} not found in registry {self.reg.host}")
+            if status in _RETRY_STATUSES:
+                resp.read()
+                raise _Retry(f"registry {self.reg.host} answered {status}: {_describe(resp)}", 0)
+            skip = 0
+            if status == 206:
+                match = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", ""))
+                if match is None or int(match[1]) != start:
+                    raise _Retry(f"registry {self.reg.host} sent the wrong range for {dl.digest}", 0)
+                if match[3] != "*" and int(match[3]) != dl.size:
+                    raise RegistryError(
+                        f"registry {self.reg.host} says blob {dl.digest} has {match[3]} bytes; "
+                        f"the manifest says {dl.size}"
+                    )
+            elif status == 200:
+                skip = start  # the registry ignored Range and sent the whole blob: skip to our offset
+                length = resp.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) != dl.size:
+                    raise RegistryError(
+                        f"registry {self.reg.host} sends {length} bytes for blob {dl.digest}; "
+                        f"the manifest says {dl.size}"
+                    )
+            else:
+                resp.read()
+                raise RegistryError(
+                    f"download of {dl.digest}: registry {self.reg.host} answered {status}: {_describe(resp)}"
+                )
+            for chunk in resp.iter_raw():
+                if abort.is_set():
+                    break
+                if self.throttle is not None:
+                    self.throttle.take(len(chunk))
+                self._count(bytes_downloaded=len(chunk))
+                if skip:
+                    if len(chunk) <= skip:
+                        skip -= len(chunk)
+                        continue
+                    chunk, skip = chunk[skip:], 0
+                with dl.lock:
+                    pos = part.offset + part.claimed
+                    n = min(len(chunk), part.end - pos)
+                    part.claimed += max(n, 0)
+                if n <= 0:
+                    break  # an idle worker took over the rest of this part
+                os.pwrite(fd, chunk if n == len(chunk) else chunk[:n], pos)
+                with dl.lock:
+                    part.completed += n
+                got += n
+                if n < len(chunk):
+                    break
+        except (httpx.TransportError, _Retry) as exc:
+            exc.got = got  # type: ignore[attr-defined]
+            raise
+        finally:
+            resp.close()
+        return got
+
+    # -- whole pull ------------------------------------------------------------------------
+    def fetch_manifest(self) -> Manifest:
+        reg = self.reg
+        resp = reg.request(
+            "GET",
+            reg.manifest_url(),
+            what="pull model manifest",
+            headers={"Accept": MANIFEST_MEDIA_TYPE},
+            on_retry=lambda: self._count(retries=1),
+        )
+        if resp.status_code == 404:
+            raise ModelNotFound(f"model '{reg.name}' not found in registry {reg.host}")
+        if resp.status_code != 200:
+            raise RegistryError(
+                f"pull model manifest: registry {reg.host} answered {resp.status_code}: {_describe(resp)}"
+            )
+        try:
+            manifest = Manifest.model_validate_json(resp.content)
+        except ValueError as exc:
+            kind = resp.headers.get("Content-Type", "unknown type")
+            raise RegistryError(
+                f"pull model manifest: registry {reg.host} sent a manifest Corral cannot read ({kind}): "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
+        for layer in [manifest.config, *manifest.layers]:
+            layer.digest = check_digest(layer.digest)  # a hostile digest must never become a path
+            if layer.size < 0:
+                raise RegistryError(f"pull model manifest: layer {layer.digest} has a negative size")
+        return manifest
+
+
+def _explain(error: BaseException, stall_timeout: float) -> str:
+    if isinstance(error, httpx.ReadTimeout):
+        return f"no bytes for {stall_timeout:g} s"
+    return f"{type(error).__name__}: {error}" if isinstance(error, httpx.TransportError) else str(error)
+
+
+class _Retry(Exception):
+    def __init__(self, message: str, got: int) -> None:
+        super().__init__(message)
+        self.got = got
+
+
+def _check_disk(store: Store, needed: dict[str, int]) -> None:
+    have = shutil.disk_usage(store.blobs).free
+    for digest in needed:
+        partial, _ = _partial_paths(store, digest)
+        with contextlib.suppress(OSError):
+            have += partial.stat().st_blocks * 512  # bytes an earlier pull already holds for this blob
+    want = sum(needed.values())
+    if want > have:
+        raise CorralError(f"not enough disk space to pull: {want} bytes needed in {store.blobs}, {have} free")
+
+
+def pull(
+    store: Store,
+    name: ModelName,
+    *,
+    insecure: bool = False,
+    progress: Progress = lambda p: None,
+    parts: int = 4,
+    part_size_min: int = 16 * MiB,
+    stall_timeout: float = 10.0,
+    max_tries: int = 5,
+    backoff: float = 1.0,
+    checkpoint_interval: float = 1.0,
+    rate_limit: float | None = None,
+    cancel: threading.Event | None = None,
+) -> PullStats:
+    """Pull ``name`` from its registry into ``store``; returns what it cost. See the module docstring.
+
+    ``parts``: parallel ranged requests for a blob of at least ``2 * part_size_min`` bytes.
+    ``stall_timeout``: seconds without a byte before a request is cancelled and retried.
+    ``max_tries``/``backoff``: attempts per request and the first backoff delay (doubling).
+    ``checkpoint_interval``: seconds between progress records in the ``-partial.json`` sidecar.
+    ``rate_limit``: bytes per second for the whole pull (None: as fast as it goes).
+    ``cancel``: set it to stop the pull; what was downloaded stays resumable.
+    """
+    stats = PullStats()
+    reg = _Registry(name, insecure=insecure, timeout=stall_timeout, max_tries=max_tries, backoff=backoff, cancel=cancel)
+    puller = _Puller(
+        store,
+        reg,
+        progress=progress,
+        parts=parts,
+        part_size_min=part_size_min,
+        stall_timeout=stall_timeout,
+        checkpoint_interval=checkpoint_interval,
+        rate_limit=rate_limit,
+        cancel=cancel,
+        stats=stats,
+    )
+    try:
+        progress({"status": "pulling manifest"})
+        manifest = puller.fetch_manifest()
+        layers = {}
+        for layer in [*manifest.layers, manifest.config]:  # layers first, config last, as Ollama does
+            layers.setdefault(layer.digest, layer.size)
+        store.blobs.mkdir(parents=True, exist_ok=True)
+        missing = {d: s for d, s in layers.items() if not store.has_blob(d)}
+        _check_disk(store, missing)
+        locks_dir = store.root / ".pulls"
+        locks_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as held:
+            # One pull per blob at a time, across threads and processes; sorted, so no two pulls deadlock.
+            for digest in sorted(missing):
+                lock = FileLock(locks_dir / f"{digest.replace(':', '-')}.lock")
+                try:
+                    lock.acquire(timeout=0)
+                except LockTimeout:
+                    progress({"status": f"waiting for another pull of {digest[7:19]}", "digest": digest})
+                    while True:
+                        if cancel is not None and cancel.is_set():
+                            raise CorralError("pull cancelled") from None
+                        try:
+                            lock.acquire(timeout=0.5)
+                            break
+                        except LockTimeout:
+                            continue
+                held.callback(lock.release)
+            downloads: list[_BlobDownload] = []
+            for digest, size in layers.items():
+                if store.has_blob(digest):  # was there, or another pull finished it while we waited
+                    if digest in missing:  # we hold its lock: a partial left beside it is stale
+                        for path in _partial_paths(store, digest):
+                            with contextlib.suppress(FileNotFoundError):
+                                path.unlink()
+                    stats.blobs_skipped += 1
+                    progress({"status": f"pulling {digest[7:19]}", "digest": digest, "total": size, "completed": size})
+                    continue
+                downloads.append(puller.download(digest, size))
+                stats.blobs_downloaded += 1
+
+            progress({"status": "verifying sha256 digest"})
+            for dl in downloads:
+                actual = _verify(dl.partial)
+                if actual != dl.digest:
+                    for path in (dl.partial, dl.sidecar):
+                        with contextlib.suppress(FileNotFoundError):
+                            path.unlink()
+                    raise RegistryError(
+                        f"digest mismatch pulling {name} from {reg.host}: blob {dl.digest} arrived as {actual}; "
+                        "the download was discarded, pull again"
+                    )
+
+            progress({"status": "writing manifest"})
+            _commit(store, name, manifest, downloads)
+        progress({"status": "success"})
+        return stats
+    finally:
+        reg.close()
+
+
+def _commit(store: Store, name: ModelName, manifest: Manifest, downloads: list[_BlobDownload]) -> None:
+    """Rename the verified partials into place and write the manifest; undo the renames on failure."""
+    with store.lock():
+        moved: list[_BlobDownload] = []
+        try:
+            for dl in downloads:
+                final = store.blob_path(dl.digest)
+                if not dl.partial.exists():
+                    raise CorralError(
+                        f"the partial download {dl.partial} disappeared during the pull (was the store pruned?)"
+                    )
+                if final.exists():
+                    continue
+                os.replace(dl.partial, final)
+                moved.append(dl)
+            fsync_dir(store.blobs)
+            store.write_manifest(name, manifest)
+        except BaseException:
+            for dl in moved:  # back to complete partials: the store is as before, the next pull is instant
+                with contextlib.suppress(OSError):
+                    os.replace(store.blob_path(dl.digest), dl.partial)
+            raise
+    for dl in downloads:
+        for path in (dl.partial, dl.sidecar):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+# ---- push ------------------------------------------------------------------------------------
+
+
+def push(
+    store: Store,
+    name: ModelName,
+    *,
+    insecure: bool = False,
+    progress: Progress = lambda p: None,
+    max_tries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 300.0,
+    cancel: threading.Event | None = None,
+) -> PushStats:
+    """Push ``name`` from ``store`` to its registry: blobs the registry lacks, then the manifest."""
+    stats = PushStats()
+    progress({"status": "retrieving manifest"})
+    stored = store.get(name)
+    manifest = stored.manifest
+    reg = _Registry(name, insecure=insecure, timeout=timeout, max_tries=max_tries, backoff=backoff, cancel=cancel)
+
+    def retried() -> None:
+        stats.retries += 1
+
+    try:
+        layers = {}
+        for layer in [*manifest.layers, manifest.config]:
+            layers.setdefault(check_digest(layer.digest), layer.size)
+        for digest, size in layers.items():
+            status = f"pushing {digest[7:19]}"
+            head = reg.request("HEAD", reg.blob_url(digest), what=f"check blob {digest}", on_retry=retried)
+            if head.status_code == 200:
+                stats.blobs_skipped += 1
+                progress({"status": status, "digest": digest, "total": size, "completed": size})
+                continue
+            if head.status_code != 404:
+                raise RegistryError(
+                    f"check blob {digest}: registry {reg.host} answered {head.status_code}: {_describe(head)}"
+                )
+            path = store.blob_path(digest)
+            if not path.is_file():
+                raise CorralError(f"blob {digest} of {name} is missing from the store")
+            _upload_blob(reg, path, digest, size, status, progress, stats, cancel)
+            stats.blobs_uploaded += 1
+
+        progress({"status": "pushing manifest"})
+        body = manifest.to_bytes()
+        resp = reg.request(
+            "PUT",
+            reg.manifest_url(),
+            what="push manifest",
+            headers={"Content-Type": MANIFEST_MEDIA_TYPE},
+            body=lambda: body,
+            on_retry=retried,
+        )
+        if resp.status_code not in (200, 201):
+            raise RegistryError(f"push manifest: registry {reg.host} answered {resp.status_code}: {_describe(resp)}")
+        progress({"status": "success"})
+        return stats
+    finally:
+        reg.close()
+
+
+def _upload_blob(
+    reg: _Registry,
+    path: Path,
+    digest: str,
+    size: int,
+    status: str,
+    progress: Progress,
+    stats: PushStats,
+    cancel: threading.Event | None,
+) -> None:
+    what = f"upload blob {digest}"
+    for attempt in range(reg.max_tries):
+        last = attempt == reg.max_tries - 1
+        sent = 0
+        try:
+            start = reg.request("POST", f"{reg.repo_url}/blobs/uploads/", what=what, on_retry=lambda: None)
+            if start.status_code != 202 or not start.headers.get("Location"):
+                raise RegistryError(
+                    f"{what}: registry {reg.host} answered {start.status_code} to starting the upload: "
+                    f"{_describe(start)}"
+                )
+            location = urljoin(reg.base + "/", start.headers["Location"])
+            put_url = f"{location}{'&' if '?' in location else '?'}digest={digest}"
+
+            def body() -> Iterator[bytes]:
+                nonlocal sent
+                sent = 0
+                last_report = 0.0
+                with open(path, "rb") as fh:
+                    while chunk := fh.read(MiB):
+                        if cancel is not None and cancel.is_set():
+                            raise CorralError("push cancelled")
+                        sent += len(chunk)
+                        yield chunk
+                        if time.monotonic() - last_report >= 0.1:
+                            last_report = time.monotonic()
+                            progress({"status": status, "digest": digest, "total": size, "completed": sent})
+
+            resp = reg.send(
+                "PUT",
+                put_url,
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                body=body,
+            )
+            resp.read()
+            if resp.status_code in (201, 204):
+                stats.bytes_uploaded += sent
+                progress({"status": status, "digest": digest, "total": size, "completed": size})
+                return
+            if resp.status_code not in _RETRY_STATUSES or last:
+                raise RegistryError(f"{what}: registry {reg.host} answered {resp.status_code}: {_describe(resp)}")
+        except httpx.TransportError as exc:
+            if last:
+                raise RegistryError(
+                    f"{what}: cannot reach registry {reg.host} after {reg.max_tries} tries: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
+        stats.retries += 1
+        reg.sleep_backoff(attempt)

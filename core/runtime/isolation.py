@@ -1,0 +1,209 @@
+"""Runner isolation: each loaded model lives in its own process, so a native crash takes only that model.
+
+llama.cpp aborts the whole process on some malformed models. ``ProcessWorker`` has the same surface
+as ``ModelWorker`` (submit / wait_loaded / stop / join) but runs the ModelWorker in a child process
+and relays jobs and events over a socket pair. The child is a fresh ``python -m corral.runtime.isolation``
+(forking a threaded server is unsafe, and multiprocessing's spawn re-imports the caller's __main__).
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, fields
+from multiprocessing.connection import Connection
+from typing import Any
+
+from corral.errors import RunnerCrashed
+from corral.hookspecs import LoadSpec, ModelInfo
+from corral.runtime.worker import Event, Job, ModelWorker
+
+# The parts of a Job that cross the pipe; callbacks and the cancel flag stay on their own side.
+_JOB_FIELDS = [f.name for f in fields(Job) if f.name not in ("emit", "on_result", "cancelled")]
+
+
+@dataclass(frozen=True)
+class RemoteRunner:
+    """What the parent knows of a runner that lives in a child process."""
+
+    info: ModelInfo
+    pid: int
+
+
+def _child_main(conn: Connection) -> None:
+    """The runner process: load through the plugin system, then serve jobs until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the terminal is the server's to handle
+    from corral.plugins import Plugins
+
+    backend, spec, name, prefix_cache = conn.recv()
+
+    send_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    try:
+        entry = Plugins().get(backend)
+        worker = ModelWorker(lambda: entry.backend.load(spec), name, prefix_cache=prefix_cache)
+        runner = worker.wait_loaded()
+    except BaseException as exc:  # reported to the parent, which raises it for the request
+        send(("load_error", exc))
+        return
+    send(("loaded", runner.info, worker.load_seconds))
+    jobs: dict[int, Job] = {}
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the server went away: nothing left to serve
+            break
+        kind = message[0]
+        if kind == "job":
+            job_id, data = message[1], message[2]
+
+            def emit(event: Event, job_id: int = job_id) -> None:
+                if event.done:
+                    jobs.pop(job_id, None)
+                send(("event", job_id, event))
+
+            job = Job(**data, emit=emit, on_result=lambda result, job_id=job_id: send(("result", job_id, result)))
+            jobs[job_id] = job
+            worker.submit(job)
+        elif kind == "cancel" and message[1] in jobs:
+            jobs[message[1]].cancel()
+        elif kind == "stop":
+            break
+    worker.stop()
+    worker.join(30)
+
+
+class ProcessWorker:
+    """A ModelWorker in a child process, seen from the server."""
+
+    def __init__(self, backend: str, spec: LoadSpec, name: str, prefix_cache: bool = True) -> None:
+        self.name = name
+        parent_sock, child_sock = socket.socketpair()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "corral.runtime.isolation", str(child_sock.fileno())],
+            pass_fds=(child_sock.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+        child_sock.close()
+        self._conn = Connection(parent_sock.detach())
+        self._conn.send((backend, spec, name, prefix_cache))
+        self._jobs: dict[int, Job] = {}
+        self._ids = itertools.count()
+        self._send_lock = threading.Lock()
+        self._ready = threading.Event()
+        self._load_error: BaseException | None = None
+        self.runner: RemoteRunner | None = None
+        self.load_seconds = 0.0
+        self._reader = threading.Thread(target=self._read, name=f"corral-relay-{name}", daemon=True)
+        self._reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def wait_loaded(self, timeout: float | None = None) -> RemoteRunner:
+        self._ready.wait(timeout)
+        if self._load_error is not None:
+            raise self._load_error
+        assert self.runner is not None
+        return self.runner
+
+    def submit(self, job: Job) -> None:
+        job_id = next(self._ids)
+        self._jobs[job_id] = job
+        try:
+            self._send(("job", job_id, {name: getattr(job, name) for name in _JOB_FIELDS}))
+        except OSError:
+            self._jobs.pop(job_id, None)
+            job.emit(Event(done=True, done_reason="error", error="the model runner has stopped", exception=RunnerCrashed("the model runner has stopped")))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self._conn.send(message)
+
+    def stop(self) -> None:
+        try:
+            self._send(("stop",))
+        except OSError:
+            pass
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
+        self._reader.join(5)
+
+    # ---- the relay thread ------------------------------------------------------------------
+    def _read(self) -> None:
+        cancelled: set[int] = set()
+        while True:
+            try:
+                if not self._conn.poll(0.02):
+                    self._forward_cancellations(cancelled)
+                    continue
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            self._forward_cancellations(cancelled)
+            kind = message[0]
+            if kind == "event":
+                job = self._jobs.get(message[1])
+                if job is not None:
+                    if message[2].done:
+                        self._jobs.pop(message[1], None)
+                    job.emit(message[2])
+            elif kind == "result":
+                job = self._jobs.get(message[1])
+                if job is not None and job.on_result is not None:
+                    job.on_result(message[2])
+            elif kind == "loaded":
+                self.runner = RemoteRunner(message[1], self._proc.pid)
+                self.load_seconds = message[2]
+                self._ready.set()
+            elif kind == "load_error":
+                self._load_error = message[1]
+                self._ready.set()
+        self._crashed()
+
+    def _forward_cancellations(self, already: set[int]) -> None:
+        for job_id, job in list(self._jobs.items()):
+            if job.cancelled.is_set() and job_id not in already:
+                already.add(job_id)
+                try:
+                    self._send(("cancel", job_id))
+                except OSError:
+                    return
+
+    def _crashed(self) -> None:
+        """The pipe closed: fail whatever was waiting on this runner, saying how it died."""
+        try:
+            code: int | None = self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is not None and code < 0:
+            how = f"killed by signal {signal.Signals(-code).name}"
+        else:
+            how = f"exit code {code}"
+        error = RunnerCrashed(f"the model runner for '{self.name}' crashed ({how}); see the server log, or run with --debug")
+        if not self._ready.is_set():
+            self._load_error = error
+            self._ready.set()
+        for job_id, job in list(self._jobs.items()):
+            self._jobs.pop(job_id, None)
+            if code != 0 or not job.cancelled.is_set():
+                job.emit(Event(done=True, done_reason="error", error=str(error), exception=error))
+
+
+
+if __name__ == "__main__":
+    _child_main(Connection(int(sys.argv[1])))

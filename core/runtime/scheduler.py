@@ -1,0 +1,349 @@
+"""The scheduler: which models are loaded where, for how long, and who waits for what.
+
+It resolves a model, picks a backend, loads the model on its own owner thread (``ModelWorker``) or
+reuses it, hands jobs to that thread and streams their events back to asyncio. Models stay loaded
+for their keep-alive; the most-loaded cap evicts idle models, shortest keep-alive first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from corral.config import Settings
+from corral.errors import BadRequest, CorralError, InsufficientMemory, ServerBusy
+from corral.hookspecs import LoadSpec, Sampling
+from corral.runtime.isolation import ProcessWorker
+from corral.models.recipes import Recipe, resolve
+from corral.engines.llamacpp.offload import Plan, check_onnx_fit, plan_for_gguf
+from corral.plugins import BackendEntry, Plugins
+from corral.models.store import Store
+from corral.types import Options
+from corral.runtime.worker import Event, Job, ModelWorker
+
+_DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_keep_alive(value: str | int | float | None, default: float = 300.0) -> float:
+    """Ollama's keep_alive: seconds as a number, or a Go duration ("5m", "1h30m"); negative is forever."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    parts = _DURATION.findall(body)
+    if not parts or "".join(n + u for n, u in parts) != body:
+        raise BadRequest(f"invalid keep_alive '{value}': use seconds or a duration like 5m, 1h, 30s")
+    return sign * sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+@dataclass
+class Loaded:
+    recipe: Recipe
+    backend: str
+    spec: LoadSpec
+    worker: ModelWorker | ProcessWorker
+    keep_alive: float = 300.0
+    expires_at: float = math.inf  # monotonic time; inf while in use or kept forever
+    inflight: int = 0
+    loaded_at: float = field(default_factory=time.time)
+    plan: Plan | None = None  # the memory estimate it was loaded under
+
+    @property
+    def size(self) -> int:
+        """Bytes it occupies: the estimate (weights + KV cache + compute) where there is one."""
+        if self.plan is not None:
+            return self.plan.total_bytes
+        runner = self.worker.runner
+        return runner.info.size_bytes if runner else 0
+
+    @property
+    def size_on_device(self) -> int:
+        if self.plan is not None:
+            return self.plan.gpu_bytes
+        runner = self.worker.runner
+        return runner.info.size_on_device if runner else 0
+
+    def expires_wall(self) -> float | None:
+        """Wall-clock expiry for /api/ps; None when kept forever."""
+        if math.isinf(self.expires_at):
+            return None if self.keep_alive < 0 or self.inflight == 0 else time.time() + self.keep_alive
+        return time.time() + (self.expires_at - time.monotonic())
+
+
+@dataclass
+class Ticket:
+    """A model held for one request: released when the request ends."""
+
+    loaded: Loaded
+    options: Options
+    load_duration: float
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, plugins: Plugins | None = None, store: Store | None = None) -> None:
+        self.settings = settings
+        self.plugins = plugins or Plugins()
+        self.store = store or Store(settings.models_dir)
+        self.loaded: dict[tuple[str, str], Loaded] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._queued = 0
+        self._reaper: asyncio.Task[None] | None = None
+
+    # ---- residency ---------------------------------------------------------------------------
+    async def acquire(
+        self,
+        model: str,
+        options: dict[str, Any] | Options | None = None,
+        keep_alive: str | int | float | None = None,
+        backend: str | None = None,
+    ) -> Ticket:
+        """Load ``model`` (or reuse it) and hold it until ``release``."""
+        self._start_reaper()
+        request_options = options if isinstance(options, Options) else Options.parse(options)
+        recipe = await asyncio.to_thread(resolve, self.store, model)
+        merged = recipe.options.merged(request_options)
+        entry = self.plugins.select(backend or self.settings.backend)
+        spec = self._spec(recipe, merged, entry.probe().devices)
+        key = (recipe.digest, entry.name)
+        t0 = time.perf_counter()
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            loaded = self.loaded.get(key)
+            if loaded is not None and not loaded.worker.alive:  # its runner crashed: start a new one
+                self.loaded.pop(key, None)
+                loaded = None
+            if loaded is not None and _needs_reload(loaded.spec, spec):
+                await self._unload(key)
+                loaded = None
+            if loaded is None:
+                await self._make_room()
+                plan = await self._fit(entry, spec, exclude=key)
+                if plan is not None and plan.gpu_layers and spec.num_gpu is None:
+                    spec = replace(spec, num_gpu=plan.n_gpu_layers)
+                worker: ModelWorker | ProcessWorker
+                if self.settings.isolate_runners:
+                    worker = ProcessWorker(entry.name, spec, recipe.name.display, self.settings.prefix_cache)
+                else:
+                    worker = ModelWorker(lambda: entry.backend.load(spec), recipe.name.display, self.settings.prefix_cache)
+                loaded = Loaded(recipe, entry.name, spec, worker, plan=plan)
+                self.loaded[key] = loaded
+                try:
+                    await asyncio.to_thread(worker.wait_loaded)
+                except BaseException:
+                    self.loaded.pop(key, None)
+                    raise
+            loaded.inflight += 1
+            loaded.expires_at = math.inf
+            loaded.keep_alive = parse_keep_alive(keep_alive, self.default_keep_alive)
+        return Ticket(loaded, merged, time.perf_counter() - t0)
+
+    @property
+    def default_keep_alive(self) -> float:
+        return parse_keep_alive(self.settings.keep_alive)
+
+    def release(self, ticket: Ticket) -> None:
+        loaded = ticket.loaded
+        loaded.inflight -= 1
+        if loaded.inflight == 0:
+            loaded.expires_at = math.inf if loaded.keep_alive < 0 else time.monotonic() + loaded.keep_alive
+            if loaded.keep_alive == 0:
+                asyncio.get_running_loop().create_task(self._expire())
+
+    def _spec(self, recipe: Recipe, options: Options, devices: tuple[Any, ...]) -> LoadSpec:
+        return LoadSpec(
+            model_path=recipe.model_path,
+            num_ctx=self.settings.num_ctx,
+            num_parallel=self.settings.num_parallel,
+            num_thread=options.num_thread or None,
+            num_batch=options.num_batch or 512,
+            num_gpu=options.num_gpu,
+            adapters=recipe.adapters,
+            flash_attention=self.settings.flash_attention,
+            devices=tuple(devices),
+        )
+
+    async def _make_room(self) -> None:
+        """Stay under the loaded-model cap by unloading idle models, shortest keep-alive first."""
+        while len(self.loaded) >= self.settings.max_loaded_models:
+            idle = [(k, m) for k, m in self.loaded.items() if m.inflight == 0]
+            if not idle:
+                raise ServerBusy(
+                    f"server busy: {len(self.loaded)} models are loaded and in use (CORRAL_MAX_LOADED_MODELS)"
+                )
+            await self._unload(min(idle, key=_eviction_order)[0])
+
+    async def _fit(self, entry: BackendEntry, spec: LoadSpec, exclude: tuple[str, str]) -> Plan | None:
+        """Estimate what the model needs (weights + KV cache for num_ctx × slots + compute) against
+        the devices' free memory now; unload idle models, shortest keep-alive first, until it fits.
+        An ONNX model folder is checked whole against one device (the GPU on cuda, else the CPU);
+        None for those and for files that are neither (their engine checks for itself)."""
+        from corral.formats.onnx import is_genai_folder
+
+        if _is_gguf(spec.model_path):
+            estimate = functools.partial(
+                plan_for_gguf, spec.model_path, spec.num_ctx, spec.num_parallel, num_gpu=spec.num_gpu,
+                flash_attention=spec.flash_attention,
+            )  # fmt: skip
+        elif is_genai_folder(spec.model_path):
+            estimate = functools.partial(
+                check_onnx_fit, spec.model_path, spec.num_ctx, spec.num_parallel, on_gpu=entry.name == "cuda",
+                num_batch=spec.num_batch,
+            )
+        else:
+            return None
+        while True:
+            devices = list(entry.backend.probe().devices)  # fresh: free memory changes as models load
+            if entry.name != "cpu" and "cpu" in self.plugins.names():
+                devices += list(self.plugins.get("cpu").backend.probe().devices)
+            try:
+                return await asyncio.to_thread(estimate, devices=devices)
+            except InsufficientMemory:
+                idle = [(k, m) for k, m in self.loaded.items() if m.inflight == 0 and k != exclude]
+                if not idle:
+                    raise
+                await self._unload(min(idle, key=_eviction_order)[0])
+
+    async def _unload(self, key: tuple[str, str]) -> None:
+        loaded = self.loaded.pop(key, None)
+        if loaded is not None:
+            loaded.worker.stop()
+            await asyncio.to_thread(loaded.worker.join, 30)
+
+    async def unload(self, model: str) -> bool:
+        """Unload every copy of ``model``; False if it was not loaded."""
+        recipe = await asyncio.to_thread(resolve, self.store, model)
+        keys = [k for k in self.loaded if k[0] == recipe.digest]
+        for key in keys:
+            await self._unload(key)
+        return bool(keys)
+
+    async def _expire(self) -> None:
+        now = time.monotonic()
+        for key, loaded in list(self.loaded.items()):
+            if loaded.inflight == 0 and loaded.expires_at <= now:
+                await self._unload(key)
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            await self._expire()
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for key in list(self.loaded):
+            await self._unload(key)
+
+    # ---- running jobs ------------------------------------------------------------------------
+    async def stream(
+        self,
+        ticket: Ticket,
+        prompt: str | list[int],
+        *,
+        stops: list[str] | None = None,
+        num_predict: int | None = None,
+        sampling: Sampling | None = None,
+        add_bos: bool = True,
+        context: list[int] | None = None,
+    ) -> AsyncIterator[Event]:
+        """Run one generation on a held model; closing the iterator cancels it at the next step."""
+        opts = ticket.options
+        job = Job(
+            prompt=prompt,
+            sampling=sampling or opts.sampling(),
+            emit=lambda e: None,
+            num_predict=num_predict if num_predict is not None else (opts.num_predict if opts.num_predict is not None else -1),
+            num_ctx=opts.num_ctx or None,
+            stops=list(stops if stops is not None else (opts.stop or [])),
+            add_bos=add_bos and not context,
+            context=list(context or []),
+        )
+        # aclosing: closing this stream must cancel the job now, not when the garbage collector runs.
+        async with contextlib.aclosing(self._run(ticket, job)) as events:
+            async for event in events:
+                yield event
+
+    async def embed(self, ticket: Ticket, texts: list[str], *, truncate: bool = True) -> tuple[list[list[float]], int]:
+        """One vector per text and the tokens read; ``truncate``: cut inputs longer than the context to fit."""
+        result: list[list[list[float]]] = []
+        job = Job(prompt="", sampling=Sampling(), emit=lambda e: None, embed=texts, truncate=truncate, on_result=result.append)
+        count = 0
+        async for event in self._run(ticket, job):
+            if event.error:
+                raise CorralError(event.error)
+            if event.stats:
+                count = event.stats.prompt_eval_count
+        return result[0], count
+
+    async def _run(self, ticket: Ticket, job: Job) -> AsyncIterator[Event]:
+        if self._queued >= self.settings.max_queue:
+            raise ServerBusy("server busy, please try again: the request queue is full (CORRAL_MAX_QUEUE)")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        def emit(event: Event) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the request's loop has closed; nobody is listening any more
+                job.cancel()
+
+        job.emit = emit
+        self._queued += 1
+        ticket.loaded.worker.submit(job)
+        finished = False
+        try:
+            while True:
+                event = await events.get()
+                if event.done:
+                    finished = True
+                    if event.done_reason == "error":
+                        raise event.exception or CorralError(event.error or "generation failed")
+                yield event
+                if event.done:
+                    return
+        finally:
+            self._queued -= 1
+            if not finished:
+                job.cancel()
+
+    def ps(self) -> list[Loaded]:
+        return sorted(self.loaded.values(), key=lambda m: m.loaded_at, reverse=True)
+
+
+def _eviction_order(item: tuple[tuple[str, str], Loaded]) -> tuple[float, float]:
+    """Idle models with the shortest keep-alive go first (kept-forever ones last)."""
+    loaded = item[1]
+    return (loaded.keep_alive if loaded.keep_alive >= 0 else math.inf, loaded.expires_at)
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def _needs_reload(old: LoadSpec, new: LoadSpec) -> bool:
+    """Per-request num_ctx never reloads (the KV pool is shared); thread/GPU/batch changes do."""
+    return (old.num_thread, old.num_gpu, old.num_batch) != (new.num_thread, new.num_gpu, new.num_batch)

@@ -1,0 +1,378 @@
+"""One loaded model's owner thread: slots, continuous batching and the prefix cache.
+
+Only this thread calls the Runner (llama.cpp loses much of its speed when calls hop between
+threads). Every step it admits waiting jobs into free slots, then advances all active sequences
+in one batched ``Runner.step``. HTTP handlers only enqueue jobs and read their events.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.errors import BadRequest, CorralError
+from corral.hookspecs import Runner, Sampling, SequenceStep
+from corral.runtime.textstream import TextStream
+
+log = logging.getLogger("corral.runtime.worker")
+
+
+@dataclass
+class Stats:
+    """Ollama's counters; durations in nanoseconds."""
+
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass
+class Event:
+    text: str = ""
+    done: bool = False
+    done_reason: str | None = None  # "stop" | "length" | "error"
+    error: str | None = None
+    exception: CorralError | None = None  # the error itself, so the server can pick the status
+    stats: Stats | None = None
+    tokens: list[int] | None = None  # the whole context on the final event (Ollama's "context")
+
+
+@dataclass
+class Job:
+    """One generation request, as the owner thread sees it."""
+
+    prompt: str | list[int]  # text (tokenized on the owner thread) or ready token ids
+    sampling: Sampling
+    emit: Callable[[Event], None]
+    num_predict: int = -1
+    num_ctx: int | None = None
+    stops: list[str] = field(default_factory=list)
+    add_bos: bool = True
+    context: list[int] = field(default_factory=list)  # earlier tokens to continue from (Ollama's "context")
+    embed: list[str] | None = None  # set: an embedding job instead of a generation
+    truncate: bool = True  # an input longer than the context is cut to fit (Ollama's default), else refused
+    on_result: Callable[[Any], None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class _Slot:
+    seq: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    job: Job | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    next_token: int | None = None  # sampled, not yet fed back
+    generated: int = 0
+    limit: int = 0
+    text: TextStream | None = None
+    stats: Stats = field(default_factory=Stats)
+    t_start: float = 0.0
+    t_first: float = 0.0
+    last_used: float = 0.0
+
+
+class ModelWorker:
+    """Owns one Runner on one thread. ``submit`` is thread-safe; everything else runs on the thread."""
+
+    def __init__(self, load: Callable[[], Runner], name: str, prefix_cache: bool = True) -> None:
+        self.name = name
+        self.prefix_cache = prefix_cache
+        self._load = load
+        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._waiting: list[Job] = []
+        self._ready = threading.Event()
+        self._load_error: BaseException | None = None
+        self.runner: Runner | None = None
+        self.load_seconds = 0.0
+        self._thread = threading.Thread(target=self._main, name=f"corral-model-{name}", daemon=True)
+        self._stopping = False
+        self._thread.start()
+
+    # ---- thread-safe API ------------------------------------------------------------------
+    def wait_loaded(self, timeout: float | None = None) -> Runner:
+        self._ready.wait(timeout)
+        if self._load_error is not None:
+            raise self._load_error
+        assert self.runner is not None
+        return self.runner
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() or not self._ready.is_set()
+
+    def submit(self, job: Job) -> None:
+        self._inbox.put(job)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._inbox.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # ---- the owner thread -------------------------------------------------------------------
+    def _main(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.runner = self._load()
+        except BaseException as exc:  # reported to every waiter, never raised on this thread
+            self._load_error = exc
+            self._ready.set()
+            return
+        self.load_seconds = time.perf_counter() - t0
+        runner = self.runner
+        self.slots = [_Slot(seq=i) for i in range(runner.info.num_parallel)]
+        self.total_ctx = runner.info.n_ctx * runner.info.num_parallel
+        self._ready.set()
+        try:
+            while True:
+                busy = any(s.job for s in self.slots)
+                if not self._drain_inbox(block=not busy and not self._waiting):
+                    break
+                self._admit()
+                if any(s.job for s in self.slots):
+                    self._step()
+                elif self._waiting:
+                    time.sleep(0.001)  # jobs wait for room that only a finishing job frees
+        finally:
+            for job in self._waiting:
+                job.emit(Event(done=True, done_reason="error", error="the model was unloaded"))
+            for slot in self.slots:
+                if slot.job:
+                    self._finish(slot, "error", error="the model was unloaded")
+            runner.close()
+
+    def _drain_inbox(self, block: bool) -> bool:
+        """Move new jobs to the waiting list; False when asked to stop."""
+        try:
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            while True:
+                if item is None:
+                    return not self._stopping
+                self._waiting.append(item)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            return not self._stopping
+
+    def _admit(self) -> None:
+        runner = self.runner
+        assert runner is not None
+        still_waiting: list[Job] = []
+        for job in self._waiting:
+            if job.cancelled.is_set():
+                job.emit(Event(done=True, done_reason="cancelled"))
+                continue
+            if job.embed is not None:
+                self._embed(job)
+                continue
+            free = [s for s in self.slots if s.job is None]
+            if not free:
+                still_waiting.append(job)
+                continue
+            try:
+                tokens = self._tokens(job)
+                if not tokens:
+                    raise BadRequest("the prompt is empty: there is nothing to continue from")
+                num_ctx = job.num_ctx or runner.info.n_ctx
+                if len(tokens) >= min(num_ctx, self.total_ctx):
+                    raise BadRequest(
+                        f"the prompt is {len(tokens)} tokens, more than the context of {min(num_ctx, self.total_ctx)} "
+                        "(raise num_ctx or shorten the prompt)"
+                    )
+            except CorralError as exc:
+                job.emit(Event(done=True, done_reason="error", error=str(exc), exception=exc))
+                continue
+            if not self._make_room(num_ctx, free):
+                still_waiting.append(job)
+                continue
+            self._start(job, tokens, num_ctx, free)
+        self._waiting = still_waiting
+
+    def _embed(self, job: Job) -> None:
+        assert self.runner is not None and job.embed is not None
+        try:
+            fitted = [self._fit_context(t, job.truncate) for t in job.embed]
+            vectors = self.runner.embed([text for text, _n in fitted])
+            counts = sum(n for _text, n in fitted)
+        except CorralError as exc:
+            job.emit(Event(done=True, done_reason="error", error=str(exc), exception=exc))
+            return
+        if job.on_result:
+            job.on_result(vectors)
+        job.emit(Event(done=True, done_reason="stop", stats=Stats(prompt_eval_count=counts)))
+
+    def _fit_context(self, text: str, truncate: bool) -> tuple[str, int]:
+        """``text`` (cut at the end, on a whole character, to the tokens one input may have, if
+        ``truncate``) and its length in tokens."""
+        runner = self.runner
+        assert runner is not None
+        add_bos = runner.info.add_bos
+        tokens = runner.tokenize(text, add_bos=add_bos)
+        limit = keep = runner.info.embed_tokens or runner.info.n_ctx
+        while truncate and len(tokens) > limit and keep > 0:
+            body = tokens[1:keep] if add_bos else tokens[:keep]
+            text = b"".join(runner.token_bytes(t) for t in body).decode("utf-8", errors="ignore")
+            tokens = runner.tokenize(text, add_bos=add_bos)  # re-tokenised text may merge differently
+            keep -= max(1, len(tokens) - limit)
+        return text, len(tokens)
+
+    def _tokens(self, job: Job) -> list[int]:
+        runner = self.runner
+        assert runner is not None
+        if isinstance(job.prompt, list):
+            return job.context + list(job.prompt)
+        tokens = job.context + runner.tokenize(job.prompt, special=True, add_bos=job.add_bos and runner.info.add_bos)
+        bos = runner.info.bos_token
+        if not job.context and len(tokens) > 1 and tokens[0] == bos and tokens[1] == bos:  # template wrote BOS too
+            tokens = tokens[1:]
+        return tokens
+
+    def _reserved(self) -> int:
+        return sum(s.limit for s in self.slots if s.job) + sum(len(s.cached) for s in self.slots if not s.job)
+
+    def _make_room(self, need: int, free: list[_Slot]) -> bool:
+        """Fit a sequence of up to ``need`` tokens in the shared KV pool, dropping idle caches if needed."""
+        need = min(need, self.total_ctx)
+        active = sum(s.limit for s in self.slots if s.job)
+        if active + need > self.total_ctx:
+            return False
+        for slot in sorted(free, key=lambda s: s.last_used):
+            if self._reserved() + need <= self.total_ctx:
+                break
+            self._forget(slot)
+        return True
+
+    def _forget(self, slot: _Slot) -> None:
+        assert self.runner is not None
+        if slot.cached:
+            self.runner.truncate(slot.seq, 0)
+        slot.cached = []
+
+    def _start(self, job: Job, tokens: list[int], num_ctx: int, free: list[_Slot]) -> None:
+        runner = self.runner
+        assert runner is not None
+        slot, common = free[0], 0
+        if self.prefix_cache:
+            best = max(free, key=lambda s: (_common_prefix(s.cached, tokens), -s.last_used))
+            slot, common = best, _common_prefix(best.cached, tokens)
+        common = min(common, len(tokens) - 1)  # the last prompt token must be decoded to get logits
+        if slot.cached and common < len(slot.cached):
+            common = runner.truncate(slot.seq, common)
+        slot.cached = slot.cached[:common]
+        slot.job = job
+        slot.pending = tokens[common:]
+        slot.next_token = None
+        slot.generated = 0
+        slot.limit = min(num_ctx, self.total_ctx)
+        slot.text = TextStream(job.stops)
+        slot.stats = Stats(cached_tokens=common)
+        slot.t_start = time.perf_counter()
+        runner.set_sampling(slot.seq, job.sampling)
+
+    def _step(self) -> None:
+        runner = self.runner
+        assert runner is not None
+        budget = getattr(runner, "n_batch", 512)
+        steps: list[SequenceStep] = []
+        fed: dict[int, list[int]] = {}
+        for slot in self.slots:
+            if slot.job is not None and slot.job.cancelled.is_set():
+                self._finish(slot, "cancelled")
+        # Sequences that are generating go first, one token each; prompts share what budget is left
+        # (chunked prefill), so a long new prompt never stalls the streams already running.
+        for slot in self.slots:
+            if slot.job is not None and slot.next_token is not None:
+                steps.append(SequenceStep(slot.seq, [slot.next_token]))
+                fed[slot.seq] = [slot.next_token]
+                budget -= 1
+        for slot in self.slots:
+            if slot.job is None or slot.next_token is not None or budget <= 0:
+                continue
+            chunk = slot.pending[:budget]
+            budget -= len(chunk)
+            steps.append(SequenceStep(slot.seq, chunk, sample=len(chunk) == len(slot.pending)))
+            fed[slot.seq] = chunk
+        if not steps:
+            return
+        try:
+            sampled = runner.step(steps)
+        except CorralError as exc:
+            for slot in self.slots:
+                if slot.job and slot.seq in fed:
+                    self._forget(slot)
+                    self._finish(slot, "error", error=exc)
+            return
+        now = time.perf_counter()
+        for slot in self.slots:
+            if slot.job is None or slot.seq not in fed:
+                continue
+            chunk = fed[slot.seq]
+            slot.cached.extend(chunk)
+            if slot.next_token is None:  # still in the prompt
+                slot.pending = slot.pending[len(chunk) :]
+                slot.stats.prompt_eval_count += len(chunk)
+            if slot.seq in sampled:
+                if slot.next_token is None:
+                    slot.t_first = now
+                    slot.stats.prompt_eval_duration = int((now - slot.t_start) * 1e9)
+                self._accept(slot, sampled[slot.seq])
+
+    def _accept(self, slot: _Slot, token: int) -> None:
+        runner = self.runner
+        assert runner is not None and slot.job is not None and slot.text is not None
+        job = slot.job
+        if runner.is_end_of_generation(token):
+            self._finish(slot, "stop")
+            return
+        slot.generated += 1
+        slot.next_token = token
+        text = slot.text.feed(runner.token_bytes(token))
+        if text:
+            job.emit(Event(text=text))
+        if slot.text.stopped:
+            self._finish(slot, "stop")
+        elif job.num_predict >= 0 and slot.generated >= job.num_predict:
+            self._finish(slot, "length")
+        elif len(slot.cached) + 1 >= slot.limit:
+            self._finish(slot, "length")
+
+    def _finish(self, slot: _Slot, reason: str, error: CorralError | str | None = None) -> None:
+        job = slot.job
+        assert job is not None
+        if reason != "error" and slot.text is not None:
+            tail = slot.text.flush()
+            if tail:
+                job.emit(Event(text=tail))
+        now = time.perf_counter()
+        stats = slot.stats
+        stats.eval_count = slot.generated
+        stats.eval_duration = int((now - slot.t_first) * 1e9) if slot.t_first else 0
+        context = slot.cached + ([slot.next_token] if slot.next_token is not None else [])
+        slot.job = None
+        slot.pending = []
+        slot.next_token = None
+        slot.last_used = now
+        slot.t_first = 0.0
+        exception = error if isinstance(error, CorralError) else (CorralError(error) if error else None)
+        job.emit(
+            Event(done=True, done_reason=reason, error=str(error) if error else None, exception=exception, stats=stats, tokens=context)
+        )
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+

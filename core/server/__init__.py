@@ -1,0 +1,1 @@
+"""HTTP only: the app factory, Ollama's routes, model management, OpenAI's routes, security."""

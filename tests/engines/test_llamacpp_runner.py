@@ -1,0 +1,141 @@
+"""The llama.cpp engine on a tiny F32 model: batching equals one-at-a-time, prefix cache, embeddings, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral.errors import InvalidModelFile
+from corral.hookspecs import LoadSpec
+from corral.engines.llamacpp.runner import LlamaCppRunner, physical_cores
+from corral.runtime.worker import ModelWorker
+from corral_backend_cpu import CpuBackend
+from ggufmaker import write_tiny_llama
+from runnerchecks import decode_together, greedy, run_job
+
+PROMPTS = ["hello world", "the cat sat on the mat", "one two three four", "<|im_start|>user\nhi<|im_end|>\n"]
+
+
+def load(path: Path, parallel: int = 4, **kw: object) -> LlamaCppRunner:
+    return LlamaCppRunner(LoadSpec(model_path=path, num_ctx=256, num_parallel=parallel, num_thread=2, **kw))  # type: ignore[arg-type]
+
+
+def test_a_batched_step_gives_the_same_greedy_tokens_as_one_at_a_time(tiny_gguf: Path) -> None:
+    runner = load(tiny_gguf)
+    try:
+        alone = [greedy(runner, p, 16) for p in PROMPTS]
+        together = decode_together(runner, [runner.tokenize(p) for p in PROMPTS], 16)
+        assert together == alone
+        assert len({tuple(t) for t in alone}) > 1  # the prompts really lead to different text
+    finally:
+        runner.close()
+
+
+def test_a_prompt_longer_than_a_batch_is_split_and_still_matches(tiny_gguf: Path) -> None:
+    runner = load(tiny_gguf, parallel=1, num_batch=32)
+    try:
+        prompt = "hello world " * 20  # more tokens than one 32-token batch
+        assert len(runner.tokenize(prompt)) > 32
+        chunked = greedy(runner, prompt, 8)
+    finally:
+        runner.close()
+    wide = load(tiny_gguf, parallel=1, num_batch=512)
+    try:
+        assert greedy(wide, prompt, 8) == chunked
+    finally:
+        wide.close()
+
+
+
+
+def test_the_prefix_cache_evaluates_only_new_tokens(tiny_gguf: Path) -> None:
+    worker = ModelWorker(lambda: load(tiny_gguf, parallel=2), "tiny")
+    try:
+        runner = worker.wait_loaded(30)
+        first = "<|im_start|>system\nyou are terse<|im_end|>\n<|im_start|>user\nhello world<|im_end|>\n"
+        done1 = run_job(worker, first)[-1]
+        second = first + "<|im_start|>assistant\nok<|im_end|>\n<|im_start|>user\nthe cat<|im_end|>\n"
+        done2 = run_job(worker, second)[-1]
+        assert done1.stats and done2.stats
+        assert done1.stats.prompt_eval_count == len(runner.tokenize(first))
+        assert done2.stats.cached_tokens >= len(runner.tokenize(first))
+        assert done2.stats.prompt_eval_count == len(runner.tokenize(second)) - done2.stats.cached_tokens
+    finally:
+        worker.stop()
+        worker.join(10)
+
+
+def test_cache_off_evaluates_everything(tiny_gguf: Path) -> None:
+    worker = ModelWorker(lambda: load(tiny_gguf, parallel=1), "tiny", prefix_cache=False)
+    try:
+        runner = worker.wait_loaded(30)
+        run_job(worker, "hello world")
+        done = run_job(worker, "hello world and more")[-1]
+        assert done.stats and done.stats.prompt_eval_count == len(runner.tokenize("hello world and more"))
+    finally:
+        worker.stop()
+        worker.join(10)
+
+
+def test_embeddings_have_the_models_width(tiny_gguf: Path) -> None:
+    runner = load(tiny_gguf)
+    try:
+        vectors = runner.embed(["hello", "the cat sat"])
+        assert [len(v) for v in vectors] == [64, 64]
+        assert vectors[0] != vectors[1]
+    finally:
+        runner.close()
+
+
+def test_threads_default_to_physical_cores_and_num_thread_overrides(tiny_gguf: Path) -> None:
+    runner = LlamaCppRunner(LoadSpec(model_path=tiny_gguf, num_ctx=64, num_parallel=1))
+    assert runner.threads == physical_cores()
+    runner.close()
+    runner = LlamaCppRunner(LoadSpec(model_path=tiny_gguf, num_ctx=64, num_parallel=1, num_thread=1))
+    assert runner.threads == 1
+    runner.close()
+
+
+@pytest.mark.parametrize("defect", ["truncated", "garbage", "duplicate_tokens"])
+def test_bad_files_are_refused_with_the_file_named(tmp_path: Path, defect: str) -> None:
+    path = write_tiny_llama(tmp_path / f"{defect}.gguf", defect=defect)
+    with pytest.raises(InvalidModelFile, match=str(path)):
+        CpuBackend().load(LoadSpec(model_path=path, num_ctx=64, num_parallel=1))
+
+
+def test_a_lora_adapter_changes_the_answer_and_a_zero_one_does_not(tiny_gguf: Path, tmp_path: Path) -> None:
+    from ggufmaker import write_tiny_lora
+
+    answers = []
+    for adapters in ((), (write_tiny_lora(tmp_path / "lora.gguf"),), (write_tiny_lora(tmp_path / "zero.gguf", scale=0.0),)):
+        runner = load(tiny_gguf, parallel=1, adapters=adapters)
+        try:
+            answers.append(greedy(runner, "the cat sat on the mat", 12))
+        finally:
+            runner.close()
+    base, with_lora, with_zero = answers
+    assert with_zero == base
+    assert with_lora != base
+
+
+def test_an_adapter_is_stored_as_a_layer_and_applied(tiny_gguf: Path, tmp_path: Path) -> None:
+    from corral.models.create import build, prepare, request_from_modelfile
+    from corral.models.recipes import resolve
+    from corral.models.store import Store
+    from ggufmaker import write_tiny_lora
+
+    write_tiny_lora(tmp_path / "lora.gguf")
+    (tmp_path / "Modelfile").write_text(f"FROM {tiny_gguf}\nADAPTER ./lora.gguf\n")
+    store = Store(tmp_path / "models")
+    request = request_from_modelfile((tmp_path / "Modelfile").read_text(), "tuned")
+    build(store, prepare(store, request, base_dir=tmp_path))
+    recipe = resolve(store, "tuned")
+    assert len(recipe.adapters) == 1 and recipe.adapters[0].read_bytes() == (tmp_path / "lora.gguf").read_bytes()
+    tuned = CpuBackend().load(LoadSpec(model_path=recipe.model_path, num_ctx=256, num_parallel=1, num_thread=2, adapters=recipe.adapters))
+    plain = load(tiny_gguf, parallel=1)
+    try:
+        assert greedy(tuned, "hello world", 12) != greedy(plain, "hello world", 12)
+    finally:
+        tuned.close()
+        plain.close()
