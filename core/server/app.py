@@ -25,6 +25,7 @@ from corral.chat.reply import Reply
 from corral.config import Settings
 from corral.errors import BadRequest, CorralError
 from corral.runtime.scheduler import Scheduler, Ticket
+from corral.server import webui
 from corral.server.security import install_security
 from corral.types import (
     ChatRequest,
@@ -211,11 +212,6 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
         if request.url.path.startswith("/v1/"):
             return openai_error(400, message)
         return error_response(400, message)
-
-    @app.get("/", include_in_schema=True)
-    @app.head("/")
-    async def root() -> Response:
-        return Response("Corral is running", media_type="text/plain")
 
     @app.get("/api/version")
     async def version() -> dict[str, str]:
@@ -421,3 +417,4 @@ def _include_routers(app: FastAPI, scheduler: Scheduler, settings: Settings) -> 
 
     openai_api.register(app, scheduler, settings)
     api_models.register(app, scheduler, settings)
+    app.include_router(webui.router)  # `/` and the chat page at /ui
