@@ -14,7 +14,7 @@ const ui = {
   model: $("model"), modelInfo: $("model-info"), settingsToggle: $("settings-toggle"), settings: $("settings"),
   system: $("system"), think: $("think"), thinkLabel: $("think-label"),
   messages: $("messages"), empty: $("empty"), composer: $("composer"), message: $("message"), send: $("send"), stop: $("stop"),
-  pullForm: $("pull-form"), pullName: $("pull-name"), pullButton: $("pull"), pullProgress: $("pull-progress"), pullStatus: $("pull-status"),
+  pullForm: $("pull-form"), pullName: $("pull-name"), pullInsecure: $("pull-insecure"), pullButton: $("pull"), pullProgress: $("pull-progress"), pullStatus: $("pull-status"),
   keyDialog: $("key-dialog"), keyForm: $("key-form"), keyInput: $("api-key"), keyReason: $("key-reason"), keyCancel: $("key-cancel"),
   forgetKey: $("forget-key"),
 };
@@ -509,7 +509,7 @@ async function pull(name) {
   ui.pullProgress.removeAttribute("value");
   const layers = new Map();
   try {
-    const res = await api("/api/pull", { method: "POST", body: JSON.stringify({ model: name, stream: true }) });
+    const res = await api("/api/pull", { method: "POST", body: JSON.stringify({ model: name, stream: true, insecure: ui.pullInsecure.checked }) });
     if (!res.ok) throw new Error(await errorOf(res));
     let succeeded = false;
     for await (const p of ndjson(res)) {
