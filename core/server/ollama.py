@@ -66,12 +66,6 @@ OllamaRoute = answering_errors(ollama_error)
 router = APIRouter(route_class=OllamaRoute)
 
 
-@router.get("/")
-@router.head("/")
-async def root() -> Response:
-    return Response("Corral is running", media_type="text/plain")
-
-
 @router.get("/api/version")
 async def version() -> dict[str, str]:
     return {"version": __version__}
