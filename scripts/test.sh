@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv with the test dependencies, install the services the tests use, run the whole suite.
+# Set up .venv with the test dependencies, install the services the tests use, check the layers, style
+# and types (import-linter, ruff, mypy), then run the whole suite. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,9 @@ if ! command -v docker-registry >/dev/null 2>&1; then
 fi
 
 EXTRAS=test bash scripts/setup.sh
+
+bash scripts/check.sh
+
 # Plugins that fail to load are errors here, not silently skipped.
 export CORRAL_STRICT_PLUGINS=1
 exec .venv/bin/python -m pytest "$@"

@@ -88,7 +88,9 @@ class FakeBackend:
         if not self.available:
             return Probe(available=False, reason="the fake device is switched off")
         used = sum(r.spec.model_path.stat().st_size * self.memory_factor for r in self.runners if not r.closed)
-        return Probe(available=True, devices=(Device(self.name, 0, "Fake Device", "cpu", self.memory, self.memory - used),))
+        return Probe(
+            available=True, devices=(Device(self.name, 0, "Fake Device", "cpu", self.memory, self.memory - used),)
+        )
 
     def load(self, spec: LoadSpec) -> FakeRunner:
         self.loads += 1
@@ -109,7 +111,10 @@ class FakePlugin:
 
 
 def write_fake_model(
-    models_dir: Path, name: str = "fake:latest", payload: bytes = b"fake weights, not a GGUF", template: str | None = None
+    models_dir: Path,
+    name: str = "fake:latest",
+    payload: bytes = b"fake weights, not a GGUF",
+    template: str | None = None,
 ) -> None:
     """A store entry for the fake backend: it never reads the weights file. ``template``: a Go TEMPLATE layer."""
     from corral.models.names import ModelName

@@ -26,7 +26,9 @@ def running_server(home: Path, **env: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     environment = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_HOST": f"127.0.0.1:{port}", **env}
     log = open(home / f"serve-{port}.log", "wb")  # noqa: SIM115  (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "corral.cli.main", "serve"], env=environment, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli.main", "serve"], env=environment, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from corral.errors import BadRequest, InvalidModelFile
-from corral.models.recipes import param_size
 from corral.formats.onnx import PROVENANCE, VOCAB_GGUF, is_genai_folder, read_json
+from corral.models.recipes import param_size
 from corral.models.store import Store, fsync_dir
 
 GENAI_CONFIG = "genai_config.json"
@@ -94,7 +94,9 @@ def unpacked(store: Store, digest: str) -> Path:
                 # "data" refuses absolute names, "..", links out of the folder and device files.
                 tar.extractall(work, members=_members(tar, digest), filter="data")
         except (tarfile.TarError, OSError) as exc:
-            raise InvalidModelFile(f"the ONNX layer {digest} cannot be unpacked ({exc}): pull or create it again") from None
+            raise InvalidModelFile(
+                f"the ONNX layer {digest} cannot be unpacked ({exc}): pull or create it again"
+            ) from None
         _fsync_files(work)
         try:
             os.replace(work, final)

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -234,7 +234,7 @@ class Store:
             name=ModelName(*parts),
             manifest=manifest,
             manifest_digest=f"sha256:{hashlib.sha256(data).hexdigest()}",
-            modified_at=datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc),
+            modified_at=datetime.fromtimestamp(path.stat().st_mtime, tz=UTC),
         )
 
     def list(self) -> list[StoredModel]:

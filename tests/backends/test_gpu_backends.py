@@ -20,8 +20,8 @@ import pytest
 
 from corral.config import Settings
 from corral.hookspecs import LoadSpec, Probe, Sampling, SequenceStep
-from corral.models.recipes import BUNDLED
 from corral.models.names import ModelName
+from corral.models.recipes import BUNDLED
 from corral.plugins import BackendEntry, Plugins
 from corral.runtime.scheduler import Scheduler
 

@@ -11,9 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import corral.client as client_module
 import httpx
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+import corral.client as client_module
 from corral.client import AsyncClient, Client, ResponseError
 from corral.types import (
     ChatResponse,
@@ -26,8 +29,6 @@ from corral.types import (
     ShowResponse,
     StatusResponse,
 )
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 HOST = "http://corral.test"
 KNOWN = {"tiny", "crashy"}

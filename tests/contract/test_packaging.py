@@ -62,6 +62,9 @@ def test_backends_are_entry_points_in_the_wheel(wheel: zipfile.ZipFile) -> None:
     section = text.split("[corral]", 1)[1].split("[", 1)[0]
     pairs = {line.split("=")[0].strip(): line.split("=")[1].strip() for line in section.strip().splitlines()}
     assert pairs == {
-        "cpu": "corral_backend_cpu", "cuda": "corral_backend_cuda", "rocm": "corral_backend_rocm", "metal": "corral_backend_metal",
+        "cpu": "corral_backend_cpu",
+        "cuda": "corral_backend_cuda",
+        "rocm": "corral_backend_rocm",
+        "metal": "corral_backend_metal",
     }
     assert "corral = corral.cli.main:main" in text

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from corral.engines.llamacpp.runner import LlamaCppRunner
 from corral.errors import BadRequest, CorralError
 from corral.hookspecs import LoadSpec, Runner, Sampling, SequenceStep
-from corral.engines.llamacpp.runner import LlamaCppRunner
 from runnerchecks import GREEDY, decode_together, greedy
 
 pytestmark = pytest.mark.skipif(
@@ -101,7 +101,7 @@ def llama_runner(gguf: Path, ctx: int = 512) -> LlamaCppRunner:
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
 
 
 # ---- conversion -------------------------------------------------------------------------------------------
@@ -174,12 +174,24 @@ def test_tiny_text_handling_matches_llamacpp(tiny_gguf: Path, tiny_onnx: Path) -
     try:
         for text in TEXTS:
             for special in (True, False):
-                assert engine.tokenize(text, special=special) == reference.tokenize(text, special=special), (text, special)
+                expected = reference.tokenize(text, special=special)
+                assert engine.tokenize(text, special=special) == expected, (text, special)
         n = reference.info.n_vocab
         assert engine.info.n_vocab == n
         assert [engine.token_bytes(t) for t in range(n)] == [reference.token_bytes(t) for t in range(n)]
-        assert [engine.is_end_of_generation(t) for t in range(n)] == [reference.is_end_of_generation(t) for t in range(n)]
-        for name in ("architecture", "n_embd", "bos_token", "add_bos", "bos_text", "eos_text", "chat_template", "n_ctx_train"):
+        assert [engine.is_end_of_generation(t) for t in range(n)] == [
+            reference.is_end_of_generation(t) for t in range(n)
+        ]
+        for name in (
+            "architecture",
+            "n_embd",
+            "bos_token",
+            "add_bos",
+            "bos_text",
+            "eos_text",
+            "chat_template",
+            "n_ctx_train",
+        ):
             assert getattr(engine.info, name) == getattr(reference.info, name), name
     finally:
         reference.close()
@@ -194,7 +206,9 @@ def test_a_sentencepiece_vocabulary_converts_too(tiny_spm_gguf: Path, onnx_cache
             assert engine.tokenize(text, add_bos=True) == reference.tokenize(text, add_bos=True), text
         n = reference.info.n_vocab
         assert [engine.token_bytes(t) for t in range(n)] == [reference.token_bytes(t) for t in range(n)]
-        assert [engine.is_end_of_generation(t) for t in range(n)] == [reference.is_end_of_generation(t) for t in range(n)]
+        assert [engine.is_end_of_generation(t) for t in range(n)] == [
+            reference.is_end_of_generation(t) for t in range(n)
+        ]
         ids = reference.tokenize("hello world", add_bos=True)
         assert greedy(engine, ids) == greedy(reference, ids)
     finally:
@@ -368,8 +382,10 @@ def _compare_smollm2(gguf: Path, folder: Path, n: int = 20) -> list[Comparison]:
             forced += [engine.step([SequenceStep(0, [t])])[0] for t in theirs[:-1]]
             disagree = [(i, round(margins[i], 3)) for i in range(n) if forced[i] != theirs[i]]
             out.append(Comparison(prompt, ours, theirs, first_difference(ours, theirs), disagree))
-            print(f"\n{folder.name} {prompt[:44]!r}: free-running split at {out[-1].split}; teacher-forced"
-                  f" disagreements (index, llama.cpp top-2 margin) {disagree}\n  onnx {ours}\n  gguf {theirs}")
+            print(
+                f"\n{folder.name} {prompt[:44]!r}: free-running split at {out[-1].split}; teacher-forced"
+                f" disagreements (index, llama.cpp top-2 margin) {disagree}\n  onnx {ours}\n  gguf {theirs}"
+            )
     finally:
         reference.close()
         engine.close()
@@ -434,7 +450,9 @@ def load_as_the_cpu_backend_would(cache: Path) -> Callable[[LoadSpec], Runner]:
 
 
 @pytest.fixture(scope="module")
-def corral(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path, tiny_onnx: Path, onnx_cache: Path) -> Iterator[Any]:
+def corral(
+    tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path, tiny_onnx: Path, onnx_cache: Path
+) -> Iterator[Any]:
     """test_openai_api's app, with models loaded by the ONNX engine in-process."""
     import test_openai_api as api
 

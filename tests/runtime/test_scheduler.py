@@ -34,7 +34,17 @@ async def collect(sched: Scheduler, model: str, prompt: str = "hi", **acquire: o
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("5m", 300), ("1h30m", 5400), ("10s", 10), ("-1", -1), ("-1m", -60), (0, 0), (2.5, 2.5), ("300", 300), (None, 300)],
+    [
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("10s", 10),
+        ("-1", -1),
+        ("-1m", -60),
+        (0, 0),
+        (2.5, 2.5),
+        ("300", 300),
+        (None, 300),
+    ],
 )
 def test_keep_alive_accepts_ollama_durations(value: object, seconds: float) -> None:
     assert parse_keep_alive(value) == seconds  # type: ignore[arg-type]
@@ -236,7 +246,9 @@ def _need(tiny_gguf: Path) -> int:
 def test_memory_pressure_evicts_an_idle_model(tmp_path: Path, tiny_gguf: Path) -> None:
     need = _need(tiny_gguf)
     # Room for the estimate of one model plus a loaded one's footprint, not for two estimates.
-    backend = FakeBackend(memory=int(need * 1.5) + tiny_gguf.stat().st_size, memory_factor=int(need * 0.9 / tiny_gguf.stat().st_size) + 1)
+    backend = FakeBackend(
+        memory=int(need * 1.5) + tiny_gguf.stat().st_size, memory_factor=int(need * 0.9 / tiny_gguf.stat().st_size) + 1
+    )
     s = _gguf_models(tmp_path, tiny_gguf, ["a:latest", "b:latest"])
 
     async def main() -> list[str]:
@@ -275,7 +287,12 @@ def test_a_busy_model_is_not_evicted_for_memory(tmp_path: Path, tiny_gguf: Path)
     from corral.errors import InsufficientMemory
 
     need = _need(tiny_gguf)
-    backend = FakeBackend(memory=int(need * 1.5) + tiny_gguf.stat().st_size, memory_factor=int(need * 0.9 / tiny_gguf.stat().st_size) + 1, script=b"x" * 400, step_delay=0.002)
+    backend = FakeBackend(
+        memory=int(need * 1.5) + tiny_gguf.stat().st_size,
+        memory_factor=int(need * 0.9 / tiny_gguf.stat().st_size) + 1,
+        script=b"x" * 400,
+        step_delay=0.002,
+    )
     s = _gguf_models(tmp_path, tiny_gguf, ["a:latest", "b:latest"])
 
     async def main() -> None:
@@ -338,7 +355,10 @@ def test_an_onnx_model_is_checked_whole_against_the_device(tmp_path: Path, memor
         assert asyncio.run(main()) == "ok"
         assert (backend.runners[0].spec.model_path / "genai_config.json").is_file()  # the unpacked folder
         return
-    message = r"needs 453.7 KiB on Fake Device \(weights 97.7 KiB, KV cache 256.0 KiB for 2 x 256 tokens, compute 100.0 KiB\) but only 453.7 KiB"
+    message = (
+        r"needs 453.7 KiB on Fake Device \(weights 97.7 KiB, KV cache 256.0 KiB for 2 x 256 tokens, "
+        r"compute 100.0 KiB\) but only 453.7 KiB"
+    )
     with pytest.raises(InsufficientMemory, match=message):
         asyncio.run(main())
     assert backend.loads == 0

@@ -33,7 +33,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Scheduler, FakeBackend]]:
     backend = FakeBackend(script=b"abcdefghij" * 3, step_delay=0.0005)
     scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, scheduler), host="127.0.0.1", port=port, log_level="error", backlog=2048))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, scheduler), host="127.0.0.1", port=port, log_level="error", backlog=2048)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -43,7 +45,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Scheduler, FakeBackend]]:
     thread.join(10)
 
 
-def test_a_flood_beyond_the_queue_gets_503_and_every_accepted_request_completes(served: tuple[str, Scheduler, FakeBackend]) -> None:
+def test_a_flood_beyond_the_queue_gets_503_and_every_accepted_request_completes(
+    served: tuple[str, Scheduler, FakeBackend],
+) -> None:
     url, scheduler, _backend = served
 
     async def flood() -> list[httpx.Response]:
@@ -68,11 +72,17 @@ def test_a_flood_beyond_the_queue_gets_503_and_every_accepted_request_completes(
 def test_clients_that_disconnect_mid_stream_leak_nothing(served: tuple[str, Scheduler, FakeBackend]) -> None:
     url, scheduler, backend = served
     backend.script = b"z" * 100_000  # longer than anyone will wait for
-    httpx.post(f"{url}/api/generate", json={"model": "fake", "prompt": "warm", "options": {"num_predict": 2}, "stream": False}, timeout=30)
+    httpx.post(
+        f"{url}/api/generate",
+        json={"model": "fake", "prompt": "warm", "options": {"num_predict": 2}, "stream": False},
+        timeout=30,
+    )
     backend.runners[0].script = backend.script
 
     def leave_early(i: int) -> None:
-        with httpx.stream("POST", f"{url}/api/generate", json={"model": "fake", "prompt": f"client {i}"}, timeout=30) as r:
+        with httpx.stream(
+            "POST", f"{url}/api/generate", json={"model": "fake", "prompt": f"client {i}"}, timeout=30
+        ) as r:
             next(r.iter_lines())
 
     def hundred_disconnects() -> int:
@@ -115,7 +125,10 @@ def test_a_client_that_leaves_a_non_streamed_answer_stops_its_job(
     served: tuple[str, Scheduler, FakeBackend], path: str, body: dict[str, object]
 ) -> None:
     url, scheduler, backend = served
-    backend.script, backend.step_delay = b"z" * 1_000_000, 0.005  # the context fills in 20 s: only a cancel ends it sooner
+    backend.script, backend.step_delay = (
+        b"z" * 1_000_000,
+        0.005,
+    )  # the context fills in 20 s: only a cancel ends it sooner
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{url}{path}", json=body, timeout=0.5)
     deadline = time.monotonic() + 2
