@@ -10,6 +10,7 @@ blobs are verified by sha256 before they become visible. A lock file serialises 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -200,9 +201,10 @@ class Store:
         for part in name.path_parts():
             if not node.is_dir():
                 return None
-            node = next((child for child in node.iterdir() if child.name.lower() == part.lower()), None)
-            if node is None:
+            match = next((child for child in node.iterdir() if child.name.lower() == part.lower()), None)
+            if match is None:
                 return None
+            node = match
         return node if node.is_file() else None
 
     def write_manifest(self, name: ModelName, manifest: Manifest) -> None:
@@ -263,7 +265,8 @@ class Store:
                 parent.rmdir()
             self.prune(own)
 
-    def prune(self, candidates: set[str] | None = None) -> list[str]:
+    # builtins.list: inside this class, a bare `list` is the method Store.list.
+    def prune(self, candidates: set[str] | None = None) -> builtins.list[str]:
         """Delete unreferenced blobs (among ``candidates`` if given). Callers hold the lock. Only
         complete blobs (``sha256-<64 hex>``) are candidates: a pull's ``-partial`` files are not."""
         referenced = set().union(*(m.manifest.digests() for m in self.list()))

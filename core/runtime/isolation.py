@@ -70,7 +70,10 @@ def _child_main(conn: Connection) -> None:
                     jobs.pop(job_id, None)
                 send(("event", job_id, event))
 
-            job = Job(**data, emit=emit, on_result=lambda result, job_id=job_id: send(("result", job_id, result)))
+            def on_result(result: Any, job_id: int = job_id) -> None:
+                send(("result", job_id, result))
+
+            job = Job(**data, emit=emit, on_result=on_result)
             jobs[job_id] = job
             worker.submit(job)
         elif kind == "cancel" and message[1] in jobs:
