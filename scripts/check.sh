@@ -5,9 +5,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 failed=()
-.venv/bin/lint-imports --no-cache || failed+=("lint-imports: the import rule in pyproject's [tool.importlinter]")
+.venv/bin/python scripts/import_view.py .venv/bin/lint-imports --no-cache ||
+    failed+=("lint-imports: the import rule in pyproject's [tool.importlinter]")
 .venv/bin/ruff check || failed+=("ruff check: pyproject's [tool.ruff]")
-.venv/bin/python scripts/typecheck.py || failed+=("mypy (scripts/typecheck.py): pyproject's [tool.mypy]")
+.venv/bin/python scripts/import_view.py .venv/bin/mypy || failed+=("mypy: pyproject's [tool.mypy]")
 if [ ${#failed[@]} -gt 0 ]; then
     printf 'Failed: %s\n' "${failed[@]}" >&2
     exit 1

@@ -44,7 +44,7 @@ def test_every_source_module_is_in_the_wheel(wheel_files: set[str]) -> None:
             relative = source.relative_to(ROOT / folder).as_posix()
             if f"{package}/{relative}" not in wheel_files:
                 missing.append(f"{folder}/{relative}")
-    assert missing == [], "add the package to [tool.setuptools] packages in pyproject.toml"
+    assert not missing, f"not in the wheel: {', '.join(missing)}; add their packages to [tool.setuptools] packages"
 
 
 def test_typed_marker_is_in_the_wheel(wheel_files: set[str]) -> None:

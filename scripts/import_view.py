@@ -1,8 +1,9 @@
-"""Type-check corral and its backends with mypy under their import names, not their folder names.
+"""Run a checker (mypy, lint-imports) on corral and its backends under their import names.
 
 The folders (core/, cli/, plugins/backend_*) become packages through setuptools' package-dir, which
-mypy cannot read, so this lays a tree of symbolic links named as the packages are (build/typecheck/),
-runs mypy on it and prints mypy's paths as the repository's own. Extra arguments go to mypy.
+neither mypy nor grimp can read, so this lays a tree of symbolic links named as the packages are
+(build/import-view/), runs the command given with that tree first on PYTHONPATH and MYPYPATH, and
+prints the checker's paths as the repository's own. Usage: python scripts/import_view.py COMMAND...
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VIEW = ROOT / "build" / "typecheck"
+VIEW = ROOT / "build" / "import-view"
 
 
 def lay_view(package_dirs: dict[str, str]) -> dict[str, str]:
-    """Link each package folder under its dotted name; return link prefix -> repository prefix."""
+    """Link each package folder under its dotted name; return view prefix -> repository prefix."""
     shutil.rmtree(VIEW, ignore_errors=True)
     VIEW.mkdir(parents=True)
     back: dict[str, str] = {}
@@ -34,21 +35,20 @@ def lay_view(package_dirs: dict[str, str]) -> dict[str, str]:
     return back
 
 
-def main() -> int:
+def main(command: list[str]) -> int:
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     back = lay_view(setuptools["package-dir"])
-    top_level = sorted({name.split(".")[0] for name in setuptools["packages"]})
-    command = [sys.executable, "-m", "mypy", *(arg for name in top_level for arg in ("-p", name)), *sys.argv[1:]]
-    run = subprocess.run(command, cwd=ROOT, env={**os.environ, "MYPYPATH": str(VIEW)}, capture_output=True, text=True)
-    for line in (run.stdout + run.stderr).splitlines():
-        # The longest prefix first: build/typecheck/corral/cli/ is cli/, not core/cli/.
-        for prefix in sorted(back, key=len, reverse=True):
-            if line.startswith(prefix):
-                line = back[prefix] + line[len(prefix) :]
-                break
+    paths = os.pathsep.join(filter(None, [str(VIEW), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": paths, "MYPYPATH": str(VIEW)}
+    run = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The longest prefix first: build/import-view/corral/cli/ is cli/, not core/cli/.
+    prefixes = sorted(back, key=len, reverse=True)
+    for line in run.stdout.splitlines():
+        for prefix in prefixes:
+            line = line.replace(prefix, back[prefix]) if prefix in line else line
         print(line)
     return run.returncode
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
