@@ -7,8 +7,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corral.hookspecs import Device, LoadSpec, ModelInfo, Probe, Sampling, SequenceStep, hookimpl
+from corral.plugins import Plugins
+
+if TYPE_CHECKING:
+    from corral.config import Settings
+    from corral.runtime.scheduler import Scheduler
 
 EOS = 256
 
@@ -108,6 +114,20 @@ class FakePlugin:
     @hookimpl
     def corral_register_backends(self, register):  # type: ignore[no-untyped-def]
         register(self.backend)
+
+
+def fake_plugins(backend: FakeBackend) -> Plugins:
+    """Plugins that know only ``backend``: no entry points, so installed backends stay out of the test."""
+    # Plugins takes modules; a plugin object with @hookimpl methods registers the same way.
+    return Plugins(load_entry_points=False, modules=[FakePlugin(backend)])  # type: ignore[list-item]
+
+
+def fake_scheduler(settings: Settings, backend: FakeBackend) -> Scheduler:
+    """A real Scheduler whose only backend is ``backend``. The fake lives in this process only, so
+    ``settings`` should have isolate_runners=False."""
+    from corral.runtime.scheduler import Scheduler
+
+    return Scheduler(settings, fake_plugins(backend))
 
 
 def write_fake_model(

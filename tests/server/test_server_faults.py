@@ -11,14 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from corral.config import Settings
-from corral.plugins import Plugins
 from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
-from fakes import FakeBackend, FakePlugin, write_fake_model
-from serverproc import free_port
+from fakes import FakeBackend, fake_scheduler, write_fake_model
+from serverproc import app_in_thread
 
 
 def _rss() -> int:
@@ -31,18 +29,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Scheduler, FakeBackend]]:
     settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, max_queue=64, num_parallel=4)
     write_fake_model(settings.models_dir, "fake:latest")
     backend = FakeBackend(script=b"abcdefghij" * 3, step_delay=0.0005)
-    scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, scheduler), host="127.0.0.1", port=port, log_level="error", backlog=2048)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", scheduler, backend
-    server.should_exit = True
-    thread.join(10)
+    scheduler = fake_scheduler(settings, backend)
+    with app_in_thread(create_app(settings, scheduler), backlog=2048) as url:
+        yield url, scheduler, backend
 
 
 def test_a_flood_beyond_the_queue_gets_503_and_every_accepted_request_completes(
