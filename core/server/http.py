@@ -178,7 +178,21 @@ class ClosingStream(StreamingResponse):
                 await self._on_close()
 
 
-# ---- NDJSON (Ollama's streams) ------------------------------------------------------------------
+# ---- framing: server-sent events (OpenAI's and Anthropic's streams), NDJSON (Ollama's) -----------
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may hold events back
+
+
+def sse(obj: Any, event: str | None = None) -> bytes:
+    """One server-sent event carrying ``obj`` as compact JSON, named ``event`` where the API names them."""
+    data = b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return f"event: {event}\n".encode() + data if event else data
+
+
+def event_stream(body: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]]) -> ClosingStream:
+    """A text/event-stream response of ``body``'s events; ``on_close`` runs however it ends."""
+    return ClosingStream(body, on_close, media_type="text/event-stream", headers=SSE_HEADERS)
+
 
 
 def error_body(message: str, status: int) -> JSONResponse:
