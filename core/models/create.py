@@ -244,7 +244,7 @@ def _check_parameters(parameters: dict[str, Any] | None) -> dict[str, Any] | Non
     data = dict(parameters)
     if isinstance(data.get("stop"), str):
         data["stop"] = [data["stop"]]
-    options = Options.parse(data)
+    options = Options.parse(data, strict=True)
     refuse_unhonoured(options)
     return options.model_dump(exclude_none=True)
 
