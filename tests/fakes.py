@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from corral.hookspecs import Device, LoadSpec, ModelInfo, Probe, Sampling, SequenceStep, hookimpl
+from corral.hookspecs import Device, Estimate, LoadSpec, ModelInfo, Probe, Sampling, SequenceStep, hookimpl
 from corral.plugins import Plugins
 
 if TYPE_CHECKING:
@@ -89,6 +89,7 @@ class FakeBackend:
     loads: int = 0
     memory: int = 8 << 30  # the device's RAM; loaded runners use their model file's size × memory_factor
     memory_factor: int = 1
+    estimates: list[tuple[LoadSpec, tuple[Device, ...]]] = field(default_factory=list)  # estimate()'s calls
 
     def probe(self) -> Probe:
         if not self.available:
@@ -97,6 +98,13 @@ class FakeBackend:
         return Probe(
             available=True, devices=(Device(self.name, 0, "Fake Device", "cpu", self.memory, self.memory - used),)
         )
+
+    def estimate(self, spec: LoadSpec, devices: Sequence[Device]) -> Estimate | None:
+        """As a third-party backend would: the shared engines' estimate for GGUF and ONNX files."""
+        from corral.engines import dispatch
+
+        self.estimates.append((spec, tuple(devices)))
+        return dispatch.estimate(spec, devices)
 
     def load(self, spec: LoadSpec) -> FakeRunner:
         self.loads += 1

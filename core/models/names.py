@@ -73,10 +73,3 @@ class ModelName:
     def __str__(self) -> str:
         return self.display
 
-
-def param_size(count: int) -> str:
-    """A parameter count as Ollama shows it in parameter_size and size tags: 135M, 1.7B."""
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= scale:
-            return f"{count / scale:.1f}".rstrip("0").rstrip(".") + unit
-    return str(count)

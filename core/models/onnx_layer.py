@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from corral.errors import BadRequest, InvalidModelFile
 from corral.formats.onnx import PROVENANCE, VOCAB_GGUF, is_genai_folder, read_json
-from corral.models.names import param_size
+from corral.formats.units import param_size
 from corral.models.store import Store, fsync_dir
 
 GENAI_CONFIG = "genai_config.json"

@@ -13,15 +13,14 @@ import pytest
 
 from corral.engines.llamacpp.offload import (
     GPU_OVERHEAD,
-    GiB,
     InsufficientMemory,
-    MiB,
     ModelProfile,
     plan,
     plan_for_gguf,
     profile_from_gguf,
 )
 from corral.errors import CorralError
+from corral.formats.units import GiB, MiB
 from corral.hookspecs import Device
 
 # ---- recorded devices (as the cuda and cpu probes describe them; free memory from nvidia-smi / MemAvailable) ----
