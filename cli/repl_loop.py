@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from .repl import PROMPT, QUOTES, Session, needs_more, unquote
-from .repl_commands import ExitRepl, completions, run_command
+from corral.cli.repl import PROMPT, QUOTES, Session, needs_more, unquote
+from corral.cli.repl_commands import ExitRepl, completions, run_command
 
 CONTINUATION = "... "
 PLACEHOLDER = "Send a message (/? for help)"

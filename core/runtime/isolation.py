@@ -126,7 +126,14 @@ class ProcessWorker:
             self._send(("job", job_id, {name: getattr(job, name) for name in _JOB_FIELDS}))
         except OSError:
             self._jobs.pop(job_id, None)
-            job.emit(Event(done=True, done_reason="error", error="the model runner has stopped", exception=RunnerCrashed("the model runner has stopped")))
+            job.emit(
+                Event(
+                    done=True,
+                    done_reason="error",
+                    error="the model runner has stopped",
+                    exception=RunnerCrashed("the model runner has stopped"),
+                )
+            )
 
     def _send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
@@ -197,7 +204,9 @@ class ProcessWorker:
             how = f"killed by signal {signal.Signals(-code).name}"
         else:
             how = f"exit code {code}"
-        error = RunnerCrashed(f"the model runner for '{self.name}' crashed ({how}); see the server log, or run with --debug")
+        error = RunnerCrashed(
+            f"the model runner for '{self.name}' crashed ({how}); see the server log, or run with --debug"
+        )
         if not self._ready.is_set():
             self._load_error = error
             self._ready.set()
@@ -205,7 +214,6 @@ class ProcessWorker:
             self._jobs.pop(job_id, None)
             if code != 0 or not job.cancelled.is_set():
                 job.emit(Event(done=True, done_reason="error", error=str(error), exception=error))
-
 
 
 if __name__ == "__main__":

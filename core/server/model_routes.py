@@ -34,7 +34,12 @@ from corral.types import (
 )
 
 Job = Callable[[Callable[[dict[str, Any]], None], threading.Event], Any]
-BLOB_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+BLOB_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 class _Cancelled(Exception):

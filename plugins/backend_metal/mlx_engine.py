@@ -34,10 +34,9 @@ from corral.engines.sampling import GrammarVocabulary, Sampler
 from corral.errors import BadRequest, CorralError
 from corral.formats.gguf import read_header, validate_gguf
 from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
-
-from .mlx_convert import derived_folder, ensure_mlx_folder, hf_name
-from .mlx_lora import EMBEDDINGS, LoraPair, load_adapters
-from .mlx_tokenizer import GGUFTokenizer
+from corral_backend_metal.mlx_convert import derived_folder, ensure_mlx_folder, hf_name
+from corral_backend_metal.mlx_lora import EMBEDDINGS, LoraPair, load_adapters
+from corral_backend_metal.mlx_tokenizer import GGUFTokenizer
 
 if TYPE_CHECKING:
     import mlx.core as mx

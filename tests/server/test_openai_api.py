@@ -334,7 +334,8 @@ def test_options_extension(corral: Corral) -> None:
     body = corral.chat(max_tokens=4, options={"num_ctx": 256, "top_k": 5})
     assert body["choices"][0]["finish_reason"] == "length"
     # Unknown and retired Ollama options are ignored, as Ollama does; a known one of the wrong type is not.
-    unknown = corral.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "max_tokens": 2, "options": {"bogus": 1, "mirostat": 2}})
+    body = {"model": "tiny", "messages": USER, "max_tokens": 2, "options": {"bogus": 1, "mirostat": 2}}
+    unknown = corral.post("/v1/chat/completions", body)
     assert unknown.status_code == 200 and unknown.json()["usage"]["completion_tokens"] == 2
     wrong_type = corral.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "options": {"top_k": "many"}})
     assert "top_k" in assert_openai_error(wrong_type, 400, "invalid_request_error")["message"]
