@@ -3,6 +3,7 @@ and the two ways ``corral run`` answers (one shot, or interactive)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def _prompt_session(session: Session) -> Any:
             if not session.history:
                 return
             try:
-                path = Path(self.filename)
+                path = Path(os.fsdecode(self.filename))
                 if not path.exists():  # private from the start: prompts can be personal
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.touch(mode=0o600)

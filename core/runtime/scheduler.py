@@ -12,7 +12,7 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,7 +288,7 @@ class Scheduler:
                 count = event.stats.prompt_eval_count
         return result[0], count
 
-    async def _run(self, ticket: Ticket, job: Job) -> AsyncIterator[Event]:
+    async def _run(self, ticket: Ticket, job: Job) -> AsyncGenerator[Event, None]:
         if self._queued >= self.settings.max_queue:
             raise ServerBusy("server busy, please try again: the request queue is full (CORRAL_MAX_QUEUE)")
         loop = asyncio.get_running_loop()

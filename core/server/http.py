@@ -37,11 +37,11 @@ def now_rfc3339(ts: float | None = None) -> str:
 
 
 def _scheduler(request: Request) -> Scheduler:
-    return request.app.state.scheduler  # type: ignore[no-any-return]
+    return request.app.state.scheduler
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 SchedulerDep = Annotated[Scheduler, Depends(_scheduler)]

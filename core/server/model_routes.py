@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -186,7 +186,7 @@ def copy_model(store: Store, source: ModelName, destination: ModelName) -> None:
             store.prune(old.digests() - stored.manifest.digests())
 
 
-async def _run_job(job: Job) -> AsyncIterator[ProgressResponse]:
+async def _run_job(job: Job) -> AsyncGenerator[ProgressResponse, None]:
     """Run ``job`` in a thread; yield its progress as it comes; raise its error at the end.
 
     Closing the iterator (the client went away) sets the job's cancel event, and its next progress

@@ -133,9 +133,8 @@ async def generate(request: Request, scheduler: SchedulerDep) -> Response:
 
     def merge(items: list[BaseModel]) -> BaseModel:
         thought = "".join(i.thinking or "" for i in items)  # type: ignore[attr-defined]
-        return items[-1].model_copy(
-            update={"response": "".join(i.response for i in items), "thinking": thought or None}
-        )  # type: ignore[attr-defined]
+        text = "".join(i.response for i in items)  # type: ignore[attr-defined]
+        return items[-1].model_copy(update={"response": text, "thinking": thought or None})
 
     return await ndjson_or_single(chunks(), req.stream, merge, request, on_close=gen.close)
 

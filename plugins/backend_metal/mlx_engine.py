@@ -26,7 +26,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -223,7 +223,8 @@ class MLXRunner:
         self.max_tokens = self.n_ctx * spec.num_parallel
         self.n_batch = max(32, spec.num_batch)
         with mx.stream(self.device):
-            weights = mx.load(str(self.folder / "model.safetensors"))
+            # A .safetensors file loads as a dict of arrays (mx.load's type covers every format).
+            weights = cast("dict[str, mx.array]", mx.load(str(self.folder / "model.safetensors")))
             mx.eval(weights)
         lora = _lora_by_module(load_adapters(spec.adapters, tensors, "llama"), config["tie_word_embeddings"])
         self.model = _Llama(weights, config, self.max_tokens, lora)
@@ -331,6 +332,7 @@ class MLXRunner:
                 if len(tokens) > self.n_ctx:
                     raise BadRequest(f"input is {len(tokens)} tokens, more than the context of {self.n_ctx}")
                 hidden = self.model.forward([(_Cache(), tokens)], hidden=True)
+                assert hidden is not None  # hidden=True always returns the hidden states
                 out.append(np.array(hidden.mean(axis=0)).astype(float).tolist())
         return out
 

@@ -210,9 +210,10 @@ def test_openai_reasoning_effort_thinks_and_none_does_not(served: Served) -> Non
     resp = served.openai.chat.completions.create(model="thinker", messages=ASK, reasoning_effort="high")  # type: ignore[arg-type]
     message = resp.choices[0].message
     assert message.content == "Paris." and message.model_extra == {"reasoning": "Weighing it."}
-    chunks = list(
-        served.openai.chat.completions.create(model="thinker", messages=ASK, reasoning_effort="low", stream=True)
-    )  # type: ignore[arg-type]
+    stream = served.openai.chat.completions.create(
+        model="thinker", messages=ASK, reasoning_effort="low", stream=True  # type: ignore[arg-type]
+    )
+    chunks = list(stream)
     assert "".join((c.choices[0].delta.model_extra or {}).get("reasoning", "") for c in chunks) == "Weighing it."
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Paris."
     served.say("<think></think>Paris.")  # thinking off: nothing is taken out of the reply

@@ -414,7 +414,7 @@ def _slots(costs: _Costs, n: int) -> list[int]:
     return slots
 
 
-def _fill(slots: list[int], budgets: list[float]) -> list[int] | None:
+def _fill(slots: list[int], budgets: Sequence[float]) -> list[int] | None:
     """Contiguous greedy fill: each device in order takes slots while they fit its budget."""
     counts = []
     i = 0
