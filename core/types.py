@@ -144,6 +144,7 @@ class GenerateRequest(_Request):
     keep_alive: KeepAlive = None
     think: bool | str | None = None
     backend: str | None = None
+    debug_render_only: bool = Field(False, alias="_debug_render_only")  # Ollama's: the prompt, not an answer
 
 
 class ChatRequest(_Request):
@@ -156,6 +157,7 @@ class ChatRequest(_Request):
     keep_alive: KeepAlive = None
     think: bool | str | None = None
     backend: str | None = None
+    debug_render_only: bool = Field(False, alias="_debug_render_only")
 
 
 class EmbedRequest(_Request):
@@ -227,8 +229,16 @@ class _Response(SubscriptableModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+class DebugInfo(_Response):
+    """Ollama's ``_debug_info``: what ``_debug_render_only`` asked for."""
+
+    rendered_template: str = ""
+    image_count: int = 0
+
+
 class _Done(_Response):
     model: str = ""
+    debug_info: DebugInfo | None = Field(None, alias="_debug_info")
     created_at: str | None = None
     done: bool | None = None
     done_reason: str | None = None

@@ -19,6 +19,7 @@ from corral.errors import CorralError
 from corral.models.recipes import details_of
 from corral.runtime import generation
 from corral.runtime.generation import ChatPrompt, GeneratePrompt, Generation, InsertPrompt, RawPrompt, Target
+from corral.runtime.render_only import render_only
 from corral.runtime.worker import Event
 from corral.server.http import (
     CLIENT_CLOSED,
@@ -35,6 +36,7 @@ from corral.server.http import (
 from corral.types import (
     ChatRequest,
     ChatResponse,
+    DebugInfo,
     EmbeddingsRequest,
     EmbeddingsResponse,
     EmbedRequest,
@@ -94,6 +96,17 @@ async def _loaded_only(scheduler: SchedulerDep, target: Target, response: type[G
     return JSONResponse(answer.model_dump(exclude_none=True))
 
 
+async def _rendered_only(
+    scheduler: SchedulerDep, target: Target, prompt: generation.Prompt, response: type[GenerateResponse | ChatResponse],
+    image_count: int = 0,
+) -> Response:
+    """``_debug_render_only``: the rendered prompt in ``_debug_info``, and no model loaded to get it."""
+    rendered = await render_only(scheduler, target, prompt, image_count)
+    debug = DebugInfo(rendered_template=rendered.text, image_count=rendered.image_count)
+    answer = response(model=rendered.model, created_at=now_rfc3339(), done=True, debug_info=debug)
+    return JSONResponse(answer.model_dump(mode="json", exclude_none=True, by_alias=True))
+
+
 @router.post("/api/generate", response_model=GenerateResponse, openapi_extra=json_body(GenerateRequest))
 async def generate(request: Request, scheduler: SchedulerDep) -> Response:
     req = await parse_body(request, GenerateRequest)
@@ -107,6 +120,8 @@ async def generate(request: Request, scheduler: SchedulerDep) -> Response:
         prompt = InsertPrompt(req.prompt or "", req.suffix, template=req.template)
     else:
         prompt = GeneratePrompt(req.prompt or "", req.system, think=req.think, template=req.template)
+    if req.debug_render_only:
+        return await _rendered_only(scheduler, target, prompt, GenerateResponse, len(req.images or []))
     gen = await generation.generate(scheduler, target, prompt, format=req.format, context=req.context)
 
     async def chunks() -> AsyncGenerator[BaseModel, None]:
@@ -134,6 +149,8 @@ async def chat(request: Request, scheduler: SchedulerDep) -> Response:
     if not req.messages:
         return await _loaded_only(scheduler, target, ChatResponse)
     prompt = ChatPrompt(list(req.messages), tools=req.tools, think=req.think)
+    if req.debug_render_only:
+        return await _rendered_only(scheduler, target, prompt, ChatResponse)
     gen = await generation.generate(scheduler, target, prompt, format=req.format)
 
     async def chunks() -> AsyncGenerator[BaseModel, None]:
