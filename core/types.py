@@ -245,6 +245,7 @@ class _Done(_Response):
     total_duration: int | None = None
     load_duration: int | None = None
     prompt_eval_count: int | None = None
+    prompt_eval_cached_count: int | None = None  # of prompt_eval_count, the tokens read from the prefix cache
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None

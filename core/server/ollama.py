@@ -82,7 +82,9 @@ def _done_fields(gen: Generation, event: Event) -> dict[str, Any]:
     }
     if stats is not None:
         fields.update(
-            prompt_eval_count=stats.prompt_eval_count,
+            # As Ollama: the whole prompt, of which prompt_eval_cached_count were read from the prefix cache.
+            prompt_eval_count=stats.prompt_eval_count + stats.cached_tokens,
+            prompt_eval_cached_count=stats.cached_tokens,
             prompt_eval_duration=stats.prompt_eval_duration,
             eval_count=stats.eval_count,
             eval_duration=stats.eval_duration,
