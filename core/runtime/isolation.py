@@ -20,7 +20,7 @@ from typing import Any
 
 from corral.errors import RunnerCrashed
 from corral.hookspecs import LoadSpec, ModelInfo
-from corral.runtime.worker import Event, Job, ModelWorker
+from corral.runtime.worker import Event, Job, ModelWorker, WorkerUsage
 
 # The parts of a Job that cross the pipe; callbacks and the cancel flag stay on their own side.
 _JOB_FIELDS = [f.name for f in fields(Job) if f.name not in ("emit", "on_result", "cancelled")]
@@ -73,6 +73,8 @@ def _child_main(conn: Connection) -> None:
             job = Job(**data, emit=emit, on_result=lambda result, job_id=job_id: send(("result", job_id, result)))
             jobs[job_id] = job
             worker.submit(job)
+        elif kind == "usage":
+            send(("usage", message[1], worker.usage()))
         elif kind == "cancel" and message[1] in jobs:
             jobs[message[1]].cancel()
         elif kind == "stop":
@@ -102,6 +104,8 @@ class ProcessWorker:
         self._load_error: BaseException | None = None
         self.runner: RemoteRunner | None = None
         self.load_seconds = 0.0
+        self._usage_replies: dict[int, WorkerUsage | None] = {}
+        self._usage_arrived = threading.Condition()
         self._reader = threading.Thread(target=self._read, name=f"corral-relay-{name}", daemon=True)
         self._reader.start()
 
@@ -128,6 +132,19 @@ class ProcessWorker:
     def _send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
             self._conn.send(message)
+
+    def usage(self, timeout: float = 1.0) -> WorkerUsage | None:
+        """Asked of the child when wanted (a scrape), so an unwatched server pays nothing per step."""
+        if self.runner is None or not self.alive:
+            return None
+        request_id = next(self._ids)
+        try:
+            self._send(("usage", request_id))
+        except OSError:
+            return None
+        with self._usage_arrived:
+            self._usage_arrived.wait_for(lambda: request_id in self._usage_replies, timeout)
+            return self._usage_replies.pop(request_id, None)
 
     def stop(self) -> None:
         try:
@@ -162,6 +179,10 @@ class ProcessWorker:
                     if message[2].done:
                         self._jobs.pop(message[1], None)
                     job.emit(message[2])
+            elif kind == "usage":
+                with self._usage_arrived:
+                    self._usage_replies[message[1]] = message[2]
+                    self._usage_arrived.notify_all()
             elif kind == "result":
                 job = self._jobs.get(message[1])
                 if job is not None and job.on_result is not None:

@@ -26,6 +26,7 @@ from corral.config import Settings
 from corral.errors import BadRequest, CorralError
 from corral.runtime.scheduler import Scheduler, Ticket
 from corral.server.security import install_security
+from corral.server.service import install_service
 from corral.types import (
     ChatRequest,
     ChatResponse,
@@ -197,6 +198,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
     app.state.scheduler = scheduler
     app.state.settings = settings
     install_security(app, settings)
+    install_service(app, settings, scheduler)  # probes, /metrics, draining: corral.server.service
 
     @app.exception_handler(CorralError)
     async def _corral_error(request: Request, exc: CorralError) -> Response:
