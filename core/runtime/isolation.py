@@ -45,7 +45,10 @@ def _child_main(conn: Connection) -> None:
 
     def send(message: tuple[Any, ...]) -> None:
         with send_lock:
-            conn.send(message)
+            try:
+                conn.send(message)
+            except OSError:  # the server has gone: nobody is left to tell, and the main loop will stop
+                pass
 
     try:
         entry = Plugins().get(backend)

@@ -24,7 +24,7 @@ class RequestRecord:
     queue_seconds: float | None  # waiting in the worker for a slot (None when it never got one)
     ttft_seconds: float | None  # submitted -> first text (None for embeddings and empty answers)
     token_gaps: list[float] = field(default_factory=list)  # seconds between successive pieces of text
-    prompt_tokens: int = 0  # evaluated, as the response's prompt_eval_count says
+    prompt_tokens: int = 0  # the whole prompt: evaluated (prompt_eval_count) + cached_tokens, as OpenAI's usage says
     generated_tokens: int = 0  # as the response's eval_count says
     cached_tokens: int = 0  # prompt tokens the prefix cache supplied
 
@@ -84,7 +84,7 @@ class RequestTimer:
             self._report(
                 event.done_reason or "stop",
                 queue=stats.queue_duration / 1e9 if stats is not None and event.done_reason != "cancelled" else None,
-                prompt=stats.prompt_eval_count if stats else 0,
+                prompt=stats.prompt_eval_count + stats.cached_tokens if stats else 0,
                 generated=stats.eval_count if stats else 0,
                 cached=stats.cached_tokens if stats else 0,
             )

@@ -40,7 +40,10 @@ class _Series:
 
 
 # Counters and histograms fed by the runtime's per-request records.
-TOKENS_PROMPT = _Series("prompt_tokens", "Prompt tokens evaluated (the responses' prompt_eval_count).", ("prompt_tokens",))
+TOKENS_PROMPT = _Series(
+    "prompt_tokens", "Prompt tokens, cached ones included (OpenAI's usage.prompt_tokens; Ollama's prompt_eval_count + cache hits).",
+    ("prompt_tokens",),
+)  # fmt: skip
 TOKENS_GENERATED = _Series("generation_tokens", "Tokens generated (the responses' eval_count).", ("generation_tokens",))
 PREFIX_QUERIES = _Series("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", ("prefix_cache_queries",))
 PREFIX_HITS = _Series("prefix_cache_hits", "Prompt tokens the prefix cache supplied (not evaluated again).", ("prefix_cache_hits",))
@@ -98,7 +101,7 @@ class Metrics:
         for series, amount in (
             (TOKENS_PROMPT, record.prompt_tokens),
             (TOKENS_GENERATED, record.generated_tokens),
-            (PREFIX_QUERIES, record.prompt_tokens + record.cached_tokens),
+            (PREFIX_QUERIES, record.prompt_tokens),
             (PREFIX_HITS, record.cached_tokens),
         ):
             for counter in self._counters[series]:

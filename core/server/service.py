@@ -44,9 +44,10 @@ class DrainingServer(uvicorn.Server):
     (up to CORRAL_SHUTDOWN_GRACE), then the usual shutdown unloads the models and the process exits 0.
     A second SIGTERM or a Ctrl+C stops at once."""
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace: float) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, scheduler: Scheduler, grace: float) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
+        self.scheduler = scheduler
         self.grace = grace
         self._drain: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -72,7 +73,11 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain_then_exit(self) -> None:
         if not await self.lifecycle.drained(self.grace):
-            log.warning("shutdown grace of %.0f s is over: %d request(s) cut off", self.grace, self.lifecycle.inflight)
+            # Unloading ends each remaining stream with a final error line, so clients see a clean
+            # end (and a reason) instead of a connection torn mid-body.
+            log.warning("shutdown grace of %.0f s is over: ending %d request(s)", self.grace, self.lifecycle.inflight)
+            await self.scheduler.close()
+            await self.lifecycle.drained(5)
         self.should_exit = True
 
 
@@ -88,4 +93,4 @@ def run_server(settings: Settings, log_level: str = "warning") -> None:
         app, host=bind.strip("[]"), port=int(port), log_level=log_level,
         timeout_graceful_shutdown=5,  # the drain already waited; this only bounds what is left
     )  # fmt: skip
-    DrainingServer(config, app.state.lifecycle, settings.shutdown_grace).run()
+    DrainingServer(config, app.state.lifecycle, app.state.scheduler, settings.shutdown_grace).run()
