@@ -161,7 +161,7 @@ class _LiveCollector(Collector):
 
 
 def _loaded_models(live: list[tuple[Loaded, WorkerUsage | None]]) -> Iterator[Any]:
-    from corral.server.app import processor_label
+    from corral.server.ollama import processor_label
 
     info = GaugeMetricFamily(
         "corral:model_loaded", "1 for each loaded model, labelled with its backend and processor split (as `corral ps`).",

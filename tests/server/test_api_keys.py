@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ollama
@@ -41,12 +42,24 @@ def _app(tmp_path: Path, **settings_fields: object) -> tuple[httpx.AsyncClient, 
 def _protected_routes(tmp_path: Path) -> list[tuple[str, str]]:
     app = create_app(Settings(home=tmp_path, api_keys=KEY))  # type: ignore[arg-type]
     routes = []
-    for route in app.routes:
+    for route in _flatten(app.routes):
         for method in sorted(getattr(route, "methods", None) or []):
             path = route.path.replace("{digest}", "sha256:" + "0" * 64)  # type: ignore[attr-defined]
             if (method, path) not in {("GET", "/"), ("HEAD", "/"), ("GET", "/api/version")} and not path.startswith("/health/"):
                 routes.append((method, path))
     return routes
+
+
+def _flatten(routes: list[Any]) -> Iterator[Any]:
+    """Routes, with those of included routers (FastAPI includes them lazily) listed in place."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            prefix = getattr(route, "include_context", None)
+            assert not getattr(prefix, "prefix", ""), "routers here are included without a prefix"
+            yield from _flatten(included.routes)
+        else:
+            yield route
 
 
 def test_every_protected_route_answers_401_without_a_key(tmp_path: Path) -> None:
