@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -132,7 +132,7 @@ def install_health(app: FastAPI, settings: Settings, scheduler: Scheduler) -> Li
         return {"status": "alive"}
 
     @app.get("/health/ready")
-    async def ready(request: Request, model: str | None = None) -> JSONResponse:
+    async def ready(model: str | None = None) -> JSONResponse:
         reason = _not_ready(scheduler, lifecycle, model)
         if reason:
             return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)

@@ -81,9 +81,11 @@ async def _reject(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-# Reachable without a key: the liveness line, the version (clients probe it) and the probes.
-OPEN_ROUTES = {("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("HEAD", "/api/version")}
+# Reachable without a key: the liveness line, the version (clients probe it), the probes, and the
+# chat page's static files (they hold no data; the page asks for a key when the API answers 401).
+OPEN_ROUTES = {("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("HEAD", "/api/version"), ("GET", "/ui"), ("HEAD", "/ui")}
 OPEN_PREFIXES = ("/health/",)
+OPEN_STATIC = "/ui/"
 
 
 class KeyRing:
@@ -185,7 +187,8 @@ class ApiKeyMiddleware:
 
 
 def is_open(method: str, path: str) -> bool:
-    return (method, path) in OPEN_ROUTES or path.startswith(OPEN_PREFIXES) or method == "OPTIONS"
+    static = method in ("GET", "HEAD") and path.startswith(OPEN_STATIC)
+    return (method, path) in OPEN_ROUTES or path.startswith(OPEN_PREFIXES) or static or method == "OPTIONS"
 
 
 def install_security(app: FastAPI, settings: Settings) -> None:

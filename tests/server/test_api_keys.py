@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ import httpx
 import ollama
 import openai
 import pytest
-import uvicorn
 
 from corral.client import Client
 from corral.config import Settings
@@ -25,10 +23,11 @@ from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
 from corral.server.service import check_exposure
 from fakes import FakeBackend, FakePlugin, write_fake_model
-from serverproc import free_port
+from serverproc import serving_in_thread
 
 KEY = "sk-corral-test-0123456789"
 OTHER = "second-key"
+OPEN = {("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("GET", "/ui"), ("HEAD", "/ui"), ("GET", "/ui/{name}"), ("HEAD", "/ui/{name}")}
 
 
 def _app(tmp_path: Path, **settings_fields: object) -> tuple[httpx.AsyncClient, Scheduler]:
@@ -45,7 +44,7 @@ def _protected_routes(tmp_path: Path) -> list[tuple[str, str]]:
     for route in _flatten(app.routes):
         for method in sorted(getattr(route, "methods", None) or []):
             path = route.path.replace("{digest}", "sha256:" + "0" * 64)  # type: ignore[attr-defined]
-            if (method, path) not in {("GET", "/"), ("HEAD", "/"), ("GET", "/api/version")} and not path.startswith("/health/"):
+            if (method, path) not in OPEN and not path.startswith("/health/"):
                 routes.append((method, path))
     return routes
 
@@ -95,6 +94,9 @@ def test_open_routes_answer_without_a_key_and_a_key_opens_the_rest(tmp_path: Pat
             assert (await client.get("/api/version")).status_code == 200
             assert (await client.get("/health/live")).status_code == 200
             assert (await client.get("/health/ready")).status_code == 200
+            assert (await client.get("/ui")).status_code == 200  # the chat page, which then asks for a key
+            assert (await client.get("/ui/app.js")).status_code == 200
+            assert (await client.post("/ui/app.js")).status_code == 401
             for key in (KEY, OTHER):
                 r = await client.post("/api/generate", headers={"authorization": f"Bearer {key}"}, json={"model": "fake", "prompt": "x", "stream": False})
                 assert r.status_code == 200 and r.json()["response"] == "hello world"
@@ -153,15 +155,8 @@ def keyed_server(tmp_path: Path) -> Iterator[str]:
     settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, api_keys=KEY)  # type: ignore[arg-type]
     write_fake_model(settings.models_dir, "fake:latest")
     scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(FakeBackend(script=b"hello world"))]))  # type: ignore[list-item]
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, scheduler), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving_in_thread(create_app(settings, scheduler)) as url:
+        yield url
 
 
 def test_the_official_clients_work_with_a_key(keyed_server: str) -> None:

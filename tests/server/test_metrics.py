@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral.config import Settings
@@ -19,7 +17,7 @@ from corral.plugins import Plugins
 from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
 from fakes import FakeBackend, FakePlugin, write_fake_model
-from serverproc import free_port
+from serverproc import serving_in_thread
 
 
 def scrape(url: str, **headers: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -43,15 +41,8 @@ def served(tmp_path: Path) -> Iterator[str]:
     write_fake_model(settings.models_dir, "fake:latest")
     backend = FakeBackend(script=b"0123456789" * 300, step_delay=0.002)
     scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, scheduler), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving_in_thread(create_app(settings, scheduler)) as url:
+        yield url
 
 
 def test_gauges_read_four_running_streams(served: str) -> None:
