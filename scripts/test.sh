@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 NEEDED=()
 command -v docker-registry >/dev/null 2>&1 || NEEDED+=(docker-registry)
 [ -x /usr/bin/chromium ] || NEEDED+=(chromium chromium-driver)
+# The container image test: rootful podman with runc, and mmdebstrap for a base image where no
+# registry is reachable (see docs/deploy.md).
+for tool in podman runc mmdebstrap; do command -v "$tool" >/dev/null 2>&1 || NEEDED+=("$tool"); done
 if [ ${#NEEDED[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
