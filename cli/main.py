@@ -88,17 +88,33 @@ def serve(host: str | None, backend: str | None) -> None:
         from corral.plugins import Plugins
 
         Plugins().select(settings.backend)  # fail now, not at the first request
+    if not settings.noprune:
+        _prune(settings)
     address = settings.base_url.split("://", 1)[1]
     bind, port = address.rsplit(":", 1)
     click.echo(f"Corral listening on {settings.base_url} (models in {settings.models_dir})", err=True)
     uvicorn.run(create_app(settings), host=bind.strip("[]"), port=int(port), log_level="debug" if _debug() else "warning")
 
 
+def _prune(settings: Settings) -> None:
+    """What stopped processes left in the store, and what nothing uses, goes before the server starts."""
+    from corral.models.prune import prune_store
+    from corral.models.store import Store
+
+    try:
+        report = prune_store(Store(settings.models_dir))
+    except OSError as exc:  # a store we cannot tidy can still be served
+        click.echo(f"could not prune the store {settings.models_dir}: {exc}", err=True)
+        return
+    click.echo(report.summary(settings.models_dir), err=True)
+
+
 # The model-management and REPL commands live in their own modules to keep this one small.
 from . import commands as _commands  # noqa: E402  (registers commands on `cli`)
 from . import model_commands as _model_commands  # noqa: E402
+from . import verify_command as _verify_command  # noqa: E402
 
-del _commands, _model_commands
+del _commands, _model_commands, _verify_command
 
 
 def main() -> None:

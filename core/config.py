@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     metal_engine: str = Field("mlx", description="On Apple Silicon: mlx (for llama-architecture models) or llama.cpp (its Metal build).")
     flash_attention: bool = Field(True, description="Use flash attention where the engine supports it.")
     nohistory: bool = Field(False, description="Do not keep the REPL's history file.")
+    noprune: bool = Field(False, description="Do not prune the store when the server starts (files of stopped processes, unreferenced blobs, pull parts older than a day).")
     debug: bool = Field(False, description="Show tracebacks and debug logs.")
 
     @field_validator("home", "models", mode="after")

@@ -46,9 +46,9 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
 from corral import __version__
-from corral.errors import CorralError, ModelNotFound
+from corral.errors import CorralError, ModelNotFound, StorageFull
 from corral.models.names import ModelName
-from corral.models.store import MANIFEST_MEDIA_TYPE, Manifest, Store, check_digest, fsync_dir
+from corral.models.store import MANIFEST_MEDIA_TYPE, Manifest, Store, check_digest, disk_full, fsync_dir, is_disk_full
 
 MiB = 1 << 20
 Progress = Callable[[dict], None]
@@ -330,8 +330,13 @@ def _write_sidecar(dl: _BlobDownload, fd: int | None) -> None:
     if fd is not None:
         os.fdatasync(fd)
     tmp = dl.sidecar.with_name(dl.sidecar.name + ".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, dl.sidecar)
+    try:
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, dl.sidecar)
+    except BaseException:  # a full disk, say: no half-written record stays behind
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def _plan_parts(size: int, parts: int, part_size_min: int) -> list[_Part]:
@@ -658,7 +663,7 @@ def _check_disk(store: Store, needed: dict[str, int]) -> None:
             have += partial.stat().st_blocks * 512  # bytes an earlier pull already holds for this blob
     want = sum(needed.values())
     if want > have:
-        raise CorralError(f"not enough disk space to pull: {want} bytes needed in {store.blobs}, {have} free")
+        raise StorageFull(f"not enough disk space to pull: {want} bytes needed in the store {store.root} ({have} bytes free)")
 
 
 def pull(
@@ -727,37 +732,61 @@ def pull(
                         except LockTimeout:
                             continue
                 held.callback(lock.release)
-            downloads: list[_BlobDownload] = []
-            for digest, size in layers.items():
-                if store.has_blob(digest):  # was there, or another pull finished it while we waited
-                    if digest in missing:  # we hold its lock: a partial left beside it is stale
-                        for path in _partial_paths(store, digest):
-                            with contextlib.suppress(FileNotFoundError):
-                                path.unlink()
-                    stats.blobs_skipped += 1
-                    progress({"status": f"pulling {digest[7:19]}", "digest": digest, "total": size, "completed": size})
-                    continue
-                downloads.append(puller.download(digest, size))
-                stats.blobs_downloaded += 1
-
-            progress({"status": "verifying sha256 digest"})
-            for dl in downloads:
-                actual = _verify(dl.partial)
-                if actual != dl.digest:
-                    for path in (dl.partial, dl.sidecar):
+            try:
+                _fetch_and_commit(store, name, manifest, layers, missing, puller, stats, progress)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                for digest in missing:  # we hold their locks; a part that cannot finish only fills the disk
+                    for path in _partial_paths(store, digest):
                         with contextlib.suppress(FileNotFoundError):
                             path.unlink()
-                    raise RegistryError(
-                        f"digest mismatch pulling {name} from {reg.host}: blob {dl.digest} arrived as {actual}; "
-                        "the download was discarded, pull again"
-                    )
-
-            progress({"status": "writing manifest"})
-            _commit(store, name, manifest, downloads)
+                raise disk_full(store.root, f"pull {name}", sum(missing.values())) from None
         progress({"status": "success"})
         return stats
     finally:
         reg.close()
+
+
+def _fetch_and_commit(
+    store: Store,
+    name: ModelName,
+    manifest: Manifest,
+    layers: dict[str, int],
+    missing: dict[str, int],
+    puller: _Puller,
+    stats: PullStats,
+    progress: Progress,
+) -> None:
+    """Download what is missing, verify it, and commit it with the manifest. Caller holds the blob locks."""
+    reg = puller.reg
+    downloads: list[_BlobDownload] = []
+    for digest, size in layers.items():
+        if store.has_blob(digest):  # was there, or another pull finished it while we waited
+            if digest in missing:  # we hold its lock: a partial left beside it is stale
+                for path in _partial_paths(store, digest):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+            stats.blobs_skipped += 1
+            progress({"status": f"pulling {digest[7:19]}", "digest": digest, "total": size, "completed": size})
+            continue
+        downloads.append(puller.download(digest, size))
+        stats.blobs_downloaded += 1
+
+    progress({"status": "verifying sha256 digest"})
+    for dl in downloads:
+        actual = _verify(dl.partial)
+        if actual != dl.digest:
+            for path in (dl.partial, dl.sidecar):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            raise RegistryError(
+                f"digest mismatch pulling {name} from {reg.host}: blob {dl.digest} arrived as {actual}; "
+                "the download was discarded, pull again"
+            )
+
+    progress({"status": "writing manifest"})
+    _commit(store, name, manifest, downloads)
 
 
 def _commit(store: Store, name: ModelName, manifest: Manifest, downloads: list[_BlobDownload]) -> None:

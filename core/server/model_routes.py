@@ -9,6 +9,7 @@ goes away cancels a pull or push (what was downloaded stays resumable).
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -100,7 +101,13 @@ def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
                 if chunk:
                     yield chunk
 
-        await asyncio.to_thread(store().write_blob_stream, chunks(), checked)
+        length = request.headers.get("content-length", "")
+        await asyncio.to_thread(
+            functools.partial(
+                store().write_blob_stream, chunks(), checked,
+                size_hint=int(length) if length.isdigit() else None, action=f"store the uploaded blob {checked}",
+            )
+        )
         return Response(status_code=201)
 
     @app.post("/api/pull", response_model=ProgressResponse)
@@ -156,7 +163,7 @@ def copy_model(store: Store, source: ModelName, destination: ModelName) -> None:
     stored = find(store, source)
     with store.lock():
         old = store.get(destination).manifest if store.exists(destination) else None
-        store.write_manifest(destination, stored.manifest)
+        store.write_manifest(destination, stored.manifest, action=f"copy {source.display} to {destination.display}")
         if old is not None:  # the destination's former layers that nothing else uses
             store.prune(old.digests() - stored.manifest.digests())
 
