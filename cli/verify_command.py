@@ -11,7 +11,7 @@ import click
 
 from corral.errors import CorralError
 
-from .main import cli, friendly_errors
+from corral.cli.base import cli, friendly_errors
 
 
 @cli.command()

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 import httpx
 from pydantic import BaseModel
 
-from corral import __version__
 from corral.config import Settings, host_to_url
 from corral.types import (
     ChatRequest,
@@ -53,6 +52,7 @@ from corral.types import (
     ShowResponse,
     StatusResponse,
 )
+from corral.version import __version__
 
 __all__ = [
     "AsyncClient",

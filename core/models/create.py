@@ -549,7 +549,8 @@ def quantize_file(store: Store, src: Path, quant: str) -> Path:
     """Quantise ``src`` with llama.cpp into a temporary file beside the blobs; the caller removes it."""
     import llama_cpp
 
-    from corral.engines.llamacpp.runner import _init_backend, physical_cores
+    from corral.engines.host import physical_cores
+    from corral.engines.llamacpp.runner import _init_backend
 
     _init_backend(llama_cpp)  # routes llama.cpp's chatter through Corral's log filter
     fd, tmp = store.temp_file(store.blobs, "quantize")

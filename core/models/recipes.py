@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.errors import ModelNotFound
+from corral.formats.units import param_size
 from corral.models.names import ModelName
 from corral.models.store import (
     CONFIG_MEDIA_TYPE,
@@ -103,13 +104,6 @@ def gguf_config_blob(path: Path) -> bytes:
         "rootfs": {"type": "layers", "diff_ids": []},
     }
     return json.dumps(config, separators=(",", ":")).encode()
-
-
-def param_size(count: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= scale:
-            return f"{count / scale:.1f}".rstrip("0").rstrip(".") + unit
-    return str(count)
 
 
 def import_bundled(store: Store, name: ModelName) -> bool:

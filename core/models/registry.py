@@ -45,7 +45,7 @@ import httpx
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from corral import __version__
+from corral.version import __version__
 from corral.errors import CorralError, ModelNotFound, StorageFull
 from corral.models.names import ModelName
 from corral.models.store import MANIFEST_MEDIA_TYPE, Manifest, Store, check_digest, disk_full, fsync_dir, is_disk_full
