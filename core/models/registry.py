@@ -32,6 +32,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import threading
 import time
 from collections import deque
@@ -328,7 +329,7 @@ def _write_sidecar(dl: _BlobDownload, fd: int | None) -> None:
     """Record progress. The data it counts is fsynced first, so the record never runs ahead of the file."""
     state = dl.snapshot()  # taken before the sync: every byte it counts was already written
     if fd is not None:
-        os.fdatasync(fd)
+        _datasync(fd)
     tmp = dl.sidecar.with_name(dl.sidecar.name + ".tmp")
     try:
         tmp.write_text(json.dumps(state))
@@ -352,8 +353,27 @@ def _sha256_file(path: Path) -> str:
         return f"sha256:{hashlib.file_digest(fh, 'sha256').hexdigest()}"
 
 
+# Portability: Windows has no pwrite and opens descriptors in text mode unless told O_BINARY; macOS
+# has no fdatasync; Windows flushes a file (FlushFileBuffers) only through a handle open for writing.
+_O_BINARY = getattr(os, "O_BINARY", 0)
+_seek_write_lock = threading.Lock()
+
+
+def _pwrite(fd: int, data: bytes, offset: int) -> None:
+    if hasattr(os, "pwrite"):
+        os.pwrite(fd, data, offset)
+        return
+    with _seek_write_lock:  # the parts' threads share one descriptor and so one file position
+        os.lseek(fd, offset, os.SEEK_SET)
+        os.write(fd, data)
+
+
+def _datasync(fd: int) -> None:
+    (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+
 def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, (os.O_RDWR if sys.platform == "win32" else os.O_RDONLY) | _O_BINARY)
     try:
         os.fsync(fd)
     finally:
@@ -438,7 +458,7 @@ class _Puller:
             dl.parts = _plan_parts(size, self.parts, self.part_size_min)
         else:
             self._count(bytes_resumed=dl.completed)
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o644)
         try:
             if not resumed:
                 os.ftruncate(fd, size)  # sparse: the parts fill it in at their offsets
@@ -599,7 +619,7 @@ class _Puller:
                     part.claimed += max(n, 0)
                 if n <= 0:
                     break  # an idle worker took over the rest of this part
-                os.pwrite(fd, chunk if n == len(chunk) else chunk[:n], pos)
+                _pwrite(fd, chunk if n == len(chunk) else chunk[:n], pos)
                 with dl.lock:
                     part.completed += n
                 got += n
@@ -660,7 +680,8 @@ def _check_disk(store: Store, needed: dict[str, int]) -> None:
     for digest in needed:
         partial, _ = _partial_paths(store, digest)
         with contextlib.suppress(OSError):
-            have += partial.stat().st_blocks * 512  # bytes an earlier pull already holds for this blob
+            info = partial.stat()  # bytes an earlier pull already holds for this blob (Windows: no st_blocks)
+            have += info.st_blocks * 512 if hasattr(info, "st_blocks") else info.st_size
     want = sum(needed.values())
     if want > have:
         raise StorageFull(f"not enough disk space to pull: {want} bytes needed in the store {store.root} ({have} bytes free)")

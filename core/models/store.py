@@ -152,6 +152,19 @@ def windows_long_path(path: str) -> str:
     return "\\\\?\\" + path
 
 
+# A registry host's port (``localhost:5000``) cannot be in a Windows file name (':' names an NTFS
+# stream), so there the host's folder spells it ``%3A``; '%' can never be in a host, so it reads back.
+_COLON_ON_WINDOWS = "%3A"
+
+
+def manifest_parts(name: ModelName, *, windows: bool | None = None) -> tuple[str, str, str, str]:
+    """The four folder names of a model's manifest path under ``manifests/``."""
+    host, namespace, model, tag = name.path_parts()
+    if sys.platform == "win32" if windows is None else windows:
+        host = host.replace(":", _COLON_ON_WINDOWS)
+    return host, namespace, model, tag
+
+
 # ---- temporary files, each tagged with a living owner --------------------------------------------
 
 _owners: dict[Path, tuple[str, FileLock]] = {}
@@ -328,7 +341,7 @@ class Store:
 
     # ---- manifests -------------------------------------------------------------------------
     def _manifest_path(self, name: ModelName) -> Path:
-        return self.manifests.joinpath(*name.path_parts())
+        return self.manifests.joinpath(*manifest_parts(name))
 
     def _find_manifest_path(self, name: ModelName) -> Path | None:
         """Exact path first, then a case-insensitive match (Ollama's names are case-insensitive)."""
@@ -336,7 +349,7 @@ class Store:
         if exact.is_file():
             return exact
         node = self.manifests
-        for part in name.path_parts():
+        for part in manifest_parts(name):
             if not node.is_dir():
                 return None
             node = next((child for child in node.iterdir() if child.name.lower() == part.lower()), None)
@@ -361,15 +374,19 @@ class Store:
     def exists(self, name: ModelName) -> bool:
         return self._find_manifest_path(name) is not None
 
+    def name_at(self, path: Path) -> ModelName:
+        """The model whose manifest is at ``path``."""
+        host, namespace, model, tag = path.relative_to(self.manifests).parts
+        return ModelName(host.replace(_COLON_ON_WINDOWS, ":"), namespace, model, tag)
+
     def _load(self, path: Path) -> StoredModel:
         data = path.read_bytes()
         try:
             manifest = Manifest.model_validate_json(data)
         except ValueError as exc:
             raise CorralError(f"corrupt manifest {path}: {exc}") from None
-        parts = path.relative_to(self.manifests).parts
         return StoredModel(
-            name=ModelName(*parts),
+            name=self.name_at(path),
             manifest=manifest,
             manifest_digest=f"sha256:{hashlib.sha256(data).hexdigest()}",
             modified_at=datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc),

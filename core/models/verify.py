@@ -82,7 +82,7 @@ def _targets(store: Store, names: list[str] | None) -> list[_Target]:
         for path in sorted(store.manifests.glob("*/*/*/*")):
             if not path.is_file() or path.name.startswith("."):
                 continue
-            display = ModelName(*path.relative_to(store.manifests).parts).display
+            display = store.name_at(path).display
             try:
                 targets.append(_Target(display, Manifest.model_validate_json(path.read_bytes())))
             except (OSError, ValueError) as exc:

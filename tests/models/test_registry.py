@@ -161,6 +161,7 @@ pull(Store(Path(sys.argv[1])), ModelName.parse(sys.argv[2]), insecure=True, part
 """
 
 
+@pytest.mark.posix_signals
 def test_pull_killed_with_sigkill_resumes(registry: str, tmp_path: Path) -> None:
     source = Store(tmp_path / "source")
     name = ModelName.parse(f"{registry}/me/big:v1")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -44,7 +43,7 @@ def test_a_running_writers_temp_file_stays_and_a_killed_ones_goes(tmp_path: Path
         assert path.is_file() and TEMP_NAME.match(path.name)
         report = prune_store(store)
         assert path.is_file() and report.count == 0  # its owner runs: never touched
-        child.send_signal(signal.SIGKILL)
+        child.kill()  # SIGKILL on POSIX, TerminateProcess on Windows
         child.wait()
     finally:
         child.kill()
@@ -167,7 +166,7 @@ def test_server_killed_during_create_leaves_a_temp_blob_that_the_next_start_prun
                 if create.poll() is not None:
                     break
                 time.sleep(0.001)
-            server.send_signal(signal.SIGKILL)
+            server.kill()  # SIGKILL on POSIX, TerminateProcess on Windows
             server.wait()
         finally:
             server.kill()
