@@ -3,12 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# A real registry for the pull/push tests: Debian's docker-registry (the CNCF distribution registry).
-if ! command -v docker-registry >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+# Debian packages the tests use: a real registry for the pull/push tests (docker-registry, the CNCF
+# distribution registry) and a real browser for the chat page's tests (chromium, driven by Playwright
+# through executable_path; Playwright's own browser download is never used).
+NEEDED=()
+command -v docker-registry >/dev/null 2>&1 || NEEDED+=(docker-registry)
+[ -x /usr/bin/chromium ] || NEEDED+=(chromium chromium-driver)
+# Without apt-get (macOS, Windows) those tests skip, saying why (tests/conftest.py).
+if [ ${#NEEDED[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-registry >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${NEEDED[@]}" >/dev/null
 fi
 
 EXTRAS=test bash scripts/setup.sh
@@ -16,5 +22,4 @@ EXTRAS=test bash scripts/setup.sh
 export CORRAL_STRICT_PLUGINS=1
 VENV_BIN=.venv/bin
 [ -d .venv/Scripts ] && VENV_BIN=.venv/Scripts  # Windows
-# Without apt-get (macOS, Windows) the registry tests skip, saying why (tests/conftest.py).
 exec "$VENV_BIN/python" -m pytest "$@"

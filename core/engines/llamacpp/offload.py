@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import InsufficientMemory, InvalidModelFile
-from corral.formats.units import GiB, MiB, human_bytes
+from corral.formats.units import MiB, human_bytes
 from corral.hookspecs import Device
 
 GPU_OVERHEAD = 512 * MiB  # CUDA/HIP context, cuBLAS/hipBLAS workspace, allocator slack, per GPU used
