@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -126,7 +127,7 @@ def _fsync_files(folder: Path) -> None:
     """On disk before the folder is renamed into place: a crash must not leave a complete-looking copy."""
     for path in folder.rglob("*"):
         if path.is_file():
-            with open(path, "rb") as fh:
+            with open(path, "r+b" if sys.platform == "win32" else "rb") as fh:  # Windows flushes only a writable handle
                 os.fsync(fh.fileno())
 
 

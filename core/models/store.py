@@ -275,11 +275,17 @@ class Store:
         return self.root / "unpacked" / check_digest(digest).replace(":", "-")
 
     def remove_blob(self, digest: str) -> bool:
-        """Delete a blob and its unpacked copy; False if the blob was not there. Callers hold the lock."""
+        """Delete a blob and its unpacked copy; False if the blob was not there (or, on Windows, is
+        open: a loaded model's file cannot be deleted there; unreferenced, it goes at the next prune).
+        Callers hold the lock."""
         shutil.rmtree(self.unpacked_path(digest), ignore_errors=True)
         try:
             self.blob_path(digest).unlink()
         except FileNotFoundError:
+            return False
+        except PermissionError:
+            if sys.platform != "win32":
+                raise
             return False
         return True
 

@@ -9,7 +9,6 @@ fetches it again; a missing blob needs no repair for that.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from corral.errors import CorralError, ModelNotFound
 from corral.models.names import ModelName
-from corral.models.store import Manifest, Store, fsync_dir
+from corral.models.store import Manifest, Store, fsync_dir, replace
 
 _CHUNK = 4 << 20
 CORRUPT_DIR = "corrupt"
@@ -135,7 +134,10 @@ def _move_aside(store: Store, digest: str) -> Path:
     blob = store.blob_path(digest)
     target = aside / f"{blob.name}.{time.strftime('%Y%m%dT%H%M%S')}"
     with store.lock():
-        os.replace(blob, target)
+        try:
+            replace(blob, target)
+        except PermissionError:  # Windows: a loaded model holds the file open
+            raise CorralError(f"cannot move the corrupt blob {digest} aside: it is in use; stop the model that uses it, then repair again") from None
         store.remove_blob(digest)  # the unpacked copy (the blob itself is already gone)
         fsync_dir(store.blobs)
     return target
