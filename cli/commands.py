@@ -243,6 +243,21 @@ def serve(host: str | None, backend: str | None, insecure_no_auth: bool | None) 
         from corral.plugins import Plugins
 
         Plugins().select(settings.backend)  # fail now, not at the first request
+    if not settings.noprune:
+        _prune(settings)
     check_exposure(settings)  # before the banner: an open non-loopback bind is refused
     click.echo(f"Corral listening on {settings.base_url} (models in {settings.models_dir})", err=True)
     run_server(settings, log_level="debug" if debug_enabled() else "warning")
+
+
+def _prune(settings: Settings) -> None:
+    """What stopped processes left in the store, and what nothing uses, goes before the server starts."""
+    from corral.models.prune import prune_store
+    from corral.models.store import Store
+
+    try:
+        report = prune_store(Store(settings.models_dir))
+    except OSError as exc:  # a store we cannot tidy can still be served
+        click.echo(f"could not prune the store {settings.models_dir}: {exc}", err=True)
+        return
+    click.echo(report.summary(settings.models_dir), err=True)

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     )
     flash_attention: bool = Field(True, description="Use flash attention where the engine supports it.")
     nohistory: bool = Field(False, description="Do not keep the REPL's history file.")
+    noprune: bool = Field(False, description="Do not prune the store when the server starts (files of stopped processes, unreferenced blobs, pull parts older than a day).")
     debug: bool = Field(False, description="Show tracebacks and debug logs.")
     # Running as a service (docs/deploy.md).
     api_keys: SecretStr = Field(SecretStr(""), description="Comma-separated API keys; when set, every route but /, /api/version and /health/* needs `Authorization: Bearer <key>`.")
