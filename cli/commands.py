@@ -103,15 +103,8 @@ def backends() -> None:
 @click.option("--hidethinking", is_flag=True, help="Think, but print only the answer.")
 @friendly_errors
 def run(
-    model: str,
-    prompt: tuple[str, ...],
-    verbose: bool,
-    backend: str | None,
-    keepalive: str | None,
-    format_: str | None,
-    nowordwrap: bool,
-    think: bool | None,
-    hidethinking: bool,
+    model: str, prompt: tuple[str, ...], verbose: bool, backend: str | None, keepalive: str | None, format_: str | None,
+    nowordwrap: bool, think: bool | None, hidethinking: bool,
 ) -> None:
     """Run a model: answer PROMPT, or chat when none is given on a terminal."""
     from corral.cli.repl import Session
@@ -133,15 +126,8 @@ def run(
                 client, model, f"model '{model}' not found, and pulling it failed: {pull_error}"
             ) from None
     session = Session(
-        client,
-        model,
-        backend=backend,
-        keep_alive=keepalive,
-        format=format_,
-        verbose=verbose,
-        wordwrap=not nowordwrap,
-        think=True if hidethinking and think is None else think,
-        hide_thinking=hidethinking,
+        client, model, backend=backend, keep_alive=keepalive, format=format_, verbose=verbose, wordwrap=not nowordwrap,
+        think=True if hidethinking and think is None else think, hide_thinking=hidethinking,
     )
     text = " ".join(prompt)
     if not sys.stdin.isatty():

@@ -114,12 +114,8 @@ def render(ticket: Ticket, info: ModelInfo, prompt: Prompt) -> tuple[str | list[
         tools, think, template = None, prompt.think, prompt.template
     text = prompting.render(recipe, info, messages, template=template, tools=tools, think=think)
     reply = Reply.for_request(
-        think=think,
-        tools=tools,
-        template=template or recipe.template,
-        chat_template=info.chat_template,
-        prompt=text,
-        model=name,
+        think=think, tools=tools, template=template or recipe.template, chat_template=info.chat_template,
+        prompt=text, model=name,
     )
     return text, reply
 
