@@ -211,26 +211,39 @@ def cp(source: str, destination: str) -> None:
 @cli.command()
 @click.option("--host", help="Address to bind (default: CORRAL_HOST or 127.0.0.1:11434).")
 @click.option("--backend", help="Force a backend (cpu, cuda, rocm, metal, …).")
+@click.option("--insecure-no-auth", is_flag=True, default=None, help="Serve a non-loopback address without API keys.")
 @friendly_errors
-def serve(host: str | None, backend: str | None) -> None:
+def serve(host: str | None, backend: str | None, insecure_no_auth: bool | None) -> None:
     """Serve Ollama's and OpenAI's APIs over HTTP."""
-    import uvicorn
-
-    from corral.server.app import create_app
+    from corral.server.service import check_exposure, run_server
 
     overrides: dict[str, Any] = {}
     if host:
         overrides["host"] = host
     if backend:
         overrides["backend"] = backend
+    if insecure_no_auth:
+        overrides["insecure_no_auth"] = True
     settings = Settings(**overrides)
     if settings.backend:
         from corral.plugins import Plugins
 
         Plugins().select(settings.backend)  # fail now, not at the first request
-    address = settings.base_url.split("://", 1)[1]
-    bind, port = address.rsplit(":", 1)
+    if not settings.noprune:
+        _prune(settings)
+    check_exposure(settings)  # before the banner: an open non-loopback bind is refused
     click.echo(f"Corral listening on {settings.base_url} (models in {settings.models_dir})", err=True)
-    uvicorn.run(
-        create_app(settings), host=bind.strip("[]"), port=int(port), log_level="debug" if debug_enabled() else "warning"
-    )
+    run_server(settings, log_level="debug" if debug_enabled() else "warning")
+
+
+def _prune(settings: Settings) -> None:
+    """What stopped processes left in the store, and what nothing uses, goes before the server starts."""
+    from corral.models.prune import prune_store
+    from corral.models.store import Store
+
+    try:
+        report = prune_store(Store(settings.models_dir))
+    except OSError as exc:  # a store we cannot tidy can still be served
+        click.echo(f"could not prune the store {settings.models_dir}: {exc}", err=True)
+        return
+    click.echo(report.summary(settings.models_dir), err=True)

@@ -148,7 +148,8 @@ def _upload(client: Any, path: Path) -> str:
                     bars.advance(task, len(chunk))
                     yield chunk
 
-            response = httpx.post(url, content=body(), timeout=None)
+            # Content-Length lets the server refuse a blob its disk cannot hold before any byte is written.
+            response = httpx.post(url, content=body(), headers={"Content-Length": str(size)}, timeout=None)
     except httpx.TransportError as exc:
         raise ConnectionError(f"could not upload {path.name} to {client.host}: {exc}") from None
     if not response.is_success:

@@ -156,6 +156,7 @@ class GenerateRequest(_Request):
     keep_alive: KeepAlive = None
     think: bool | str | None = None
     backend: str | None = None
+    debug_render_only: bool = Field(False, alias="_debug_render_only")  # Ollama's: the prompt, not an answer
 
 
 class ChatRequest(_Request):
@@ -168,6 +169,7 @@ class ChatRequest(_Request):
     keep_alive: KeepAlive = None
     think: bool | str | None = None
     backend: str | None = None
+    debug_render_only: bool = Field(False, alias="_debug_render_only")
 
 
 class EmbedRequest(_Request):
@@ -239,14 +241,23 @@ class _Response(SubscriptableModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+class DebugInfo(_Response):
+    """Ollama's ``_debug_info``: what ``_debug_render_only`` asked for."""
+
+    rendered_template: str = ""
+    image_count: int = 0
+
+
 class _Done(_Response):
     model: str = ""
+    debug_info: DebugInfo | None = Field(None, alias="_debug_info")
     created_at: str | None = None
     done: bool | None = None
     done_reason: str | None = None
     total_duration: int | None = None
     load_duration: int | None = None
     prompt_eval_count: int | None = None
+    prompt_eval_cached_count: int | None = None  # of prompt_eval_count, the tokens read from the prefix cache
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None

@@ -28,6 +28,7 @@ from corral.chat import prompting
 from corral.chat.reply import Reply
 from corral.errors import BadRequest
 from corral.hookspecs import ModelInfo, Sampling
+from corral.models.recipes import Recipe
 from corral.runtime.scheduler import Scheduler, Ticket
 from corral.runtime.worker import Event
 from corral.types import Message, Options
@@ -96,7 +97,11 @@ class EmptyPrompt(BadRequest):
 
 def render(ticket: Ticket, info: ModelInfo, prompt: Prompt) -> tuple[str | list[int], Reply]:
     """The prompt as the model sees it, and the parser that splits its reply the way the request asked."""
-    recipe = ticket.loaded.recipe
+    return render_recipe(ticket.loaded.recipe, info, prompt)
+
+
+def render_recipe(recipe: Recipe, info: ModelInfo, prompt: Prompt) -> tuple[str | list[int], Reply]:
+    """``render`` for a model that need not be loaded (``info``: its template facts)."""
     name = recipe.name.display
     if isinstance(prompt, RawPrompt):
         if prompt.required and not prompt.prompt and not (isinstance(prompt.prompt, str) and info.add_bos):

@@ -23,6 +23,7 @@ from corral.models.recipes import Recipe, refuse_unhonoured, resolve
 from corral.models.store import Store
 from corral.plugins import BackendEntry, Plugins
 from corral.runtime.isolation import ProcessWorker
+from corral.runtime.telemetry import Telemetry
 from corral.runtime.worker import Event, Job, ModelWorker
 from corral.types import Options
 
@@ -101,6 +102,7 @@ class Scheduler:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._queued = 0
         self._reaper: asyncio.Task[None] | None = None
+        self.telemetry = Telemetry()  # the server's /metrics listens here
 
     # ---- residency ---------------------------------------------------------------------------
     async def acquire(
@@ -146,10 +148,16 @@ class Scheduler:
                 except BaseException:
                     self.loaded.pop(key, None)
                     raise
+                self.telemetry.model_loaded(recipe.name.display, worker.load_seconds)
             loaded.inflight += 1
             loaded.expires_at = math.inf
             loaded.keep_alive = parse_keep_alive(keep_alive, self.default_keep_alive)
         return Ticket(loaded, merged, time.perf_counter() - t0)
+
+    @property
+    def queued(self) -> int:
+        """Jobs submitted to a model and not yet finished (running or waiting)."""
+        return self._queued
 
     @property
     def default_keep_alive(self) -> float:
@@ -302,11 +310,13 @@ class Scheduler:
 
         job.emit = emit
         self._queued += 1
+        timer = self.telemetry.track(ticket.loaded.recipe.name.display)
         ticket.loaded.worker.submit(job)
         finished = False
         try:
             while True:
                 event = await events.get()
+                timer.saw(event)
                 if event.done:
                     finished = True
                     if event.done_reason == "error":
@@ -316,6 +326,7 @@ class Scheduler:
                     return
         finally:
             self._queued -= 1
+            timer.close()
             if not finished:
                 job.cancel()
 

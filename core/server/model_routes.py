@@ -9,6 +9,7 @@ resumable). Errors are answered as the rest of Ollama's API answers them (``olla
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Annotated, Any
@@ -123,7 +124,13 @@ async def blob_upload(digest: str, request: Request, store: StoreDep) -> Respons
             if chunk:
                 yield chunk
 
-    await asyncio.to_thread(store.write_blob_stream, chunks(), checked)
+    length = request.headers.get("content-length", "")
+    await asyncio.to_thread(
+        functools.partial(
+            store.write_blob_stream, chunks(), checked,
+            size_hint=int(length) if length.isdigit() else None, action=f"store the uploaded blob {checked}",
+        )
+    )
     return Response(status_code=201)
 
 
@@ -181,7 +188,7 @@ def copy_model(store: Store, source: ModelName, destination: ModelName) -> None:
     stored = find(store, source)
     with store.lock():
         old = store.get(destination).manifest if store.exists(destination) else None
-        store.write_manifest(destination, stored.manifest)
+        store.write_manifest(destination, stored.manifest, action=f"copy {source.display} to {destination.display}")
         if old is not None:  # the destination's former layers that nothing else uses
             store.prune(old.digests() - stored.manifest.digests())
 

@@ -19,6 +19,7 @@ from corral.errors import CorralError
 from corral.models.recipes import details_of
 from corral.runtime import generation
 from corral.runtime.generation import ChatPrompt, GeneratePrompt, Generation, InsertPrompt, RawPrompt, Target
+from corral.runtime.render_only import render_only
 from corral.runtime.worker import Event
 from corral.server.http import (
     CLIENT_CLOSED,
@@ -35,6 +36,7 @@ from corral.server.http import (
 from corral.types import (
     ChatRequest,
     ChatResponse,
+    DebugInfo,
     EmbeddingsRequest,
     EmbeddingsResponse,
     EmbedRequest,
@@ -80,7 +82,9 @@ def _done_fields(gen: Generation, event: Event) -> dict[str, Any]:
     }
     if stats is not None:
         fields.update(
-            prompt_eval_count=stats.prompt_eval_count,
+            # As Ollama: the whole prompt, of which prompt_eval_cached_count were read from the prefix cache.
+            prompt_eval_count=stats.prompt_eval_count + stats.cached_tokens,
+            prompt_eval_cached_count=stats.cached_tokens,
             prompt_eval_duration=stats.prompt_eval_duration,
             eval_count=stats.eval_count,
             eval_duration=stats.eval_duration,
@@ -98,6 +102,17 @@ async def _loaded_only(
     return JSONResponse(answer.model_dump(exclude_none=True))
 
 
+async def _rendered_only(
+    scheduler: SchedulerDep, target: Target, prompt: generation.Prompt, response: type[GenerateResponse | ChatResponse],
+    image_count: int = 0,
+) -> Response:
+    """``_debug_render_only``: the rendered prompt in ``_debug_info``, and no model loaded to get it."""
+    rendered = await render_only(scheduler, target, prompt, image_count)
+    debug = DebugInfo(rendered_template=rendered.text, image_count=rendered.image_count)
+    answer = response(model=rendered.model, created_at=now_rfc3339(), done=True, debug_info=debug)
+    return JSONResponse(answer.model_dump(mode="json", exclude_none=True, by_alias=True))
+
+
 @router.post("/api/generate", response_model=GenerateResponse, openapi_extra=json_body(GenerateRequest))
 async def generate(request: Request, scheduler: SchedulerDep) -> Response:
     req = await parse_body(request, GenerateRequest)
@@ -111,6 +126,8 @@ async def generate(request: Request, scheduler: SchedulerDep) -> Response:
         prompt = InsertPrompt(req.prompt or "", req.suffix, template=req.template)
     else:
         prompt = GeneratePrompt(req.prompt or "", req.system, think=req.think, template=req.template)
+    if req.debug_render_only:
+        return await _rendered_only(scheduler, target, prompt, GenerateResponse, len(req.images or []))
     gen = await generation.generate(scheduler, target, prompt, format=req.format, context=req.context)
 
     async def chunks() -> AsyncGenerator[BaseModel, None]:
@@ -141,6 +158,8 @@ async def chat(request: Request, scheduler: SchedulerDep) -> Response:
     if not req.messages:
         return await _loaded_only(scheduler, target, ChatResponse)
     prompt = ChatPrompt(list(req.messages), tools=req.tools, think=req.think)
+    if req.debug_render_only:
+        return await _rendered_only(scheduler, target, prompt, ChatResponse)
     gen = await generation.generate(scheduler, target, prompt, format=req.format)
 
     async def chunks() -> AsyncGenerator[BaseModel, None]:

@@ -238,6 +238,7 @@ print("tokenized", flush=True)
 
 
 @pytest.mark.parametrize("case", ["duplicate_tokens", "missing_byte_tokens", "block_count"])
+@pytest.mark.posix_signals
 def test_what_the_validator_prevents_really_aborts_llama_cpp(
     tmp_path: Path, tiny_gguf: Path, case: str
 ) -> None:

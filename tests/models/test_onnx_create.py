@@ -81,7 +81,7 @@ class Server:
 def snapshot(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.name != ".lock"
+        for p in sorted(root.rglob("*")) if p.name != ".lock" and ".owners" not in p.parts
     }  # fmt: skip
 
 

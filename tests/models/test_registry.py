@@ -53,7 +53,7 @@ def snapshot(store: Store) -> dict[str, str]:
     files = {}
     for path in sorted(store.root.rglob("*")):
         rel = path.relative_to(store.root).as_posix()
-        if path.is_file() and "-partial" not in path.name and not rel.startswith(".pulls/") and rel != ".lock":
+        if path.is_file() and "-partial" not in path.name and not rel.startswith((".pulls/", ".owners/")) and rel != ".lock":
             files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return files
 
@@ -161,6 +161,7 @@ pull(Store(Path(sys.argv[1])), ModelName.parse(sys.argv[2]), insecure=True, part
 """
 
 
+@pytest.mark.posix_signals
 def test_pull_killed_with_sigkill_resumes(registry: str, tmp_path: Path) -> None:
     source = Store(tmp_path / "source")
     name = ModelName.parse(f"{registry}/me/big:v1")

@@ -165,11 +165,16 @@ def completion_prompt(prompt: str | list[str] | list[int] | list[list[int]]) -> 
     raise InvalidParam("only one prompt per request is supported (send a string, not a list of several)", "prompt")
 
 
-def usage_of(stats: Stats | None) -> dict[str, int]:
-    # prompt_eval_count counts what was evaluated; prefix-cached tokens were part of the prompt too.
-    prompt = (stats.prompt_eval_count + stats.cached_tokens) if stats else 0
+def usage_of(stats: Stats | None) -> dict[str, Any]:
+    # prompt_eval_count counts what was evaluated; prefix-cached tokens were part of the prompt too,
+    # and OpenAI reports them apart as prompt_tokens_details.cached_tokens.
+    cached = stats.cached_tokens if stats else 0
+    prompt = (stats.prompt_eval_count + cached) if stats else 0
     completion = stats.eval_count if stats else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def finish_reason(event: Event, called: bool = False) -> str:
