@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import click
 
-from corral.errors import CorralError
-
 from corral.cli.base import cli, friendly_errors
+from corral.errors import CorralError
 
 
 @cli.command()

@@ -150,7 +150,7 @@ def verify_store(
     targets = _targets(store, names)
     report = VerifyReport(models=[ModelReport(t.name) for t in targets])
     results: dict[str, Damage | None] = {}
-    for target, model in zip(targets, report.models):
+    for target, model in zip(targets, report.models, strict=True):
         if target.manifest is None:
             model.damage.append(Damage("", "unreadable manifest", target.error))
             continue

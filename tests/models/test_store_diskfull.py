@@ -17,18 +17,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_registry import make_model  # type: ignore[import-not-found]
+from test_store_prune import smollm2_path  # type: ignore[import-not-found]
 
 from corral.errors import StorageFull
 from corral.models.create import create_from_modelfile
 from corral.models.names import ModelName
 from corral.models.registry import pull, push
-from corral.models.store import TEMP_NAME, MEDIA_MODEL, Store
+from corral.models.store import MEDIA_MODEL, TEMP_NAME, Store
 from corral.models.verify import verify_store
 from corral.server.model_routes import copy_model
 from registry_fixture import registry  # noqa: F401 - fixture
 from serverproc import running_server
-from test_registry import make_model  # type: ignore[import-not-found]
-from test_store_prune import smollm2_path  # type: ignore[import-not-found]
 
 MiB = 1 << 20
 

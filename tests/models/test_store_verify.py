@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from test_registry import make_model  # type: ignore[import-not-found]
+
 from corral.models.names import ModelName
 from corral.models.registry import pull, push
 from corral.models.store import MEDIA_MODEL, Store
 from corral.models.verify import verify_store
 from registry_fixture import registry  # noqa: F401 - fixture
-from test_registry import make_model  # type: ignore[import-not-found]
 
 MiB = 1 << 20
 

@@ -18,11 +18,10 @@ import pytest
 from corral.client import Client
 from corral.config import Settings
 from corral.errors import CorralError
-from corral.plugins import Plugins
 from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
 from corral.server.service import check_exposure
-from fakes import FakeBackend, FakePlugin, write_fake_model
+from fakes import FakeBackend, fake_scheduler, write_fake_model
 from serverproc import app_in_thread
 
 KEY = "sk-corral-test-0123456789"
@@ -33,7 +32,7 @@ OPEN = {("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("GET", "/ui"), ("
 def _app(tmp_path: Path, **settings_fields: object) -> tuple[httpx.AsyncClient, Scheduler]:
     settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, **settings_fields)  # type: ignore[arg-type]
     write_fake_model(settings.models_dir, "fake:latest")
-    scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(FakeBackend(script=b"hello world"))]))  # type: ignore[list-item]
+    scheduler = fake_scheduler(settings, FakeBackend(script=b"hello world"))
     app = create_app(settings, scheduler)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"), scheduler
 
@@ -154,7 +153,7 @@ def test_serve_refuses_an_open_non_loopback_bind(tmp_path: Path) -> None:
 def keyed_server(tmp_path: Path) -> Iterator[str]:
     settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, api_keys=KEY)  # type: ignore[arg-type]
     write_fake_model(settings.models_dir, "fake:latest")
-    scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(FakeBackend(script=b"hello world"))]))  # type: ignore[list-item]
+    scheduler = fake_scheduler(settings, FakeBackend(script=b"hello world"))
     with app_in_thread(create_app(settings, scheduler)) as url:
         yield url
 

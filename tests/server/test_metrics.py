@@ -13,10 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral.config import Settings
-from corral.plugins import Plugins
-from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
-from fakes import FakeBackend, FakePlugin, write_fake_model
+from fakes import FakeBackend, fake_scheduler, write_fake_model
 from serverproc import app_in_thread
 
 
@@ -40,7 +38,7 @@ def served(tmp_path: Path) -> Iterator[str]:
     settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_parallel=4, num_ctx=4096, metrics_vllm_names=True)
     write_fake_model(settings.models_dir, "fake:latest")
     backend = FakeBackend(script=b"0123456789" * 300, step_delay=0.002)
-    scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+    scheduler = fake_scheduler(settings, backend)
     with app_in_thread(create_app(settings, scheduler)) as url:
         yield url
 
