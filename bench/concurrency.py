@@ -172,16 +172,20 @@ def main() -> None:
             c = measured[("corral", n)]
             ll = measured[("llama-cpp-python server", n)]
             c_agg, l_agg = statistics.median(a for a, _, _ in c), statistics.median(a for a, _, _ in ll)
-            rows.append([
-                model.name, str(n),
-                f"{c_agg:.1f} ({min(a for a, _, _ in c):.1f}–{max(a for a, _, _ in c):.1f})",
-                f"{statistics.median(p for _, p, _ in c):.1f}",
-                f"{statistics.median(f for _, _, f in c):.2f}",
-                f"{l_agg:.1f} ({min(a for a, _, _ in ll):.1f}–{max(a for a, _, _ in ll):.1f})",
-                f"{statistics.median(p for _, p, _ in ll):.1f}",
-                f"{statistics.median(f for _, _, f in ll):.2f}",
-                f"{c_agg / l_agg:.2f}×", f"{c_agg / single:.2f}×",
-            ])
+            rows.append(
+                [
+                    model.name,
+                    str(n),
+                    f"{c_agg:.1f} ({min(a for a, _, _ in c):.1f}–{max(a for a, _, _ in c):.1f})",
+                    f"{statistics.median(p for _, p, _ in c):.1f}",
+                    f"{statistics.median(f for _, _, f in c):.2f}",
+                    f"{l_agg:.1f} ({min(a for a, _, _ in ll):.1f}–{max(a for a, _, _ in ll):.1f})",
+                    f"{statistics.median(p for _, p, _ in ll):.1f}",
+                    f"{statistics.median(f for _, _, f in ll):.2f}",
+                    f"{c_agg / l_agg:.2f}×",
+                    f"{c_agg / single:.2f}×",
+                ]
+            )
     print_table(
         f"Concurrent streams, {args.tokens} tokens each, greedy, {THREADS} threads, "
         f"median (min–max) of {args.reps} trials",

@@ -53,7 +53,11 @@ def corral_trial(models: Path) -> dict[str, float]:
         wait_ready(f"http://127.0.0.1:{port}/api/version")
         out = subprocess.run(
             [sys.executable, "-m", "corral.cli.main", "run", "--verbose", "smollm2:135m", PROMPT],
-            env=env, capture_output=True, text=True, timeout=600, check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
         )
     finally:
         server.send_signal(signal.SIGTERM)
@@ -116,8 +120,13 @@ def main() -> None:
             if d.foreign <= args.max_foreign:
                 results[label].append(trial)
     rows = [
-        [label, median_spread([t["load_s"] * 1e3 for t in ts]), median_spread([t["prompt_tps"] for t in ts]),
-         median_spread([t["decode_tps"] for t in ts]), median_spread([t["tokens"] for t in ts])]
+        [
+            label,
+            median_spread([t["load_s"] * 1e3 for t in ts]),
+            median_spread([t["prompt_tps"] for t in ts]),
+            median_spread([t["decode_tps"] for t in ts]),
+            median_spread([t["tokens"] for t in ts]),
+        ]
         for label, ts in results.items()
     ]
     print_table(

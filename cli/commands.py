@@ -103,8 +103,15 @@ def backends() -> None:
 @click.option("--hidethinking", is_flag=True, help="Think, but print only the answer.")
 @friendly_errors
 def run(
-    model: str, prompt: tuple[str, ...], verbose: bool, backend: str | None, keepalive: str | None, format_: str | None,
-    nowordwrap: bool, think: bool | None, hidethinking: bool,
+    model: str,
+    prompt: tuple[str, ...],
+    verbose: bool,
+    backend: str | None,
+    keepalive: str | None,
+    format_: str | None,
+    nowordwrap: bool,
+    think: bool | None,
+    hidethinking: bool,
 ) -> None:
     """Run a model: answer PROMPT, or chat when none is given on a terminal."""
     from corral.cli.repl import Session
@@ -126,8 +133,15 @@ def run(
                 client, model, f"model '{model}' not found, and pulling it failed: {pull_error}"
             ) from None
     session = Session(
-        client, model, backend=backend, keep_alive=keepalive, format=format_, verbose=verbose, wordwrap=not nowordwrap,
-        think=True if hidethinking and think is None else think, hide_thinking=hidethinking,
+        client,
+        model,
+        backend=backend,
+        keep_alive=keepalive,
+        format=format_,
+        verbose=verbose,
+        wordwrap=not nowordwrap,
+        think=True if hidethinking and think is None else think,
+        hide_thinking=hidethinking,
     )
     text = " ".join(prompt)
     if not sys.stdin.isatty():
@@ -215,6 +229,7 @@ def cp(source: str, destination: str) -> None:
 @friendly_errors
 def serve(host: str | None, backend: str | None, insecure_no_auth: bool | None) -> None:
     """Serve Ollama's and OpenAI's APIs over HTTP."""
+    from corral.server.app import create_app
     from corral.server.service import check_exposure, run_server
 
     overrides: dict[str, Any] = {}
@@ -233,7 +248,7 @@ def serve(host: str | None, backend: str | None, insecure_no_auth: bool | None) 
         _prune(settings)
     check_exposure(settings)  # before the banner: an open non-loopback bind is refused
     click.echo(f"Corral listening on {settings.base_url} (models in {settings.models_dir})", err=True)
-    run_server(settings, log_level="debug" if debug_enabled() else "warning")
+    run_server(create_app(settings), settings, log_level="debug" if debug_enabled() else "warning")
 
 
 def _prune(settings: Settings) -> None:

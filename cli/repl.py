@@ -105,8 +105,14 @@ class Session:
         last: Any = None
         spinner = Spinner()
         stream = self.client.chat(
-            model=self.model, messages=self.conversation(text), stream=True, options=self.options or None,
-            keep_alive=self.keep_alive, format=self.format or None, backend=self.backend, think=self.think,
+            model=self.model,
+            messages=self.conversation(text),
+            stream=True,
+            options=self.options or None,
+            keep_alive=self.keep_alive,
+            format=self.format or None,
+            backend=self.backend,
+            think=self.think,
         )
         thinking = False
         try:
@@ -168,7 +174,10 @@ class Session:
         """The session as a new model: FROM the current one, with its system prompt, parameters,
         and the model's MESSAGE history followed by this conversation."""
         self.client.create(
-            name, from_=self.model, system=self.system or None, parameters=self.options or None,
+            name,
+            from_=self.model,
+            system=self.system or None,
+            parameters=self.options or None,
             messages=[*self.model_messages, *self.messages] or None,
         )
 
@@ -360,8 +369,8 @@ def _opener(text: str) -> int | None:
     if stripped.startswith(QUOTES):
         return len(text) - len(stripped) + len(QUOTES)
     head = "/set system "
-    if stripped.startswith(head) and stripped[len(head):].lstrip().startswith(QUOTES):
-        rest = stripped[len(head):]
+    if stripped.startswith(head) and stripped[len(head) :].lstrip().startswith(QUOTES):
+        rest = stripped[len(head) :]
         return len(text) - len(rest) + (len(rest) - len(rest.lstrip())) + len(QUOTES)
     return None
 

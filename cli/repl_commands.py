@@ -319,8 +319,12 @@ def session_modelfile(session: Session, text: str) -> str:
             line[2:] if line.startswith("# ") else line[1:] for line in text.splitlines() if line.startswith("#")
         )
         return render_model(
-            mf.from_, parameters=params, template=mf.template, system=session.system or mf.system,
-            adapters=mf.adapters, licenses=mf.licenses,
+            mf.from_,
+            parameters=params,
+            template=mf.template,
+            system=session.system or mf.system,
+            adapters=mf.adapters,
+            licenses=mf.licenses,
             messages=[*mf.messages, *((m["role"], m["content"]) for m in session.messages)],
             header=header or None,
         )

@@ -344,7 +344,7 @@ def _validate_weights(store: Store, source: _Source) -> str:
 def _relabel(message: str, source: _Source) -> str:
     """validate_gguf names the file by path; a blob's path means nothing to the user."""
     prefix = f"{source.path}: "
-    return f"{source.label}: {message[len(prefix):]}" if message.startswith(prefix) else message
+    return f"{source.label}: {message[len(prefix) :]}" if message.startswith(prefix) else message
 
 
 def _check_adapter(source: _Source) -> None:

@@ -137,7 +137,10 @@ def _move_aside(store: Store, digest: str) -> Path:
         try:
             replace(blob, target)
         except PermissionError:  # Windows: a loaded model holds the file open
-            raise CorralError(f"cannot move the corrupt blob {digest} aside: it is in use; stop the model that uses it, then repair again") from None
+            raise CorralError(
+                f"cannot move the corrupt blob {digest} aside: it is in use; "
+                "stop the model that uses it, then repair again"
+            ) from None
         store.remove_blob(digest)  # the unpacked copy (the blob itself is already gone)
         fsync_dir(store.blobs)
     return target

@@ -119,8 +119,12 @@ def render_recipe(recipe: Recipe, info: ModelInfo, prompt: Prompt) -> tuple[str 
         tools, think, template = None, prompt.think, prompt.template
     text = prompting.render(recipe, info, messages, template=template, tools=tools, think=think)
     reply = Reply.for_request(
-        think=think, tools=tools, template=template or recipe.template, chat_template=info.chat_template,
-        prompt=text, model=name,
+        think=think,
+        tools=tools,
+        template=template or recipe.template,
+        chat_template=info.chat_template,
+        prompt=text,
+        model=name,
     )
     return text, reply
 

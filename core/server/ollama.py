@@ -135,8 +135,13 @@ async def generate(request: Request, scheduler: SchedulerDep) -> Response:
             thinking = piece.thinking or None
             if piece.done:
                 yield GenerateResponse(
-                    model=gen.model, created_at=now_rfc3339(), response=piece.content, thinking=thinking, done=True,
-                    context=piece.event.tokens, **_done_fields(gen, piece.event),
+                    model=gen.model,
+                    created_at=now_rfc3339(),
+                    response=piece.content,
+                    thinking=thinking,
+                    done=True,
+                    context=piece.event.tokens,
+                    **_done_fields(gen, piece.event),
                 )
             elif piece.content or piece.thinking:
                 yield GenerateResponse(
@@ -201,9 +206,11 @@ async def embed(request: Request, scheduler: SchedulerDep) -> Response:
     done = await generation.embed(scheduler, target, texts, truncate=truncate)
     return JSONResponse(
         EmbedResponse(
-            model=done.model, embeddings=[generation.normalise(v, req.dimensions) for v in done.vectors],
+            model=done.model,
+            embeddings=[generation.normalise(v, req.dimensions) for v in done.vectors],
             total_duration=int((time.perf_counter() - started) * 1e9),
-            load_duration=int(done.load_duration * 1e9), prompt_eval_count=done.prompt_tokens,
+            load_duration=int(done.load_duration * 1e9),
+            prompt_eval_count=done.prompt_tokens,
         ).model_dump()
     )
 
@@ -222,9 +229,11 @@ async def tags(scheduler: SchedulerDep) -> ListResponse:
     store = scheduler.store
     models = [
         ListModel(
-            name=stored.name.display, model=stored.name.display,
+            name=stored.name.display,
+            model=stored.name.display,
             modified_at=stored.modified_at.isoformat().replace("+00:00", "Z"),
-            size=stored.manifest.size, digest=stored.manifest_digest.removeprefix("sha256:"),
+            size=stored.manifest.size,
+            digest=stored.manifest_digest.removeprefix("sha256:"),
             details=details_of(store, stored.manifest),
         )
         for stored in await asyncio.to_thread(store.list)
@@ -241,11 +250,14 @@ async def ps(scheduler: SchedulerDep) -> ProcessResponse:
         size, vram = loaded.size, loaded.size_on_device
         out.append(
             ProcessModel(
-                name=loaded.recipe.name.display, model=loaded.recipe.name.display, size=size,
+                name=loaded.recipe.name.display,
+                model=loaded.recipe.name.display,
+                size=size,
                 digest=loaded.recipe.digest.removeprefix("sha256:"),
                 details=details_of(scheduler.store, loaded.recipe.manifest),
                 expires_at=now_rfc3339(expires) if expires is not None else "0001-01-01T00:00:00Z",
-                size_vram=vram, context_length=runner.info.n_ctx if runner else None,
+                size_vram=vram,
+                context_length=runner.info.n_ctx if runner else None,
                 processor=loaded.plan.processor_label if loaded.plan else processor_label(size, vram, loaded.backend),
             )
         )

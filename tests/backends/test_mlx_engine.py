@@ -202,8 +202,11 @@ def test_smollm2_follows_llamacpp_until_a_near_tie(smollm2: Path, device: str) -
     quantised dot product (its KV cache is float16 too), which moves its logits by up to ~0.8; the
     MLX engine matches the exact model to ~1e-4 (next test). Greedy tokens therefore agree until the
     two best candidates are within that noise, and there llama.cpp's pick must be a near tie."""
-    prompts = ["hello world", "The capital of France is",
-               "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"]
+    prompts = [
+        "hello world",
+        "The capital of France is",
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    ]
     mine, cpp = load(smollm2, device), load_cpp(smollm2)
     try:
         for prompt in prompts:
@@ -270,8 +273,13 @@ def test_conversion_never_requantises(quantized: dict[str, Path], qtype: str) ->
         ref = dequantize(tensor.data, tensor.tensor_type).reshape([int(s) for s in reversed(tensor.shape)])
         q = (config.get("quantization") or {}).get(module)
         if q:
-            got = mx.dequantize(weights[name], weights[f"{module}.scales"].astype(mx.float32),
-                                weights[f"{module}.biases"].astype(mx.float32), group_size=32, bits=q["bits"])
+            got = mx.dequantize(
+                weights[name],
+                weights[f"{module}.scales"].astype(mx.float32),
+                weights[f"{module}.biases"].astype(mx.float32),
+                group_size=32,
+                bits=q["bits"],
+            )
             stem = tensor.name.removesuffix(".weight")
             if f"{stem}.scales" in native:  # mx.load's own Q4_0/Q4_1/Q8_0 arrays, byte for byte
                 for part in ("weight", "scales", "biases"):

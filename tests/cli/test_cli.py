@@ -22,7 +22,10 @@ def corral(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "corral.cli.main", *args],
-        input=stdin if stdin is not None else "", capture_output=True, text=True, timeout=timeout,
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 

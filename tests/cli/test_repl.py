@@ -241,11 +241,16 @@ def test_set_modes_system_and_format(session: Session, capsys: pytest.CaptureFix
     _run(session, '/set system """\nLine one.\nLine two.\n"""', capsys)
     assert session.system == "Line one.\nLine two."
     for line, attr, value in [
-        ("/set verbose", "verbose", True), ("/set quiet", "verbose", False),
-        ("/set nowordwrap", "wordwrap", False), ("/set wordwrap", "wordwrap", True),
-        ("/set nohistory", "history", False), ("/set history", "history", True),
-        ("/set format json", "format", "json"), ("/set noformat", "format", None),
-        ("/set format json", "format", "json"), ("/set format noformat", "format", None),
+        ("/set verbose", "verbose", True),
+        ("/set quiet", "verbose", False),
+        ("/set nowordwrap", "wordwrap", False),
+        ("/set wordwrap", "wordwrap", True),
+        ("/set nohistory", "history", False),
+        ("/set history", "history", True),
+        ("/set format json", "format", "json"),
+        ("/set noformat", "format", None),
+        ("/set format json", "format", "json"),
+        ("/set format noformat", "format", None),
     ]:
         _run(session, line, capsys)
         assert getattr(session, attr) == value, line
@@ -354,8 +359,12 @@ class Repl:
         if "CORRAL_NOHISTORY" not in (env or {}):
             environment.pop("CORRAL_NOHISTORY", None)
         self.child = pexpect.spawn(
-            sys.executable, ["-m", "corral.cli.main", "run", *args], env=environment,
-            encoding="utf-8", dimensions=(40, columns), timeout=120,
+            sys.executable,
+            ["-m", "corral.cli.main", "run", *args],
+            env=environment,
+            encoding="utf-8",
+            dimensions=(40, columns),
+            timeout=120,
         )
         self.banner = "\n".join(render(self.prompt()))  # what it printed before the first prompt
 

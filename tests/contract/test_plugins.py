@@ -67,7 +67,9 @@ def test_a_third_party_backend_is_discovered_without_touching_core(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _install_dist(
-        tmp_path, "npu", "corral_npu_backend",
+        tmp_path,
+        "npu",
+        "corral_npu_backend",
         """
         from corral.hookspecs import Probe, hookimpl
 

@@ -364,8 +364,10 @@ def _compare_smollm2(gguf: Path, folder: Path, n: int = 20) -> list[Comparison]:
             forced += [engine.step([SequenceStep(0, [t])])[0] for t in theirs[:-1]]
             disagree = [(i, round(margins[i], 3)) for i in range(n) if forced[i] != theirs[i]]
             out.append(Comparison(prompt, ours, theirs, first_difference(ours, theirs), disagree))
-            print(f"\n{folder.name} {prompt[:44]!r}: free-running split at {out[-1].split}; teacher-forced"
-                  f" disagreements (index, llama.cpp top-2 margin) {disagree}\n  onnx {ours}\n  gguf {theirs}")
+            print(
+                f"\n{folder.name} {prompt[:44]!r}: free-running split at {out[-1].split}; teacher-forced"
+                f" disagreements (index, llama.cpp top-2 margin) {disagree}\n  onnx {ours}\n  gguf {theirs}"
+            )
     finally:
         reference.close()
         engine.close()

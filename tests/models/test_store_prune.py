@@ -38,7 +38,9 @@ def temps(store: Store) -> list[Path]:
 
 def test_a_running_writers_temp_file_stays_and_a_killed_ones_goes(tmp_path: Path) -> None:
     store = Store(tmp_path / "models")
-    child = subprocess.Popen([sys.executable, "-c", HOLD_A_TEMP_FILE, str(store.root)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_TEMP_FILE, str(store.root)], stdout=subprocess.PIPE, text=True
+    )
     try:
         path = Path(child.stdout.readline().strip())  # type: ignore[union-attr]
         assert path.is_file() and TEMP_NAME.match(path.name)

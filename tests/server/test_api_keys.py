@@ -26,7 +26,15 @@ from serverproc import app_in_thread
 
 KEY = "sk-corral-test-0123456789"
 OTHER = "second-key"
-OPEN = {("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("GET", "/ui"), ("HEAD", "/ui"), ("GET", "/ui/{name}"), ("HEAD", "/ui/{name}")}
+OPEN = {
+    ("GET", "/"),
+    ("HEAD", "/"),
+    ("GET", "/api/version"),
+    ("GET", "/ui"),
+    ("HEAD", "/ui"),
+    ("GET", "/ui/{name}"),
+    ("HEAD", "/ui/{name}"),
+}
 
 
 def _app(tmp_path: Path, **settings_fields: object) -> tuple[httpx.AsyncClient, Scheduler]:
@@ -62,7 +70,9 @@ def _flatten(routes: list[Any]) -> Iterator[Any]:
 
 def test_every_protected_route_answers_401_without_a_key(tmp_path: Path) -> None:
     routes = _protected_routes(tmp_path)
-    assert {("POST", "/api/chat"), ("POST", "/v1/chat/completions"), ("GET", "/metrics"), ("POST", "/api/pull")} <= set(routes)
+    assert {("POST", "/api/chat"), ("POST", "/v1/chat/completions"), ("GET", "/metrics"), ("POST", "/api/pull")} <= set(
+        routes
+    )
 
     async def go() -> None:
         client, scheduler = _app(tmp_path, api_keys=KEY)
@@ -97,7 +107,11 @@ def test_open_routes_answer_without_a_key_and_a_key_opens_the_rest(tmp_path: Pat
             assert (await client.get("/ui/app.js")).status_code == 200
             assert (await client.post("/ui/app.js")).status_code == 401
             for key in (KEY, OTHER):
-                r = await client.post("/api/generate", headers={"authorization": f"Bearer {key}"}, json={"model": "fake", "prompt": "x", "stream": False})
+                r = await client.post(
+                    "/api/generate",
+                    headers={"authorization": f"Bearer {key}"},
+                    json={"model": "fake", "prompt": "x", "stream": False},
+                )
                 assert r.status_code == 200 and r.json()["response"] == "hello world"
             r = await client.post("/v1/messages", headers={"x-api-key": KEY}, json={})
             assert r.status_code != 401
@@ -159,7 +173,9 @@ def keyed_server(tmp_path: Path) -> Iterator[str]:
 
 
 def test_the_official_clients_work_with_a_key(keyed_server: str) -> None:
-    answer = ollama.Client(host=keyed_server, headers={"Authorization": f"Bearer {KEY}"}).generate(model="fake", prompt="hi")
+    answer = ollama.Client(host=keyed_server, headers={"Authorization": f"Bearer {KEY}"}).generate(
+        model="fake", prompt="hi"
+    )
     assert answer.response == "hello world"
     with pytest.raises(ollama.ResponseError) as refused:
         ollama.Client(host=keyed_server).generate(model="fake", prompt="hi")

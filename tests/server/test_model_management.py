@@ -167,9 +167,26 @@ def test_cli_create_pirate_show_roundtrip_list(served: Served, tmp_path: Path) -
 
     info = served("show", "pirate")
     assert info.exit_code == 0, info.output
-    for expected in ("Model", "architecture", "llama", "parameters", "134.52M", "context length", "8192",
-                     "embedding length", "576", "quantization", "Q4_1", "Capabilities", "completion",
-                     "Parameters", "temperature", "0.2", "System", "You are a pirate"):
+    for expected in (
+        "Model",
+        "architecture",
+        "llama",
+        "parameters",
+        "134.52M",
+        "context length",
+        "8192",
+        "embedding length",
+        "576",
+        "quantization",
+        "Q4_1",
+        "Capabilities",
+        "completion",
+        "Parameters",
+        "temperature",
+        "0.2",
+        "System",
+        "You are a pirate",
+    ):
         assert expected in info.output, info.output
     assert served("show", "pirate", "--system").output == "You are a pirate\n"
     assert served("show", "pirate", "--parameters").output.split() == ["temperature", "0.2"]
@@ -284,8 +301,15 @@ def test_cli_pull_bundled(served: Served) -> None:
 
 @needs_smollm2
 def test_api_create_stream_show_copy_delete(api: Api) -> None:
-    r = api.post("/api/create", {"model": "pirate", "from": "smollm2:135m", "system": "You are a pirate",
-                                  "parameters": {"temperature": 0.2, "stop": ["<|im_end|>"]}})
+    r = api.post(
+        "/api/create",
+        {
+            "model": "pirate",
+            "from": "smollm2:135m",
+            "system": "You are a pirate",
+            "parameters": {"temperature": 0.2, "stop": ["<|im_end|>"]},
+        },
+    )
     assert r.status_code == 200
     statuses = [json.loads(line)["status"] for line in r.text.splitlines()]
     assert statuses[0] == "parsing modelfile" and statuses[-2:] == ["writing manifest", "success"]

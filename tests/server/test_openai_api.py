@@ -643,9 +643,11 @@ def test_sdk_completions_and_embeddings(corral: Corral) -> None:
     completion = client.completions.create(model="tiny", prompt="hello", max_tokens=5, temperature=0)
     assert completion.object == "text_completion"
     assert completion.choices[0].finish_reason == "length"
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model="tiny", prompt="hello", max_tokens=5, temperature=0, stream=True
-    ) if c.choices)
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model="tiny", prompt="hello", max_tokens=5, temperature=0, stream=True)
+        if c.choices
+    )
     assert streamed == completion.choices[0].text
     # the client asks for base64 by default and decodes it itself
     vectors = client.embeddings.create(model="tiny", input=["hello world", "the cat"])

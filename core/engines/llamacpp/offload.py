@@ -241,8 +241,7 @@ class Plan:
             f"Model:     {m.name} ({m.architecture}, {m.n_layer} layers, {human_bytes(m.weights_bytes)} of weights)",
             f"Context:   {self.num_ctx} tokens x {self.num_parallel} parallel = {self.n_ctx} tokens of "
             f"{kv_type} KV cache ({human_bytes(self.kv_cache_bytes)})",
-            f"Placement: {self.placement()} -> {self.processor_label}"
-            + (" (num_gpu forced)" if self.forced else ""),
+            f"Placement: {self.placement()} -> {self.processor_label}" + (" (num_gpu forced)" if self.forced else ""),
             f"llama.cpp: n_gpu_layers={self.n_gpu_layers}"
             + (f", tensor_split={_fmt_split(self.tensor_split)}" if len(self.gpus) > 1 else ""),
             "",
@@ -252,15 +251,33 @@ class Plan:
         for use in (*self.gpus, self.cpu):
             name = use.label if use.device is None else f"{use.label} {use.device.name}"
             layers = str(use.layers) + (" +out" if use.output else "")
-            rows.append([
-                name[:40], layers, human_bytes(use.weights), human_bytes(use.kv_cache), human_bytes(use.compute),
-                human_bytes(use.overhead), human_bytes(use.total),
-                "unknown" if use.free is None else human_bytes(use.free),
-                "yes" if use.fits else "NO",
-            ])
+            rows.append(
+                [
+                    name[:40],
+                    layers,
+                    human_bytes(use.weights),
+                    human_bytes(use.kv_cache),
+                    human_bytes(use.compute),
+                    human_bytes(use.overhead),
+                    human_bytes(use.total),
+                    "unknown" if use.free is None else human_bytes(use.free),
+                    "yes" if use.fits else "NO",
+                ]
+            )
         free_total = sum(u.free or 0 for u in (*self.gpus, self.cpu))
-        rows.append(["total", str(m.n_layer) + " +out", "", "", "", "", human_bytes(self.total_bytes),
-                     human_bytes(free_total), "yes" if self.fits else "NO"])
+        rows.append(
+            [
+                "total",
+                str(m.n_layer) + " +out",
+                "",
+                "",
+                "",
+                "",
+                human_bytes(self.total_bytes),
+                human_bytes(free_total),
+                "yes" if self.fits else "NO",
+            ]
+        )
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
             cells = (
@@ -343,8 +360,22 @@ def plan(
         split = _split(costs, n, capacities) if n else [0] * len(gpus)
     assert split is not None
 
-    result = _build(model, costs, gpus, cpu_device, split, n, gpu_overhead, seq_ctx, num_parallel, num_batch,
-                    kv_cache_type, flash_attention, forced, notes)
+    result = _build(
+        model,
+        costs,
+        gpus,
+        cpu_device,
+        split,
+        n,
+        gpu_overhead,
+        seq_ctx,
+        num_parallel,
+        num_batch,
+        kv_cache_type,
+        flash_attention,
+        forced,
+        notes,
+    )
     if not result.fits:
         raise InsufficientMemory(_no_fit_message(result, num_gpu if forced else None))
     return result
@@ -377,7 +408,7 @@ def _slots(costs: _Costs, n: int) -> list[int]:
     """Bytes of the last ``n`` offloadable slots, in llama.cpp's order (the output layer last)."""
     n_layer = len(costs.layer)
     layers = min(n, n_layer)
-    slots = list(costs.layer[n_layer - layers:])
+    slots = list(costs.layer[n_layer - layers :])
     if n > n_layer:  # the output layer; its device also computes the logits
         slots.append(costs.output_weights_gpu + (costs.graph_output - costs.graph_layers))
     return slots
@@ -429,9 +460,20 @@ def _split(costs: _Costs, n: int, capacities: list[int], allow_overflow: bool = 
 
 
 def _build(
-    model: ModelProfile, costs: _Costs, gpus: list[Device], cpu_device: Device | None, split: list[int],
-    n: int, gpu_overhead: int, seq_ctx: int, num_parallel: int, num_batch: int, kv_cache_type: str,
-    flash_attention: bool, forced: bool, notes: list[str],
+    model: ModelProfile,
+    costs: _Costs,
+    gpus: list[Device],
+    cpu_device: Device | None,
+    split: list[int],
+    n: int,
+    gpu_overhead: int,
+    seq_ctx: int,
+    num_parallel: int,
+    num_batch: int,
+    kv_cache_type: str,
+    flash_attention: bool,
+    forced: bool,
+    notes: list[str],
 ) -> Plan:
     n_layer = model.n_layer
     output_on_gpu = n > n_layer
@@ -443,18 +485,26 @@ def _build(
     for i, (device, count) in enumerate(zip(gpus, split, strict=False)):
         has_output = output_on_gpu and i == last_with_slots
         layers = count - (1 if has_output else 0)
-        weights = sum(costs.layer_weights[layer:layer + layers])
-        kv = sum(costs.layer_kv[layer:layer + layers])
+        weights = sum(costs.layer_weights[layer : layer + layers])
+        kv = sum(costs.layer_kv[layer : layer + layers])
         compute = 0
         if layers:
             compute = costs.graph_layers
         if has_output:
             compute = costs.graph_output
             weights += costs.output_weights_gpu
-        uses.append(DeviceUse(
-            device=device, layers=layers, output=has_output, weights=weights, kv_cache=kv, compute=compute,
-            overhead=gpu_overhead if count else 0, first_layer=layer,
-        ))
+        uses.append(
+            DeviceUse(
+                device=device,
+                layers=layers,
+                output=has_output,
+                weights=weights,
+                kv_cache=kv,
+                compute=compute,
+                overhead=gpu_overhead if count else 0,
+                first_layer=layer,
+            )
+        )
         layer += layers
     cpu_weights = model.input_bytes + sum(costs.layer_weights[:first])
     cpu_kv = sum(costs.layer_kv[:first])
@@ -465,12 +515,25 @@ def _build(
     if not output_on_gpu:
         cpu_weights += costs.output_weights_cpu
     cpu = DeviceUse(
-        device=cpu_device, layers=first, output=not output_on_gpu, weights=cpu_weights, kv_cache=cpu_kv,
-        compute=cpu_compute + costs.host_output_buffer, first_layer=0,
+        device=cpu_device,
+        layers=first,
+        output=not output_on_gpu,
+        weights=cpu_weights,
+        kv_cache=cpu_kv,
+        compute=cpu_compute + costs.host_output_buffer,
+        first_layer=0,
     )
     return Plan(
-        model=model, num_ctx=seq_ctx, num_parallel=num_parallel, num_batch=num_batch, kv_cache_type=kv_cache_type,
-        flash_attention=flash_attention, gpus=tuple(uses), cpu=cpu, forced=forced, notes=tuple(notes),
+        model=model,
+        num_ctx=seq_ctx,
+        num_parallel=num_parallel,
+        num_batch=num_batch,
+        kv_cache_type=kv_cache_type,
+        flash_attention=flash_attention,
+        gpus=tuple(uses),
+        cpu=cpu,
+        forced=forced,
+        notes=tuple(notes),
     )
 
 
@@ -478,15 +541,19 @@ def _no_fit_message(p: Plan, num_gpu: int | None) -> str:
     free = [(u.label, u.free) for u in (*p.gpus, p.cpu) if u.free is not None]
     free_total = sum(f for _, f in free)
     where = ", ".join(f"{label}: {human_bytes(f)}" for label, f in free)
-    needs = (f"{p.model.name} needs {human_bytes(p.total_bytes)} (weights {human_bytes(p.model.weights_bytes)}, "
-             f"KV cache {human_bytes(p.kv_cache_bytes)} for {p.n_ctx} tokens)")
+    needs = (
+        f"{p.model.name} needs {human_bytes(p.total_bytes)} (weights {human_bytes(p.model.weights_bytes)}, "
+        f"KV cache {human_bytes(p.kv_cache_bytes)} for {p.n_ctx} tokens)"
+    )
     over = [u for u in (*p.gpus, p.cpu) if not u.fits]
     detail = "; ".join(
         f"{u.label} would need {human_bytes(u.total)} with {human_bytes(u.free or 0)} free" for u in over
     )
     if num_gpu is not None:
-        return (f"num_gpu={num_gpu} does not fit: {detail} ({p.placement()}); "
-                "lower num_gpu or leave it unset to fit automatically")
+        return (
+            f"num_gpu={num_gpu} does not fit: {detail} ({p.placement()}); "
+            "lower num_gpu or leave it unset to fit automatically"
+        )
     if p.total_bytes > free_total:
         msg = f"{needs} but only {human_bytes(free_total)} is free ({where})"
     else:
