@@ -52,7 +52,11 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = Path(os.environ["CORRAL_SCREENSHOTS"]) if os.environ.get("CORRAL_SCREENSHOTS") else tmp_path_factory.mktemp("screenshots")
+    folder = (
+        Path(os.environ["CORRAL_SCREENSHOTS"])
+        if os.environ.get("CORRAL_SCREENSHOTS")
+        else tmp_path_factory.mktemp("screenshots")
+    )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -301,11 +305,18 @@ def test_a_thinking_models_trace_is_folded_apart_from_its_answer(paris: dict[str
     assert "<think>" not in (answer.locator(".content").text_content() or "")
 
 
-def test_screenshots_light_and_dark_desktop_and_phone(browser: Browser, server: str, paris: dict[str, Any], shots: Path) -> None:
+def test_screenshots_light_and_dark_desktop_and_phone(
+    browser: Browser, server: str, paris: dict[str, Any], shots: Path
+) -> None:
     for scheme, background in (("light", LIGHT_BG), ("dark", DARK_BG)):
         for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
             session = Session(
-                browser, server, viewport=viewport, color_scheme=scheme, reduced_motion="reduce", storage_state=paris["state"]
+                browser,
+                server,
+                viewport=viewport,
+                color_scheme=scheme,
+                reduced_motion="reduce",
+                storage_state=paris["state"],
             )
             page = session.page
             expect(page.locator("body")).to_have_css("background-color", background)
@@ -348,5 +359,7 @@ def test_the_page_weighs_little_over_the_wire(browser: Browser, server: str, sho
     names = sorted(url.rsplit("/", 1)[-1] or "/" for url in sizes)
     assert names == sorted(["/", "ui", "app.js", "markdown.js", "style.css", "icon.svg"])
     total = sum(sizes.values())
-    (shots / "page-size.txt").write_text("".join(f"{size:7d}  {url}\n" for url, size in sorted(sizes.items())) + f"{total:7d}  total\n")
+    (shots / "page-size.txt").write_text(
+        "".join(f"{size:7d}  {url}\n" for url, size in sorted(sizes.items())) + f"{total:7d}  total\n"
+    )
     assert total < 40_000, sizes
