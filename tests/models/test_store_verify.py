@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from corral.models.names import ModelName
 from corral.models.registry import pull, push
 from corral.models.store import MEDIA_MODEL, Store
@@ -92,3 +94,24 @@ def test_unknown_model_and_unreadable_manifest(tmp_path: Path) -> None:
     report = verify_store(Store(home / "models"))
     assert not report.ok and report.damaged[0].name == "broken:latest"
     assert report.damaged[0].damage[0].describe().startswith("the manifest cannot be read: ")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pexpect's pseudo-terminal does not exist on Windows")
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal the hashing shows a bar over the bytes to hash; in a pipe (above) only the result."""
+    import pexpect
+
+    home = tmp_path / "home"
+    store = Store(home / "models")
+    manifest = make_model(store, ModelName.parse("barred:v1"), os.urandom(24 * MiB))
+    total = sum(store.blob_path(d).stat().st_size for d in manifest.digests())
+    env = {**os.environ, "CORRAL_HOME": str(home), "COLUMNS": "120"}
+    env.pop("CORRAL_MODELS", None)
+    child = pexpect.spawn(sys.executable, ["-m", "corral.cli.main", "verify"], env=env, encoding="utf-8", timeout=120)
+    child.expect(pexpect.EOF)
+    child.close()
+    screen = child.before
+    assert child.exitstatus == 0
+    assert "verifying sha256 digests" in screen
+    assert f"{total / 1e6:.1f}/{total / 1e6:.1f} MB" in screen  # the bar's last frame: every byte hashed
+    assert screen.rstrip().endswith(f"all whole: 1 model(s), 3 blob(s), {total} bytes hashed")
