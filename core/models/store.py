@@ -16,6 +16,7 @@ the store, the bytes needed) after removing its temporary file.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import hashlib
@@ -30,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -358,9 +359,10 @@ class Store:
         for part in manifest_parts(name):
             if not node.is_dir():
                 return None
-            node = next((child for child in node.iterdir() if child.name.lower() == part.lower()), None)
-            if node is None:
+            match = next((child for child in node.iterdir() if child.name.lower() == part.lower()), None)
+            if match is None:
                 return None
+            node = match
         return node if node.is_file() else None
 
     def write_manifest(self, name: ModelName, manifest: Manifest, *, action: str | None = None) -> None:
@@ -395,7 +397,7 @@ class Store:
             name=self.name_at(path),
             manifest=manifest,
             manifest_digest=f"sha256:{hashlib.sha256(data).hexdigest()}",
-            modified_at=datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc),
+            modified_at=datetime.fromtimestamp(path.stat().st_mtime, tz=UTC),
         )
 
     def list(self) -> list[StoredModel]:
@@ -424,7 +426,8 @@ class Store:
                 parent.rmdir()
             self.prune(own)
 
-    def prune(self, candidates: set[str] | None = None) -> list[str]:
+    # builtins.list: inside this class, a bare `list` is the method Store.list.
+    def prune(self, candidates: set[str] | None = None) -> builtins.list[str]:
         """Delete unreferenced blobs (among ``candidates`` if given). Callers hold the lock. Only
         complete blobs (``sha256-<64 hex>``) are candidates: a pull's ``-partial`` files are not."""
         referenced = set().union(*(m.manifest.digests() for m in self.list()))

@@ -23,7 +23,7 @@ from typing import Any
 
 from corral.errors import RunnerCrashed
 from corral.hookspecs import LoadSpec, ModelInfo
-from corral.runtime.worker import Event, Job, ModelWorker
+from corral.runtime.worker import Event, Job, ModelWorker, WorkerUsage
 
 # The parts of a Job that cross the pipe; callbacks and the cancel flag stay on their own side.
 _JOB_FIELDS = [f.name for f in fields(Job) if f.name not in ("emit", "on_result", "cancelled")]
@@ -48,7 +48,10 @@ def _child_main(conn: Connection) -> None:
 
     def send(message: tuple[Any, ...]) -> None:
         with send_lock:
-            conn.send(message)
+            try:
+                conn.send(message)
+            except OSError:  # the server has gone: nobody is left to tell, and the main loop will stop
+                pass
 
     try:
         entry = Plugins().get(backend)
@@ -73,9 +76,14 @@ def _child_main(conn: Connection) -> None:
                     jobs.pop(job_id, None)
                 send(("event", job_id, event))
 
-            job = Job(**data, emit=emit, on_result=lambda result, job_id=job_id: send(("result", job_id, result)))
+            def on_result(result: Any, job_id: int = job_id) -> None:
+                send(("result", job_id, result))
+
+            job = Job(**data, emit=emit, on_result=on_result)
             jobs[job_id] = job
             worker.submit(job)
+        elif kind == "usage":
+            send(("usage", message[1], worker.usage()))
         elif kind == "cancel" and message[1] in jobs:
             jobs[message[1]].cancel()
         elif kind == "stop":
@@ -146,6 +154,8 @@ class ProcessWorker:
         self._load_error: BaseException | None = None
         self.runner: RemoteRunner | None = None
         self.load_seconds = 0.0
+        self._usage_replies: dict[int, WorkerUsage | None] = {}
+        self._usage_arrived = threading.Condition()
         self._reader = threading.Thread(target=self._read, name=f"corral-relay-{name}", daemon=True)
         self._reader.start()
 
@@ -167,11 +177,31 @@ class ProcessWorker:
             self._send(("job", job_id, {name: getattr(job, name) for name in _JOB_FIELDS}))
         except OSError:
             self._jobs.pop(job_id, None)
-            job.emit(Event(done=True, done_reason="error", error="the model runner has stopped", exception=RunnerCrashed("the model runner has stopped")))
+            job.emit(
+                Event(
+                    done=True,
+                    done_reason="error",
+                    error="the model runner has stopped",
+                    exception=RunnerCrashed("the model runner has stopped"),
+                )
+            )
 
     def _send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
             self._conn.send(message)
+
+    def usage(self, timeout: float = 1.0) -> WorkerUsage | None:
+        """Asked of the child when wanted (a scrape), so an unwatched server pays nothing per step."""
+        if self.runner is None or not self.alive:
+            return None
+        request_id = next(self._ids)
+        try:
+            self._send(("usage", request_id))
+        except OSError:
+            return None
+        with self._usage_arrived:
+            self._usage_arrived.wait_for(lambda: request_id in self._usage_replies, timeout)
+            return self._usage_replies.pop(request_id, None)
 
     def stop(self) -> None:
         try:
@@ -206,6 +236,10 @@ class ProcessWorker:
                     if message[2].done:
                         self._jobs.pop(message[1], None)
                     job.emit(message[2])
+            elif kind == "usage":
+                with self._usage_arrived:
+                    self._usage_replies[message[1]] = message[2]
+                    self._usage_arrived.notify_all()
             elif kind == "result":
                 job = self._jobs.get(message[1])
                 if job is not None and job.on_result is not None:
@@ -238,7 +272,9 @@ class ProcessWorker:
             how = f"killed by signal {signal.Signals(-code).name}"
         else:
             how = f"exit code {code}"
-        error = RunnerCrashed(f"the model runner for '{self.name}' crashed ({how}); see the server log, or run with --debug")
+        error = RunnerCrashed(
+            f"the model runner for '{self.name}' crashed ({how}); see the server log, or run with --debug"
+        )
         if not self._ready.is_set():
             self._load_error = error
             self._ready.set()
@@ -246,7 +282,6 @@ class ProcessWorker:
             self._jobs.pop(job_id, None)
             if code != 0 or not job.cancelled.is_set():
                 job.emit(Event(done=True, done_reason="error", error=str(error), exception=error))
-
 
 
 if __name__ == "__main__":

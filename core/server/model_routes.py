@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -35,7 +35,12 @@ from corral.types import (
 )
 
 Job = Callable[[Callable[[dict[str, Any]], None], threading.Event], Any]
-BLOB_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+BLOB_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 class _Cancelled(Exception):
@@ -188,7 +193,7 @@ def copy_model(store: Store, source: ModelName, destination: ModelName) -> None:
             store.prune(old.digests() - stored.manifest.digests())
 
 
-async def _run_job(job: Job) -> AsyncIterator[ProgressResponse]:
+async def _run_job(job: Job) -> AsyncGenerator[ProgressResponse, None]:
     """Run ``job`` in a thread; yield its progress as it comes; raise its error at the end.
 
     Closing the iterator (the client went away) sets the job's cancel event, and its next progress

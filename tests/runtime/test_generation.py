@@ -67,7 +67,9 @@ def test_a_chat_splits_the_trace_from_the_answer_and_releases_the_model(tmp_path
     assert holding == 0
 
 
-def test_generate_renders_the_model_template_with_the_request_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generate_renders_the_model_template_with_the_request_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[str | list[int]] = []
     render = generation.render
 
@@ -91,7 +93,12 @@ def test_generate_renders_the_model_template_with_the_request_system(tmp_path: P
     [
         ("plain", InsertPrompt("def f(", "return 1"), BadRequest, '"plain:latest" does not support insert'),
         ("plain", RawPrompt("", required=True), EmptyPrompt, "prompt is empty"),
-        ("plain", ChatPrompt([Message(role="user", content="hi")], think=True), BadRequest, "does not support thinking"),
+        (
+            "plain",
+            ChatPrompt([Message(role="user", content="hi")], think=True),
+            BadRequest,
+            "does not support thinking",
+        ),
     ],
 )
 def test_a_request_refused_after_the_load_releases_the_model(

@@ -401,7 +401,7 @@ class _Puller:
                 if n < len(chunk):
                     break
         except (httpx.TransportError, _Retry) as exc:
-            exc.got = got  # type: ignore[attr-defined]
+            exc.got = got  # type: ignore[union-attr]  # an httpx error gets the count as a new attribute
             raise
         finally:
             resp.close()
@@ -503,7 +503,7 @@ def pull(
     try:
         progress({"status": "pulling manifest"})
         manifest = puller.fetch_manifest()
-        layers = {}
+        layers: dict[str, int] = {}
         for layer in [*manifest.layers, manifest.config]:  # layers first, config last, as Ollama does
             layers.setdefault(layer.digest, layer.size)
         store.blobs.mkdir(parents=True, exist_ok=True)

@@ -133,7 +133,12 @@ async def chat_completions(request: Request, scheduler: SchedulerDep) -> Respons
                 "model": gen.model,
                 "system_fingerprint": FINGERPRINT,
                 "choices": [
-                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(final, bool(called))}
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": None,
+                        "finish_reason": finish_reason(final, bool(called)),
+                    }
                 ],
                 "usage": usage_of(final.stats),
             }
