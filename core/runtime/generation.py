@@ -28,6 +28,7 @@ from corral.chat import prompting
 from corral.chat.reply import Reply
 from corral.errors import BadRequest
 from corral.hookspecs import ModelInfo, Sampling
+from corral.models.recipes import Recipe
 from corral.runtime.scheduler import Scheduler, Ticket
 from corral.runtime.worker import Event
 from corral.types import Message, Options
@@ -96,14 +97,20 @@ class EmptyPrompt(BadRequest):
 
 def render(ticket: Ticket, info: ModelInfo, prompt: Prompt) -> tuple[str | list[int], Reply]:
     """The prompt as the model sees it, and the parser that splits its reply the way the request asked."""
-    recipe = ticket.loaded.recipe
+    return render_recipe(ticket.loaded.recipe, info, prompt)
+
+
+def render_recipe(recipe: Recipe, info: ModelInfo, prompt: Prompt) -> tuple[str | list[int], Reply]:
+    """``render`` for a model that need not be loaded (``info``: its template facts)."""
     name = recipe.name.display
     if isinstance(prompt, RawPrompt):
         if prompt.required and not prompt.prompt and not (isinstance(prompt.prompt, str) and info.add_bos):
             raise EmptyPrompt()
         return prompt.prompt, Reply()
     if isinstance(prompt, InsertPrompt):
-        return prompting.render_insert(recipe, prompt.prompt, prompt.suffix, template=prompt.template, model=name), Reply()
+        return prompting.render_insert(
+            recipe, prompt.prompt, prompt.suffix, template=prompt.template, model=name
+        ), Reply()
     if isinstance(prompt, ChatPrompt):
         messages = prompting.chat_messages(recipe, list(prompt.messages))
         tools, think, template = prompt.tools, prompt.think, None
@@ -112,8 +119,12 @@ def render(ticket: Ticket, info: ModelInfo, prompt: Prompt) -> tuple[str | list[
         tools, think, template = None, prompt.think, prompt.template
     text = prompting.render(recipe, info, messages, template=template, tools=tools, think=think)
     reply = Reply.for_request(
-        think=think, tools=tools, template=template or recipe.template, chat_template=info.chat_template,
-        prompt=text, model=name,
+        think=think,
+        tools=tools,
+        template=template or recipe.template,
+        chat_template=info.chat_template,
+        prompt=text,
+        model=name,
     )
     return text, reply
 
