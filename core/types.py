@@ -156,7 +156,7 @@ class GenerateRequest(_Request):
     keep_alive: KeepAlive = None
     think: bool | str | None = None
     backend: str | None = None
-    debug_render_only: bool = Field(False, alias="_debug_render_only")  # Ollama's: the prompt, not an answer
+    debug_render_only: bool | None = Field(None, alias="_debug_render_only")  # Ollama's: the prompt, not an answer
 
 
 class ChatRequest(_Request):
@@ -169,7 +169,7 @@ class ChatRequest(_Request):
     keep_alive: KeepAlive = None
     think: bool | str | None = None
     backend: str | None = None
-    debug_render_only: bool = Field(False, alias="_debug_render_only")
+    debug_render_only: bool | None = Field(None, alias="_debug_render_only")  # None: not sent by the client
 
 
 class EmbedRequest(_Request):
