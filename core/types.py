@@ -170,7 +170,7 @@ class ChatRequest(_Request):
     keep_alive: KeepAlive = None
     think: bool | str | None = None
     backend: str | None = None
-    debug_render_only: bool | None = Field(None, alias="_debug_render_only")
+    debug_render_only: bool | None = Field(None, alias="_debug_render_only")  # None: not sent by the client
 
 
 class EmbedRequest(_Request):
