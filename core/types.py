@@ -42,19 +42,31 @@ class Options(SubscriptableModel):
     # Load-time (runner) options
     num_ctx: int | None = Field(None, ge=1, le=_I32, description="Context length of one sequence, in tokens.")
     num_batch: int | None = Field(None, ge=1, le=65536, description="Prompt tokens evaluated per step.")
-    num_gpu: int | None = Field(None, ge=-_I32, le=_I32, description="Layers to offload to the GPU (-1: as many as fit).")
-    main_gpu: int | None = Field(None, ge=0, le=1024, description="GPU that holds small tensors.")
+    num_gpu: int | None = Field(
+        None, ge=-_I32, le=_I32, description="Layers to offload to the GPU (-1: as many as fit)."
+    )
+    main_gpu: int | None = Field(
+        None, ge=0, le=1024, description="Run the model on this one GPU (llama.cpp; a GPU backend only)."
+    )
     num_thread: int | None = Field(None, ge=0, le=1024, description="CPU threads (default: physical cores).")
-    use_mmap: bool | None = Field(None, description="Memory-map the model file.")
+    use_mmap: bool | None = Field(
+        None, description="Memory-map the model file (true) or read it into memory (false); llama.cpp."
+    )
     # Sampling and generation options
-    num_keep: int | None = Field(None, ge=-1, le=_I32, description="Prompt tokens kept when the context is shifted.")
+    num_keep: int | None = Field(
+        None, ge=-1, le=_I32, description="Not supported (refused): Corral never shifts the context."
+    )
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="Random seed (-1: random).")
-    num_predict: int | None = Field(None, ge=-2, le=_I32, description="Most tokens to generate (-1: until the context is full).")
+    num_predict: int | None = Field(
+        None, ge=-2, le=_I32, description="Most tokens to generate (-1: until the context is full)."
+    )
     top_k: int | None = Field(None, ge=0, le=_I32, description="Sample from the k most likely tokens.")
     top_p: float | None = Field(None, ge=0, le=1, description="Nucleus sampling threshold.")
     min_p: float | None = Field(None, ge=0, le=1, description="Minimum probability relative to the best token.")
     typical_p: float | None = Field(None, ge=0, le=1, description="Locally typical sampling.")
-    repeat_last_n: int | None = Field(None, ge=-1, le=_I32, description="Tokens looked back at for repetition penalties.")
+    repeat_last_n: int | None = Field(
+        None, ge=-1, le=_I32, description="Tokens looked back at for repetition penalties."
+    )
     temperature: float | None = Field(None, ge=0, description="Randomness; 0 is greedy.")
     repeat_penalty: float | None = Field(None, ge=0, description="Penalty for repeated tokens.")
     presence_penalty: float | None = Field(None, description="Penalty for tokens already present.")

@@ -110,7 +110,9 @@ def render_recipe(recipe: Recipe, info: ModelInfo, prompt: Prompt) -> tuple[str 
             raise EmptyPrompt()
         return prompt.prompt, Reply()
     if isinstance(prompt, InsertPrompt):
-        return prompting.render_insert(recipe, prompt.prompt, prompt.suffix, template=prompt.template, model=name), Reply()
+        return prompting.render_insert(
+            recipe, prompt.prompt, prompt.suffix, template=prompt.template, model=name
+        ), Reply()
     if isinstance(prompt, ChatPrompt):
         messages = prompting.chat_messages(recipe, list(prompt.messages))
         tools, think, template = prompt.tools, prompt.think, None
@@ -119,8 +121,12 @@ def render_recipe(recipe: Recipe, info: ModelInfo, prompt: Prompt) -> tuple[str 
         tools, think, template = None, prompt.think, prompt.template
     text = prompting.render(recipe, info, messages, template=template, tools=tools, think=think)
     reply = Reply.for_request(
-        think=think, tools=tools, template=template or recipe.template, chat_template=info.chat_template,
-        prompt=text, model=name,
+        think=think,
+        tools=tools,
+        template=template or recipe.template,
+        chat_template=info.chat_template,
+        prompt=text,
+        model=name,
     )
     return text, reply
 

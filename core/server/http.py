@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -29,7 +29,7 @@ _SCHEMAS_KEY = "x-corral-schemas"  # carries a body's schemas from a route to th
 
 
 def now_rfc3339(ts: float | None = None) -> str:
-    moment = datetime.fromtimestamp(ts, tz=timezone.utc) if ts is not None else datetime.now(timezone.utc)
+    moment = datetime.fromtimestamp(ts, tz=UTC) if ts is not None else datetime.now(UTC)
     return moment.isoformat().replace("+00:00", "Z")
 
 
@@ -37,11 +37,11 @@ def now_rfc3339(ts: float | None = None) -> str:
 
 
 def _scheduler(request: Request) -> Scheduler:
-    return request.app.state.scheduler  # type: ignore[no-any-return]
+    return request.app.state.scheduler
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 SchedulerDep = Annotated[Scheduler, Depends(_scheduler)]
@@ -195,7 +195,21 @@ class ClosingStream(StreamingResponse):
                 await self._on_close()
 
 
-# ---- NDJSON (Ollama's streams) ------------------------------------------------------------------
+# ---- framing: server-sent events (OpenAI's and Anthropic's streams), NDJSON (Ollama's) -----------
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may hold events back
+
+
+def sse(obj: Any, event: str | None = None) -> bytes:
+    """One server-sent event carrying ``obj`` as compact JSON, named ``event`` where the API names them."""
+    data = b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return f"event: {event}\n".encode() + data if event else data
+
+
+def event_stream(body: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]]) -> ClosingStream:
+    """A text/event-stream response of ``body``'s events; ``on_close`` runs however it ends."""
+    return ClosingStream(body, on_close, media_type="text/event-stream", headers=SSE_HEADERS)
+
 
 
 def error_body(message: str, status: int) -> JSONResponse:

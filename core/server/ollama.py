@@ -92,9 +92,13 @@ def _done_fields(gen: Generation, event: Event) -> dict[str, Any]:
     return fields
 
 
-async def _loaded_only(scheduler: SchedulerDep, target: Target, response: type[GenerateResponse | ChatResponse]) -> Response:
+async def _loaded_only(
+    scheduler: SchedulerDep, target: Target, response: type[GenerateResponse | ChatResponse]
+) -> Response:
     loaded = await generation.load(scheduler, target)
-    answer = response(model=loaded.model, created_at=now_rfc3339(), done=True, done_reason="unload" if loaded.unloading else "load")
+    answer = response(
+        model=loaded.model, created_at=now_rfc3339(), done=True, done_reason="unload" if loaded.unloading else "load"
+    )
     return JSONResponse(answer.model_dump(exclude_none=True))
 
 
@@ -131,15 +135,23 @@ async def generate(request: Request, scheduler: SchedulerDep) -> Response:
             thinking = piece.thinking or None
             if piece.done:
                 yield GenerateResponse(
-                    model=gen.model, created_at=now_rfc3339(), response=piece.content, thinking=thinking, done=True,
-                    context=piece.event.tokens, **_done_fields(gen, piece.event),
+                    model=gen.model,
+                    created_at=now_rfc3339(),
+                    response=piece.content,
+                    thinking=thinking,
+                    done=True,
+                    context=piece.event.tokens,
+                    **_done_fields(gen, piece.event),
                 )
             elif piece.content or piece.thinking:
-                yield GenerateResponse(model=gen.model, created_at=now_rfc3339(), response=piece.content, thinking=thinking, done=False)
+                yield GenerateResponse(
+                    model=gen.model, created_at=now_rfc3339(), response=piece.content, thinking=thinking, done=False
+                )
 
     def merge(items: list[BaseModel]) -> BaseModel:
         thought = "".join(i.thinking or "" for i in items)  # type: ignore[attr-defined]
-        return items[-1].model_copy(update={"response": "".join(i.response for i in items), "thinking": thought or None})  # type: ignore[attr-defined]
+        text = "".join(i.response for i in items)  # type: ignore[attr-defined]
+        return items[-1].model_copy(update={"response": text, "thinking": thought or None})
 
     return await ndjson_or_single(chunks(), req.stream, merge, request, on_close=gen.close)
 
@@ -158,9 +170,20 @@ async def chat(request: Request, scheduler: SchedulerDep) -> Response:
 
     async def chunks() -> AsyncGenerator[BaseModel, None]:
         async for piece in gen.pieces():
-            message = Message(role="assistant", content=piece.content, thinking=piece.thinking or None, tool_calls=piece.tool_calls or None)
+            message = Message(
+                role="assistant",
+                content=piece.content,
+                thinking=piece.thinking or None,
+                tool_calls=piece.tool_calls or None,
+            )
             if piece.done:
-                yield ChatResponse(model=gen.model, created_at=now_rfc3339(), message=message, done=True, **_done_fields(gen, piece.event))
+                yield ChatResponse(
+                    model=gen.model,
+                    created_at=now_rfc3339(),
+                    message=message,
+                    done=True,
+                    **_done_fields(gen, piece.event),
+                )
             elif piece.content or piece.tool_calls or piece.thinking:
                 yield ChatResponse(model=gen.model, created_at=now_rfc3339(), message=message, done=False)
 
@@ -184,9 +207,11 @@ async def embed(request: Request, scheduler: SchedulerDep) -> Response:
     done = await generation.embed(scheduler, target, texts, truncate=truncate)
     return JSONResponse(
         EmbedResponse(
-            model=done.model, embeddings=[generation.normalise(v, req.dimensions) for v in done.vectors],
+            model=done.model,
+            embeddings=[generation.normalise(v, req.dimensions) for v in done.vectors],
             total_duration=int((time.perf_counter() - started) * 1e9),
-            load_duration=int(done.load_duration * 1e9), prompt_eval_count=done.prompt_tokens,
+            load_duration=int(done.load_duration * 1e9),
+            prompt_eval_count=done.prompt_tokens,
         ).model_dump()
     )
 
@@ -205,9 +230,11 @@ async def tags(scheduler: SchedulerDep) -> ListResponse:
     store = scheduler.store
     models = [
         ListModel(
-            name=stored.name.display, model=stored.name.display,
+            name=stored.name.display,
+            model=stored.name.display,
             modified_at=stored.modified_at.isoformat().replace("+00:00", "Z"),
-            size=stored.manifest.size, digest=stored.manifest_digest.removeprefix("sha256:"),
+            size=stored.manifest.size,
+            digest=stored.manifest_digest.removeprefix("sha256:"),
             details=details_of(store, stored.manifest),
         )
         for stored in await asyncio.to_thread(store.list)
@@ -224,11 +251,14 @@ async def ps(scheduler: SchedulerDep) -> ProcessResponse:
         size, vram = loaded.size, loaded.size_on_device
         out.append(
             ProcessModel(
-                name=loaded.recipe.name.display, model=loaded.recipe.name.display, size=size,
+                name=loaded.recipe.name.display,
+                model=loaded.recipe.name.display,
+                size=size,
                 digest=loaded.recipe.digest.removeprefix("sha256:"),
                 details=details_of(scheduler.store, loaded.recipe.manifest),
                 expires_at=now_rfc3339(expires) if expires is not None else "0001-01-01T00:00:00Z",
-                size_vram=vram, context_length=runner.info.n_ctx if runner else None,
+                size_vram=vram,
+                context_length=runner.info.n_ctx if runner else None,
                 processor=loaded.plan.processor_label if loaded.plan else processor_label(size, vram, loaded.backend),
             )
         )

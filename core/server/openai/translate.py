@@ -15,7 +15,7 @@ from typing import Any
 
 from corral.models.store import StoredModel
 from corral.runtime.worker import Event, Stats
-from corral.server.openai.types import ChatMessageIn, InvalidParam, ResponseFormat, GeneratingRequest
+from corral.server.openai.types import ChatMessageIn, GeneratingRequest, InvalidParam, ResponseFormat
 from corral.types import Message, Options
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -98,7 +98,9 @@ def chat_messages(messages: list[ChatMessageIn]) -> list[Message]:
         if role == "tool":
             tool_name = msg.name or _tool_name(messages[:i], msg.tool_call_id)
         out.append(
-            Message(role=role, content="\n".join(texts), images=images or None, tool_calls=tool_calls, tool_name=tool_name)
+            Message(
+                role=role, content="\n".join(texts), images=images or None, tool_calls=tool_calls, tool_name=tool_name
+            )
         )
     return out
 
@@ -187,8 +189,9 @@ def openai_tool_calls(calls: list[dict[str, Any]], *, streaming: bool) -> list[d
     out = []
     for call in calls:
         fn = call["function"]
+        arguments = json.dumps(fn["arguments"], ensure_ascii=False)
         item = {"id": f"call_{secrets.token_hex(4)}", "type": "function",
-                "function": {"name": fn["name"], "arguments": json.dumps(fn["arguments"], ensure_ascii=False)}}  # fmt: skip
+                "function": {"name": fn["name"], "arguments": arguments}}  # fmt: skip
         out.append({"index": fn["index"], **item} if streaming else item)
     return out
 
