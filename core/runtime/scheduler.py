@@ -12,24 +12,21 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from corral.config import Settings
 from corral.errors import BadRequest, CorralError, InsufficientMemory, ServerBusy
 from corral.hookspecs import Estimate, LoadSpec, Sampling
-from corral.models.recipes import Recipe, resolve
+from corral.models.recipes import Recipe, refuse_unhonoured, resolve
 from corral.models.store import Store
 from corral.plugins import BackendEntry, Plugins
 from corral.runtime.isolation import ProcessWorker
+from corral.runtime.telemetry import Telemetry
 from corral.runtime.worker import Event, Job, ModelWorker
 from corral.types import Options
 
-NUM_KEEP_UNSUPPORTED = (
-    "num_keep is not supported: Corral never shifts the context (a prompt longer than num_ctx is refused "
-    "and generation stops when the context is full), so there is nothing to keep; remove the option"
-)
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -105,6 +102,7 @@ class Scheduler:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._queued = 0
         self._reaper: asyncio.Task[None] | None = None
+        self.telemetry = Telemetry()  # the server's /metrics listens here
 
     # ---- residency ---------------------------------------------------------------------------
     async def acquire(
@@ -117,8 +115,7 @@ class Scheduler:
         """Load ``model`` (or reuse it) and hold it until ``release``."""
         self._start_reaper()
         request_options = options if isinstance(options, Options) else Options.parse(options)
-        if request_options.num_keep is not None:
-            raise BadRequest(NUM_KEEP_UNSUPPORTED)
+        refuse_unhonoured(request_options)  # a model's own num_keep (pulled from Ollama) is left unused
         recipe = await asyncio.to_thread(resolve, self.store, model)
         merged = recipe.options.merged(request_options)
         entry = self.plugins.select(backend or self.settings.backend)
@@ -141,7 +138,9 @@ class Scheduler:
                 if self.settings.isolate_runners:
                     worker = ProcessWorker(entry.name, load_spec, recipe.name.display, self.settings.prefix_cache)
                 else:
-                    worker = ModelWorker(lambda: entry.backend.load(load_spec), recipe.name.display, self.settings.prefix_cache)
+                    worker = ModelWorker(
+                        lambda: entry.backend.load(load_spec), recipe.name.display, self.settings.prefix_cache
+                    )
                 loaded = Loaded(recipe, entry.name, spec, worker, plan=plan)
                 self.loaded[key] = loaded
                 try:
@@ -149,10 +148,16 @@ class Scheduler:
                 except BaseException:
                     self.loaded.pop(key, None)
                     raise
+                self.telemetry.model_loaded(recipe.name.display, worker.load_seconds)
             loaded.inflight += 1
             loaded.expires_at = math.inf
             loaded.keep_alive = parse_keep_alive(keep_alive, self.default_keep_alive)
         return Ticket(loaded, merged, time.perf_counter() - t0)
+
+    @property
+    def queued(self) -> int:
+        """Jobs submitted to a model and not yet finished (running or waiting)."""
+        return self._queued
 
     @property
     def default_keep_alive(self) -> float:
@@ -264,7 +269,9 @@ class Scheduler:
             prompt=prompt,
             sampling=sampling or opts.sampling(),
             emit=lambda e: None,
-            num_predict=num_predict if num_predict is not None else (opts.num_predict if opts.num_predict is not None else -1),
+            num_predict=num_predict
+            if num_predict is not None
+            else (opts.num_predict if opts.num_predict is not None else -1),
             num_ctx=opts.num_ctx or None,
             stops=list(stops if stops is not None else (opts.stop or [])),
             add_bos=add_bos and not context,
@@ -278,7 +285,9 @@ class Scheduler:
     async def embed(self, ticket: Ticket, texts: list[str], *, truncate: bool = True) -> tuple[list[list[float]], int]:
         """One vector per text and the tokens read; ``truncate``: cut inputs longer than the context to fit."""
         result: list[list[list[float]]] = []
-        job = Job(prompt="", sampling=Sampling(), emit=lambda e: None, embed=texts, truncate=truncate, on_result=result.append)
+        job = Job(
+            prompt="", sampling=Sampling(), emit=lambda e: None, embed=texts, truncate=truncate, on_result=result.append
+        )
         count = 0
         async for event in self._run(ticket, job):
             if event.error:
@@ -287,11 +296,12 @@ class Scheduler:
                 count = event.stats.prompt_eval_count
         return result[0], count
 
-    async def _run(self, ticket: Ticket, job: Job) -> AsyncIterator[Event]:
+    async def _run(self, ticket: Ticket, job: Job) -> AsyncGenerator[Event, None]:
         if self._queued >= self.settings.max_queue:
             raise ServerBusy("server busy, please try again: the request queue is full (CORRAL_MAX_QUEUE)")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
+
         def emit(event: Event) -> None:
             try:
                 loop.call_soon_threadsafe(events.put_nowait, event)
@@ -300,11 +310,13 @@ class Scheduler:
 
         job.emit = emit
         self._queued += 1
+        timer = self.telemetry.track(ticket.loaded.recipe.name.display)
         ticket.loaded.worker.submit(job)
         finished = False
         try:
             while True:
                 event = await events.get()
+                timer.saw(event)
                 if event.done:
                     finished = True
                     if event.done_reason == "error":
@@ -314,6 +326,7 @@ class Scheduler:
                     return
         finally:
             self._queued -= 1
+            timer.close()
             if not finished:
                 job.cancel()
 
@@ -329,6 +342,7 @@ def _eviction_order(item: tuple[tuple[str, str], Loaded]) -> tuple[float, float]
 
 def _needs_reload(old: LoadSpec, new: LoadSpec) -> bool:
     """Per-request num_ctx never reloads (the KV pool is shared); thread/GPU/batch/mmap changes do."""
+
     def load_time(s: LoadSpec) -> tuple[object, ...]:
         return (s.num_thread, s.num_gpu, s.main_gpu, s.num_batch, s.use_mmap)
 

@@ -31,6 +31,7 @@ class Stats:
     eval_count: int = 0
     eval_duration: int = 0
     cached_tokens: int = 0
+    queue_duration: int = 0  # waiting in this worker for a slot
 
 
 @dataclass
@@ -42,6 +43,9 @@ class Event:
     exception: CorralError | None = None  # the error itself, so the server can pick the status
     stats: Stats | None = None
     tokens: list[int] | None = None  # the whole context on the final event (Ollama's "context")
+    # The tokens sampled since the last event, when the job's Sampling asked for logprobs: Ollama's and
+    # OpenAI's shape, {"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -60,9 +64,20 @@ class Job:
     truncate: bool = True  # an input longer than the context is cut to fit (Ollama's default), else refused
     on_result: Callable[[Any], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    received_at: float = 0.0  # perf_counter when the owner thread took it in (its queue time starts)
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+
+@dataclass(frozen=True)
+class WorkerUsage:
+    """A model's load right now: what routers and autoscalers read from /metrics."""
+
+    running: int  # sequences in a slot (prefill or decode)
+    waiting: int  # jobs waiting for a slot or for room in the KV cache
+    kv_used: int  # KV cells held by running sequences (idle prefix caches are reclaimable, so free)
+    kv_total: int  # KV cells in the shared pool (context per slot x slots)
 
 
 @dataclass
@@ -79,6 +94,7 @@ class _Slot:
     t_start: float = 0.0
     t_first: float = 0.0
     last_used: float = 0.0
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # not yet sent with an event
 
 
 class ModelWorker:
@@ -120,6 +136,17 @@ class ModelWorker:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    def usage(self, timeout: float = 1.0) -> WorkerUsage | None:
+        """Read from another thread without a lock: a scrape may see a step half done, never a wrong type."""
+        slots = getattr(self, "slots", None)
+        if slots is None:
+            return None
+        running = [s for s in list(slots) if s.job is not None]
+        return WorkerUsage(
+            running=len(running), waiting=len(self._waiting) + self._inbox.qsize(),
+            kv_used=sum(len(s.cached) for s in running), kv_total=self.total_ctx,
+        )  # fmt: skip
+
     # ---- the owner thread -------------------------------------------------------------------
     def _main(self) -> None:
         t0 = time.perf_counter()
@@ -159,6 +186,7 @@ class ModelWorker:
             while True:
                 if item is None:
                     return not self._stopping
+                item.received_at = time.perf_counter()
                 self._waiting.append(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
@@ -275,8 +303,10 @@ class ModelWorker:
         slot.generated = 0
         slot.limit = min(num_ctx, self.total_ctx)
         slot.text = TextStream(job.stops)
-        slot.stats = Stats(cached_tokens=common)
         slot.t_start = time.perf_counter()
+        queued = int((slot.t_start - job.received_at) * 1e9) if job.received_at else 0
+        slot.stats = Stats(cached_tokens=common, queue_duration=queued)
+        slot.logprobs = []
         runner.set_sampling(slot.seq, job.sampling)
 
     def _step(self) -> None:
@@ -336,9 +366,11 @@ class ModelWorker:
             return
         slot.generated += 1
         slot.next_token = token
+        if job.sampling.logprobs is not None:
+            self._note_logprobs(slot, token)
         text = slot.text.feed(runner.token_bytes(token))
         if text:
-            job.emit(Event(text=text))
+            job.emit(Event(text=text, logprobs=self._take_logprobs(slot, job)))
         if slot.text.stopped:
             self._finish(slot, "stop")
         elif job.num_predict >= 0 and slot.generated >= job.num_predict:
@@ -346,13 +378,32 @@ class ModelWorker:
         elif len(slot.cached) + 1 >= slot.limit:
             self._finish(slot, "length")
 
+    def _note_logprobs(self, slot: _Slot, token: int) -> None:
+        found = getattr(self.runner, "logprobs", None)
+        lp = found(slot.seq) if found is not None else None
+        if lp is None or lp.token != token:
+            return
+        top = [self._token_entry(t, v) for t, v in lp.top]
+        slot.logprobs.append({**self._token_entry(token, lp.logprob), "top_logprobs": top})
+
+    def _token_entry(self, token: int, logprob: float) -> dict[str, Any]:
+        assert self.runner is not None
+        data = self.runner.token_bytes(token)
+        return {"token": data.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(data)}
+
+    def _take_logprobs(self, slot: _Slot, job: Job) -> list[dict[str, Any]] | None:
+        if job.sampling.logprobs is None:
+            return None
+        taken, slot.logprobs = slot.logprobs, []
+        return taken
+
     def _finish(self, slot: _Slot, reason: str, error: CorralError | str | None = None) -> None:
         job = slot.job
         assert job is not None
         if reason != "error" and slot.text is not None:
             tail = slot.text.flush()
             if tail:
-                job.emit(Event(text=tail))
+                job.emit(Event(text=tail, logprobs=self._take_logprobs(slot, job)))
         now = time.perf_counter()
         stats = slot.stats
         stats.eval_count = slot.generated
@@ -365,7 +416,15 @@ class ModelWorker:
         slot.t_first = 0.0
         exception = error if isinstance(error, CorralError) else (CorralError(error) if error else None)
         job.emit(
-            Event(done=True, done_reason=reason, error=str(error) if error else None, exception=exception, stats=stats, tokens=context)
+            Event(
+                done=True,
+                done_reason=reason,
+                error=str(error) if error else None,
+                exception=exception,
+                stats=stats,
+                tokens=context,
+                logprobs=self._take_logprobs(slot, job),
+            )
         )
 
 
@@ -375,4 +434,3 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-

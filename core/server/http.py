@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -29,7 +29,7 @@ _SCHEMAS_KEY = "x-corral-schemas"  # carries a body's schemas from a route to th
 
 
 def now_rfc3339(ts: float | None = None) -> str:
-    moment = datetime.fromtimestamp(ts, tz=timezone.utc) if ts is not None else datetime.now(timezone.utc)
+    moment = datetime.fromtimestamp(ts, tz=UTC) if ts is not None else datetime.now(UTC)
     return moment.isoformat().replace("+00:00", "Z")
 
 
@@ -37,11 +37,11 @@ def now_rfc3339(ts: float | None = None) -> str:
 
 
 def _scheduler(request: Request) -> Scheduler:
-    return request.app.state.scheduler  # type: ignore[no-any-return]
+    return request.app.state.scheduler
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 SchedulerDep = Annotated[Scheduler, Depends(_scheduler)]
@@ -50,17 +50,34 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 
 async def parse_body(request: Request, model: type[M]) -> M:
     """Read a JSON body into ``model``; bad JSON or a wrong field is a one-line 400 (not FastAPI's 422)."""
-    raw = await request.body()
-    try:
-        data = json.loads(raw or b"{}")
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"invalid JSON in the request body: {exc.msg} at position {exc.pos}") from None
+    data = decode_json(await request.body())
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise BadRequest(first_error(exc.errors())) from None
+
+
+def decode_json(raw: bytes) -> Any:
+    """A request body as JSON, strictly: UTF-8, no NaN or Infinity, not nested past what a parser can
+    follow; anything else is a one-line BadRequest (these were 500s with a traceback)."""
+    try:
+        text = (raw or b"{}").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON in the request body: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise BadRequest("invalid JSON in the request body: nested too deeply") from None
+    except ValueError as exc:  # a number of more digits than Python converts, or NaN/Infinity
+        raise BadRequest(f"invalid JSON in the request body: {exc}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def first_error(errors: Any) -> str:

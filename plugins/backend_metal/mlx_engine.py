@@ -26,18 +26,17 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from corral.engines.sampling import GrammarVocabulary, Sampler
 from corral.errors import BadRequest, CorralError
 from corral.formats.gguf import read_header, validate_gguf
-from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
-
-from .mlx_convert import derived_folder, ensure_mlx_folder, hf_name
-from .mlx_lora import EMBEDDINGS, LoraPair, load_adapters
-from .mlx_tokenizer import GGUFTokenizer
+from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep, TokenLogprobs
+from corral_backend_metal.mlx_convert import derived_folder, ensure_mlx_folder, hf_name
+from corral_backend_metal.mlx_lora import EMBEDDINGS, LoraPair, load_adapters
+from corral_backend_metal.mlx_tokenizer import GGUFTokenizer
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -224,7 +223,8 @@ class MLXRunner:
         self.max_tokens = self.n_ctx * spec.num_parallel
         self.n_batch = max(32, spec.num_batch)
         with mx.stream(self.device):
-            weights = mx.load(str(self.folder / "model.safetensors"))
+            # A .safetensors file loads as a dict of arrays (mx.load's type covers every format).
+            weights = cast("dict[str, mx.array]", mx.load(str(self.folder / "model.safetensors")))
             mx.eval(weights)
         lora = _lora_by_module(load_adapters(spec.adapters, tensors, "llama"), config["tie_word_embeddings"])
         self.model = _Llama(weights, config, self.max_tokens, lora)
@@ -272,6 +272,10 @@ class MLXRunner:
     def cached(self, seq: int) -> int:
         cache = self._caches.get(seq)
         return cache.offset if cache else 0
+
+    def logprobs(self, seq: int) -> TokenLogprobs | None:
+        sampler = self._samplers.get(seq)
+        return sampler.last_logprobs if sampler is not None else None
 
     def step(self, batch: Sequence[SequenceStep]) -> dict[int, int]:
         """Every listed sequence's new tokens go through the model together, ``n_batch`` tokens per
@@ -332,6 +336,7 @@ class MLXRunner:
                 if len(tokens) > self.n_ctx:
                     raise BadRequest(f"input is {len(tokens)} tokens, more than the context of {self.n_ctx}")
                 hidden = self.model.forward([(_Cache(), tokens)], hidden=True)
+                assert hidden is not None  # hidden=True always returns the hidden states
                 out.append(np.array(hidden.mean(axis=0)).astype(float).tolist())
         return out
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from corral.chat import gotemplate
-from corral.errors import BadRequest
 from corral.chat.gotemplate import parse_template, render, uses_messages
+from corral.errors import BadRequest
 
 # Ollama's built-in templates and their expected renderings (MIT, see the folder's LICENSE-ollama).
 TESTDATA = Path(__file__).resolve().parents[1] / "data" / "ollama-templates"
@@ -303,7 +303,9 @@ def test_nesting_work_and_output_are_bounded(monkeypatch: pytest.MonkeyPatch) ->
         parse_template("{{ if 1 }}" * 200 + "{{ end }}" * 200)
     with pytest.raises(BadRequest, match="nested too deeply"):
         parse_template("{{ " + "(" * 200 + "1" + ")" * 200 + " }}")
-    monkeypatch.setattr(gotemplate, "_MAX_STEPS", 10_000)
+    from corral.chat.gotemplate import execute
+
+    monkeypatch.setattr(execute, "_MAX_STEPS", 10_000)
     with pytest.raises(BadRequest, match="too many steps"):
         run("{{ range 1000000000 }}{{ end }}")
     with pytest.raises(BadRequest, match="too large"):

@@ -18,7 +18,8 @@ import numpy as np
 from corral.engines.host import physical_cores
 from corral.errors import BadRequest, CorralError, InvalidModelFile
 from corral.formats.gguf import validate_gguf
-from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
+from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep, TokenLogprobs
+from corral.engines.sampling import token_logprobs
 
 _backend_ready = False
 _log_callback: Any = None  # keeps the ctypes callback alive for the process
@@ -52,7 +53,9 @@ def model_params(llama: Any, spec: LoadSpec, n_gpu_layers: int) -> Any:
         mparams.main_gpu = spec.main_gpu
     if spec.tensor_split:
         if len(spec.tensor_split) > llama.LLAMA_MAX_DEVICES:
-            raise BadRequest(f"tensor_split has {len(spec.tensor_split)} entries; llama.cpp takes at most {llama.LLAMA_MAX_DEVICES}")
+            raise BadRequest(
+                f"tensor_split has {len(spec.tensor_split)} entries; llama.cpp takes at most {llama.LLAMA_MAX_DEVICES}"
+            )
         mparams.tensor_split = (ctypes.c_float * llama.LLAMA_MAX_DEVICES)(*spec.tensor_split)
     if spec.use_mmap is not None:
         mparams.load_mode = llama.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else llama.LLAMA_LOAD_MODE_NONE
@@ -132,6 +135,7 @@ class LlamaCppRunner:
         self.total_ctx = int(llama.llama_n_ctx(self._ctx))
         self._pos: dict[int, int] = {}  # tokens cached per sequence
         self._samplers: dict[int, tuple[Sampling, Any]] = {}
+        self._logprobs: dict[int, TokenLogprobs] = {}  # the last sampled token's, where asked for
         self._pieces: dict[int, bytes] = {}
         self._init_batch(self.n_batch)
 
@@ -206,6 +210,7 @@ class LlamaCppRunner:
         if old and old[1]:
             self._L.llama_sampler_free(old[1])
         self._samplers[seq] = (sampling, None if _is_plain_greedy(sampling) else self._make_chain(sampling))
+        self._logprobs.pop(seq, None)
 
     def _make_chain(self, s: Sampling) -> Any:
         L = self._L
@@ -241,12 +246,21 @@ class LlamaCppRunner:
         return chain
 
     def _sample(self, seq: int, index: int) -> int:
-        _sampling, chain = self._samplers.get(seq) or (None, None)
+        sampling, chain = self._samplers.get(seq) or (None, None)
         if chain is None:
             # numpy's argmax beats the sampler chain for plain greedy decoding (big vocabularies).
-            logits = self._L.llama_get_logits_ith(self._ctx, index)
-            return int(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
-        return int(self._L.llama_sampler_sample(chain, self._ctx, index))
+            row = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+            token = int(row.argmax())
+        else:
+            token = int(self._L.llama_sampler_sample(chain, self._ctx, index))
+        if sampling is not None and sampling.logprobs is not None:
+            # the raw logits row, which the sampler chain read into its own copy and left as it was
+            row = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+            self._logprobs[seq] = token_logprobs(row, token, sampling.logprobs)
+        return token
+
+    def logprobs(self, seq: int) -> TokenLogprobs | None:
+        return self._logprobs.get(seq)
 
     # ---- Runner: decoding ---------------------------------------------------------------------
     def cached(self, seq: int) -> int:
@@ -286,12 +300,12 @@ class LlamaCppRunner:
             if rc != 0:
                 # Undo what this chunk may have written so the sequences stay consistent.
                 for s in set(flat_seq[lo:hi]):
-                    self.truncate(s, min(p for p, q in zip(flat_pos[lo:hi], flat_seq[lo:hi]) if q == s))
+                    self.truncate(s, min(p for p, q in zip(flat_pos[lo:hi], flat_seq[lo:hi], strict=True) if q == s))
                 if rc == 1:
                     raise CorralError("the context is full: no room left in the KV cache (raise num_ctx)")
                 raise CorralError(f"llama_decode failed with code {rc}")
             for s in set(flat_seq[lo:hi]):
-                self._pos[s] = max(p for p, q in zip(flat_pos[lo:hi], flat_seq[lo:hi]) if q == s) + 1
+                self._pos[s] = max(p for p, q in zip(flat_pos[lo:hi], flat_seq[lo:hi], strict=True) if q == s) + 1
             for local, s in sample_here:
                 results[s] = self._sample(s, local)
         return results
@@ -329,7 +343,9 @@ class LlamaCppRunner:
                 if pooled:
                     vec = np.ctypeslib.as_array(L.llama_get_embeddings_seq(self._ctx, seq), shape=(dim,)).copy()
                 else:  # generative models pool nothing themselves: mean over the tokens
-                    rows = [np.ctypeslib.as_array(L.llama_get_embeddings_ith(self._ctx, i), shape=(dim,)) for i in range(n)]
+                    rows = [
+                        np.ctypeslib.as_array(L.llama_get_embeddings_ith(self._ctx, i), shape=(dim,)) for i in range(n)
+                    ]
                     vec = np.mean(rows, axis=0)
                 out.append(vec.astype(float).tolist())
         finally:
