@@ -155,6 +155,8 @@ class GenerateRequest(_Request):
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive = None
     think: bool | str | None = None
+    logprobs: bool | None = None  # each token's log-probability in the answer
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # and this many likeliest alternatives
     backend: str | None = None
     debug_render_only: bool | None = Field(None, alias="_debug_render_only")  # Ollama's: the prompt, not an answer
 
@@ -163,13 +165,21 @@ class ChatRequest(_Request):
     model: str
     messages: list[Message] | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # Corral: OpenAI's auto / none / required / a function
     stream: bool = True
     format: str | dict[str, Any] | None = None
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive = None
     think: bool | str | None = None
+    logprobs: bool | None = None  # each token's log-probability in the answer
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # and this many likeliest alternatives
     backend: str | None = None
     debug_render_only: bool | None = Field(None, alias="_debug_render_only")  # None: not sent by the client
+
+
+def logprobs_wanted(logprobs: bool | None, top_logprobs: int | None) -> int | None:
+    """How many alternatives to report per token, or None when no logprobs were asked for."""
+    return (top_logprobs or 0) if logprobs or top_logprobs else None
 
 
 class EmbedRequest(_Request):
@@ -251,6 +261,7 @@ class DebugInfo(_Response):
 class _Done(_Response):
     model: str = ""
     debug_info: DebugInfo | None = Field(None, alias="_debug_info")
+    logprobs: list[dict[str, Any]] | None = None  # per token: token, logprob, bytes, top_logprobs
     created_at: str | None = None
     done: bool | None = None
     done_reason: str | None = None
