@@ -19,7 +19,7 @@ from typing import Any
 from corral.config import Settings
 from corral.errors import BadRequest, CorralError, InsufficientMemory, ServerBusy
 from corral.hookspecs import Estimate, LoadSpec, Sampling
-from corral.models.recipes import Recipe, resolve
+from corral.models.recipes import Recipe, refuse_unhonoured, resolve
 from corral.models.store import Store
 from corral.plugins import BackendEntry, Plugins
 from corral.runtime.isolation import ProcessWorker
@@ -27,10 +27,6 @@ from corral.runtime.telemetry import Telemetry
 from corral.runtime.worker import Event, Job, ModelWorker
 from corral.types import Options
 
-NUM_KEEP_UNSUPPORTED = (
-    "num_keep is not supported: Corral never shifts the context (a prompt longer than num_ctx is refused "
-    "and generation stops when the context is full), so there is nothing to keep; remove the option"
-)
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -119,8 +115,7 @@ class Scheduler:
         """Load ``model`` (or reuse it) and hold it until ``release``."""
         self._start_reaper()
         request_options = options if isinstance(options, Options) else Options.parse(options)
-        if request_options.num_keep is not None:
-            raise BadRequest(NUM_KEEP_UNSUPPORTED)
+        refuse_unhonoured(request_options)  # a model's own num_keep (pulled from Ollama) is left unused
         recipe = await asyncio.to_thread(resolve, self.store, model)
         merged = recipe.options.merged(request_options)
         entry = self.plugins.select(backend or self.settings.backend)

@@ -50,17 +50,34 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 
 async def parse_body(request: Request, model: type[M]) -> M:
     """Read a JSON body into ``model``; bad JSON or a wrong field is a one-line 400 (not FastAPI's 422)."""
-    raw = await request.body()
-    try:
-        data = json.loads(raw or b"{}")
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"invalid JSON in the request body: {exc.msg} at position {exc.pos}") from None
+    data = decode_json(await request.body())
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise BadRequest(first_error(exc.errors())) from None
+
+
+def decode_json(raw: bytes) -> Any:
+    """A request body as JSON, strictly: UTF-8, no NaN or Infinity, not nested past what a parser can
+    follow; anything else is a one-line BadRequest (these were 500s with a traceback)."""
+    try:
+        text = (raw or b"{}").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON in the request body: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise BadRequest("invalid JSON in the request body: nested too deeply") from None
+    except ValueError as exc:  # a number of more digits than Python converts, or NaN/Infinity
+        raise BadRequest(f"invalid JSON in the request body: {exc}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def first_error(errors: Any) -> str:
@@ -178,7 +195,21 @@ class ClosingStream(StreamingResponse):
                 await self._on_close()
 
 
-# ---- NDJSON (Ollama's streams) ------------------------------------------------------------------
+# ---- framing: server-sent events (OpenAI's and Anthropic's streams), NDJSON (Ollama's) -----------
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may hold events back
+
+
+def sse(obj: Any, event: str | None = None) -> bytes:
+    """One server-sent event carrying ``obj`` as compact JSON, named ``event`` where the API names them."""
+    data = b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return f"event: {event}\n".encode() + data if event else data
+
+
+def event_stream(body: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]]) -> ClosingStream:
+    """A text/event-stream response of ``body``'s events; ``on_close`` runs however it ends."""
+    return ClosingStream(body, on_close, media_type="text/event-stream", headers=SSE_HEADERS)
+
 
 
 def error_body(message: str, status: int) -> JSONResponse:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import secrets
 import time
@@ -30,12 +29,13 @@ from corral.runtime.worker import Event
 from corral.server.http import (
     CLIENT_CLOSED,
     ClientGone,
-    ClosingStream,
     SchedulerDep,
     answering_errors,
+    event_stream,
     first_error,
     json_body,
     parse_body,
+    sse,
     unless_disconnected,
 )
 from corral.server.openai.translate import (
@@ -62,7 +62,6 @@ from corral.types import Options
 log = logging.getLogger("corral.openai")
 
 FINGERPRINT = "fp_corral"
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_DONE = b"data: [DONE]\n\n"
 
 
@@ -81,10 +80,6 @@ def openai_error(request: Request, exc: Exception) -> Response:
 router = APIRouter(route_class=answering_errors(openai_error))
 
 
-def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-
 async def _sse_stream(chunks: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
     """The events of one stream, then ``[DONE]``; an error mid-stream becomes a final error event
     (and no ``[DONE]``)."""
@@ -95,11 +90,11 @@ async def _sse_stream(chunks: AsyncIterator[bytes], what: str) -> AsyncIterator[
     except Exception as exc:
         if not isinstance(exc, CorralError):
             log.exception("%s stream failed", what)
-        yield _sse(error_of(exc)[1])
+        yield sse(error_of(exc)[1])
 
 
 def _event_stream(body: AsyncIterator[bytes], gen: Generation, what: str) -> Response:
-    return ClosingStream(_sse_stream(body, what), gen.close, media_type="text/event-stream", headers=_SSE_HEADERS)
+    return event_stream(_sse_stream(body, what), gen.close)
 
 
 def _final(pieces: list[Piece]) -> Event:
@@ -157,7 +152,7 @@ async def chat_completions(request: Request, scheduler: SchedulerDep) -> Respons
             obj["usage"] = None
         if usage is not None:
             obj["choices"], obj["usage"] = [], usage
-        return _sse(obj)
+        return sse(obj)
 
     async def body() -> AsyncIterator[bytes]:
         yield chunk({"role": "assistant", "content": ""}, None)
@@ -220,7 +215,7 @@ async def completions(request: Request, scheduler: SchedulerDep) -> Response:
         obj = completion(text, finish)
         if include_usage:
             obj["usage"] = None
-        return _sse(obj)
+        return sse(obj)
 
     async def body() -> AsyncIterator[bytes]:
         if prefix:
@@ -233,7 +228,7 @@ async def completions(request: Request, scheduler: SchedulerDep) -> Response:
                 if include_usage:
                     usage_chunk = completion("", None, usage_of(piece.event.stats))
                     usage_chunk["choices"] = []
-                    yield _sse(usage_chunk)
+                    yield sse(usage_chunk)
 
     return _event_stream(body(), gen, "completion")
 

@@ -132,7 +132,7 @@ def _tool_calls(calls: list[dict[str, Any]], where: str) -> list[dict[str, Any]]
         if isinstance(arguments, str):
             try:
                 arguments = json.loads(arguments)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 raise InvalidParam(f"{where}: tool call arguments are not valid JSON", f"{where}.tool_calls") from None
         out.append({"function": {"name": function.get("name", ""), "arguments": arguments}})
     return out

@@ -315,7 +315,8 @@ function flushPaint() {
 // ---- the conversation list -------------------------------------------------------------------
 
 function renderList() {
-  const sorted = [...state.conversations].sort((a, b) => b.updated - a.updated);
+  // A conversation is listed once it has a message: "New chat" alone is not worth an entry.
+  const sorted = state.conversations.filter((c) => c.messages.length > 0).sort((a, b) => b.updated - a.updated);
   ui.list.replaceChildren(...sorted.map(listItem));
 }
 
@@ -512,10 +513,11 @@ async function pull(name) {
     const res = await api("/api/pull", { method: "POST", body: JSON.stringify({ model: name, stream: true, insecure: ui.pullInsecure.checked }) });
     if (!res.ok) throw new Error(await errorOf(res));
     let succeeded = false;
+    let total = 0;
     for await (const p of ndjson(res)) {
       if (p.error) throw new Error(p.error);
       if (p.digest && p.total) layers.set(p.digest, { total: p.total, completed: p.completed || 0 });
-      const total = [...layers.values()].reduce((sum, l) => sum + l.total, 0);
+      total = [...layers.values()].reduce((sum, l) => sum + l.total, 0);
       const completed = [...layers.values()].reduce((sum, l) => sum + l.completed, 0);
       if (total > 0) {
         ui.pullProgress.max = total;
@@ -527,8 +529,11 @@ async function pull(name) {
       if (p.status === "success") succeeded = true;
     }
     if (!succeeded) throw new Error("the pull ended before it succeeded");
-    ui.pullProgress.max = 1;
-    ui.pullProgress.value = 1;
+    if (total === 0) {
+      // Nothing was downloaded (a bundled model, or every layer was here already).
+      ui.pullProgress.max = 1;
+      ui.pullProgress.value = 1;
+    }
     ui.pullStatus.textContent = `Pulled ${name}`;
     ui.pullName.value = "";
     await refreshModels();
@@ -659,6 +664,8 @@ function bind() {
 
 async function start() {
   bind();
+  // At phone width the keyboard hint would not fit in the box.
+  if (window.matchMedia("(max-width: 720px)").matches) ui.message.placeholder = "Message";
   ui.forgetKey.hidden = !apiKey;
   current();
   renderConversation();
