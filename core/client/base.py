@@ -25,8 +25,6 @@ from corral.types import (
 )
 from corral.version import __version__
 
-
-
 T = TypeVar("T", bound=BaseModel)
 HttpxClient = TypeVar("HttpxClient", httpx.Client, httpx.AsyncClient)
 

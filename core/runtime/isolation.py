@@ -8,12 +8,15 @@ and relays jobs and events over a socket pair. The child is a fresh ``python -m 
 
 from __future__ import annotations
 
+import hmac
 import itertools
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, fields
 from multiprocessing.connection import Connection
 from typing import Any
@@ -73,7 +76,10 @@ def _child_main(conn: Connection) -> None:
                     jobs.pop(job_id, None)
                 send(("event", job_id, event))
 
-            job = Job(**data, emit=emit, on_result=lambda result, job_id=job_id: send(("result", job_id, result)))
+            def on_result(result: Any, job_id: int = job_id) -> None:
+                send(("result", job_id, result))
+
+            job = Job(**data, emit=emit, on_result=on_result)
             jobs[job_id] = job
             worker.submit(job)
         elif kind == "usage":
@@ -86,19 +92,64 @@ def _child_main(conn: Connection) -> None:
     worker.join(30)
 
 
+def _start_child(transport: str) -> tuple[subprocess.Popen[bytes], Connection]:
+    """Start the runner process and connect to it.
+
+    ``socketpair`` (POSIX): the child inherits its end of a socket pair as a file descriptor.
+    ``loopback`` (Windows, which cannot pass a descriptor to a child): the child connects to a
+    one-shot listening socket on 127.0.0.1 and proves itself with a key it read from its stdin.
+    """
+    command = [sys.executable, "-m", "corral.runtime.isolation"]
+    if transport == "socketpair":
+        parent_sock, child_sock = socket.socketpair()
+        proc = subprocess.Popen(
+            [*command, str(child_sock.fileno())], pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL
+        )
+        child_sock.close()
+        return proc, Connection(parent_sock.detach())
+    key = secrets.token_hex(32)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        proc = subprocess.Popen([*command, "--connect", str(port)], stdin=subprocess.PIPE)
+        assert proc.stdin is not None
+        proc.stdin.write(key.encode() + b"\n")
+        proc.stdin.close()
+        server.settimeout(0.25)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                sock, _ = server.accept()
+            except TimeoutError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise RunnerCrashed(f"the model runner process did not connect (exit code {proc.poll()})") from None
+                continue
+            sock.settimeout(10)
+            try:
+                proof = sock.recv(len(key) + 1).decode(errors="replace").strip()
+            except OSError:
+                proof = ""
+            if hmac.compare_digest(proof, key):
+                sock.settimeout(None)
+                return proc, Connection(sock.detach())
+            sock.close()  # not our child: some other local program found the port
+
+
+def _child_connect(port: int) -> Connection:
+    key = sys.stdin.readline().strip()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(key.encode() + b"\n")
+    return Connection(sock.detach())
+
+
 class ProcessWorker:
     """A ModelWorker in a child process, seen from the server."""
 
-    def __init__(self, backend: str, spec: LoadSpec, name: str, prefix_cache: bool = True) -> None:
+    def __init__(
+        self, backend: str, spec: LoadSpec, name: str, prefix_cache: bool = True, transport: str | None = None
+    ) -> None:
         self.name = name
-        parent_sock, child_sock = socket.socketpair()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "corral.runtime.isolation", str(child_sock.fileno())],
-            pass_fds=(child_sock.fileno(),),
-            stdin=subprocess.DEVNULL,
-        )
-        child_sock.close()
-        self._conn = Connection(parent_sock.detach())
+        self._proc, self._conn = _start_child(transport or ("loopback" if sys.platform == "win32" else "socketpair"))
         self._conn.send((backend, spec, name, prefix_cache))
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count()
@@ -130,7 +181,14 @@ class ProcessWorker:
             self._send(("job", job_id, {name: getattr(job, name) for name in _JOB_FIELDS}))
         except OSError:
             self._jobs.pop(job_id, None)
-            job.emit(Event(done=True, done_reason="error", error="the model runner has stopped", exception=RunnerCrashed("the model runner has stopped")))
+            job.emit(
+                Event(
+                    done=True,
+                    done_reason="error",
+                    error="the model runner has stopped",
+                    exception=RunnerCrashed("the model runner has stopped"),
+                )
+            )
 
     def _send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
@@ -218,7 +276,9 @@ class ProcessWorker:
             how = f"killed by signal {signal.Signals(-code).name}"
         else:
             how = f"exit code {code}"
-        error = RunnerCrashed(f"the model runner for '{self.name}' crashed ({how}); see the server log, or run with --debug")
+        error = RunnerCrashed(
+            f"the model runner for '{self.name}' crashed ({how}); see the server log, or run with --debug"
+        )
         if not self._ready.is_set():
             self._load_error = error
             self._ready.set()
@@ -228,6 +288,5 @@ class ProcessWorker:
                 job.emit(Event(done=True, done_reason="error", error=str(error), exception=error))
 
 
-
 if __name__ == "__main__":
-    _child_main(Connection(int(sys.argv[1])))
+    _child_main(_child_connect(int(sys.argv[2])) if sys.argv[1] == "--connect" else Connection(int(sys.argv[1])))

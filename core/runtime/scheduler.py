@@ -12,7 +12,7 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,7 +138,9 @@ class Scheduler:
                 if self.settings.isolate_runners:
                     worker = ProcessWorker(entry.name, load_spec, recipe.name.display, self.settings.prefix_cache)
                 else:
-                    worker = ModelWorker(lambda: entry.backend.load(load_spec), recipe.name.display, self.settings.prefix_cache)
+                    worker = ModelWorker(
+                        lambda: entry.backend.load(load_spec), recipe.name.display, self.settings.prefix_cache
+                    )
                 loaded = Loaded(recipe, entry.name, spec, worker, plan=plan)
                 self.loaded[key] = loaded
                 try:
@@ -267,7 +269,9 @@ class Scheduler:
             prompt=prompt,
             sampling=sampling or opts.sampling(),
             emit=lambda e: None,
-            num_predict=num_predict if num_predict is not None else (opts.num_predict if opts.num_predict is not None else -1),
+            num_predict=num_predict
+            if num_predict is not None
+            else (opts.num_predict if opts.num_predict is not None else -1),
             num_ctx=opts.num_ctx or None,
             stops=list(stops if stops is not None else (opts.stop or [])),
             add_bos=add_bos and not context,
@@ -281,7 +285,9 @@ class Scheduler:
     async def embed(self, ticket: Ticket, texts: list[str], *, truncate: bool = True) -> tuple[list[list[float]], int]:
         """One vector per text and the tokens read; ``truncate``: cut inputs longer than the context to fit."""
         result: list[list[list[float]]] = []
-        job = Job(prompt="", sampling=Sampling(), emit=lambda e: None, embed=texts, truncate=truncate, on_result=result.append)
+        job = Job(
+            prompt="", sampling=Sampling(), emit=lambda e: None, embed=texts, truncate=truncate, on_result=result.append
+        )
         count = 0
         async for event in self._run(ticket, job):
             if event.error:
@@ -290,11 +296,12 @@ class Scheduler:
                 count = event.stats.prompt_eval_count
         return result[0], count
 
-    async def _run(self, ticket: Ticket, job: Job) -> AsyncIterator[Event]:
+    async def _run(self, ticket: Ticket, job: Job) -> AsyncGenerator[Event, None]:
         if self._queued >= self.settings.max_queue:
             raise ServerBusy("server busy, please try again: the request queue is full (CORRAL_MAX_QUEUE)")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
+
         def emit(event: Event) -> None:
             try:
                 loop.call_soon_threadsafe(events.put_nowait, event)
@@ -335,6 +342,7 @@ def _eviction_order(item: tuple[tuple[str, str], Loaded]) -> tuple[float, float]
 
 def _needs_reload(old: LoadSpec, new: LoadSpec) -> bool:
     """Per-request num_ctx never reloads (the KV pool is shared); thread/GPU/batch/mmap changes do."""
+
     def load_time(s: LoadSpec) -> tuple[object, ...]:
         return (s.num_thread, s.num_gpu, s.main_gpu, s.num_batch, s.use_mmap)
 

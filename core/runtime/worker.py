@@ -390,7 +390,14 @@ class ModelWorker:
         slot.t_first = 0.0
         exception = error if isinstance(error, CorralError) else (CorralError(error) if error else None)
         job.emit(
-            Event(done=True, done_reason=reason, error=str(error) if error else None, exception=exception, stats=stats, tokens=context)
+            Event(
+                done=True,
+                done_reason=reason,
+                error=str(error) if error else None,
+                exception=exception,
+                stats=stats,
+                tokens=context,
+            )
         )
 
 
@@ -400,4 +407,3 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
