@@ -73,9 +73,9 @@ class GrammarVocabulary:
                 import llama_cpp as L
             except ImportError:
                 raise BadRequest("grammars (format/JSON mode) need llama-cpp-python, which is not installed") from None
-            from corral.engines.llamacpp.runner import _init_backend
+            from corral.engines.llamacpp.backend import init_backend
 
-            _init_backend(L)
+            init_backend(L)
             params = L.llama_model_default_params()
             params.vocab_only = True
             self._model = L.llama_model_load_from_file(str(self.path).encode(), params)

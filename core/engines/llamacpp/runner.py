@@ -8,7 +8,6 @@ prefix cache. Backends differ only in how many layers they offload (``n_gpu_laye
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,31 +15,11 @@ from typing import Any
 import numpy as np
 
 from corral.engines.host import physical_cores
+from corral.engines.llamacpp.backend import init_backend
+from corral.engines.sampling import token_logprobs
 from corral.errors import BadRequest, CorralError, InvalidModelFile
 from corral.formats.gguf import validate_gguf
 from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep, TokenLogprobs
-from corral.engines.sampling import token_logprobs
-
-_backend_ready = False
-_log_callback: Any = None  # keeps the ctypes callback alive for the process
-
-
-def _init_backend(llama: Any) -> None:
-    global _backend_ready, _log_callback
-    if _backend_ready:
-        return
-    verbose = os.environ.get("CORRAL_DEBUG", "") not in ("", "0", "false")
-
-    @llama.llama_log_callback
-    def log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-        # llama.cpp chatters on stderr during every load; keep errors, and all of it with --debug.
-        if verbose or level == 4:  # ggml: 3 is WARN, 4 is ERROR
-            os.write(2, text)
-
-    _log_callback = log
-    llama.llama_log_set(log, ctypes.c_void_p(0))
-    llama.llama_backend_init()
-    _backend_ready = True
 
 
 def model_params(llama: Any, spec: LoadSpec, n_gpu_layers: int) -> Any:
@@ -71,7 +50,7 @@ class LlamaCppRunner:
         import llama_cpp as llama
 
         self._L = llama
-        _init_backend(llama)
+        init_backend(llama)
         path = Path(spec.model_path)
         # Some malformed files make llama.cpp abort the whole process: refuse them before it sees them.
         validate_gguf(path)
