@@ -163,6 +163,7 @@ class ChatRequest(_Request):
     model: str
     messages: list[Message] | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # Corral: OpenAI's auto / none / required / a function
     stream: bool = True
     format: str | dict[str, Any] | None = None
     options: dict[str, Any] | None = None

@@ -26,6 +26,7 @@ import numpy as np
 
 from corral.chat import prompting
 from corral.chat.reply import Reply
+from corral.chat.toolchoice import forced_tools, tool_call_grammar
 from corral.errors import BadRequest
 from corral.hookspecs import ModelInfo, Sampling
 from corral.models.recipes import Recipe
@@ -54,6 +55,7 @@ class ChatPrompt:
     messages: list[Message]
     tools: list[dict[str, Any]] | None = None
     think: bool | str | None = None
+    tool_choice: str | dict[str, Any] | None = None  # "required" or a named function: decoding makes a call
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,16 @@ async def _close_events(events: AsyncIterator[Event]) -> None:
         pass
 
 
+def _grammar(prompt: Prompt, reply: Reply, format: str | dict[str, Any] | None) -> str | None:
+    """The GBNF decoding follows: a forced tool call's, or the output ``format``'s."""
+    forced = forced_tools(prompt.tools, prompt.tool_choice) if isinstance(prompt, ChatPrompt) else None
+    if not forced:
+        return prompting.grammar_for(format)
+    if format not in (None, ""):
+        raise BadRequest("a forced tool_choice cannot be combined with a response format")
+    return tool_call_grammar(forced, reply.tools.tag if reply.tools is not None else "{")
+
+
 async def generate(
     scheduler: Scheduler,
     target: Target,
@@ -287,7 +299,7 @@ async def generate(
         ticket = await exit_stack.enter_async_context(holding(scheduler, target))
         info = ticket.loaded.worker.wait_loaded().info  # acquire waited for the load: this returns at once
         text, reply = render(ticket, info, prompt)
-        sampling: Sampling = replace(ticket.options.sampling(), grammar=prompting.grammar_for(format))
+        sampling: Sampling = replace(ticket.options.sampling(), grammar=_grammar(prompt, reply, format))
         events = scheduler.stream(ticket, text, sampling=sampling, context=context or None)
         exit_stack.push_async_callback(_close_events, events)
     except BaseException:

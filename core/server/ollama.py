@@ -162,7 +162,8 @@ async def chat(request: Request, scheduler: SchedulerDep) -> Response:
     target = Target(req.model, req.options, req.keep_alive, req.backend)
     if not req.messages:
         return await _loaded_only(scheduler, target, ChatResponse)
-    prompt = ChatPrompt(list(req.messages), tools=req.tools, think=req.think)
+    tools = None if req.tool_choice == "none" else req.tools
+    prompt = ChatPrompt(list(req.messages), tools=tools, think=req.think, tool_choice=req.tool_choice)
     if req.debug_render_only:
         return await _rendered_only(scheduler, target, prompt, ChatResponse)
     gen = await generation.generate(scheduler, target, prompt, format=req.format)

