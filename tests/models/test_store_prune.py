@@ -230,3 +230,33 @@ def test_temp_names_carry_a_living_owner(tmp_path: Path, kind: str) -> None:
     os.close(fd)
     match = TEMP_NAME.match(Path(path).name)
     assert match is not None and (store.root / ".owners" / f"{match['owner']}.lock").exists()
+
+
+HOLD_THE_STORE_LOCK = """
+import sys, time
+from pathlib import Path
+from corral.models.store import Store
+lock = Store(Path(sys.argv[1])).lock()
+lock.acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_blob_pruning_waits_for_no_writer(tmp_path: Path) -> None:
+    """A create, copy or pull in another process holds the writer lock: its blobs are left alone."""
+    store = Store(tmp_path / "models")
+    orphan = store.write_blob_bytes(b"about to be referenced by a manifest", "")
+    old = time.time() - BLOB_GRACE - 60
+    os.utime(store.blob_path(orphan.digest), (old, old))
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_THE_STORE_LOCK, str(store.root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "held"  # type: ignore[union-attr]
+        report = prune_store(store)
+        assert store.has_blob(orphan.digest)
+        assert report.skipped == "another process is writing to the store"
+        assert "unreferenced blobs not checked: another process is writing to the store" in report.summary(store.root)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert prune_store(store).removed == {"unreferenced blob(s)": [(store.blob_path(orphan.digest), orphan.size)]}
