@@ -18,7 +18,8 @@ import numpy as np
 from corral.engines.host import physical_cores
 from corral.errors import BadRequest, CorralError, InvalidModelFile
 from corral.formats.gguf import validate_gguf
-from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
+from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep, TokenLogprobs
+from corral.engines.sampling import token_logprobs
 
 _backend_ready = False
 _log_callback: Any = None  # keeps the ctypes callback alive for the process
@@ -134,6 +135,7 @@ class LlamaCppRunner:
         self.total_ctx = int(llama.llama_n_ctx(self._ctx))
         self._pos: dict[int, int] = {}  # tokens cached per sequence
         self._samplers: dict[int, tuple[Sampling, Any]] = {}
+        self._logprobs: dict[int, TokenLogprobs] = {}  # the last sampled token's, where asked for
         self._pieces: dict[int, bytes] = {}
         self._init_batch(self.n_batch)
 
@@ -208,6 +210,7 @@ class LlamaCppRunner:
         if old and old[1]:
             self._L.llama_sampler_free(old[1])
         self._samplers[seq] = (sampling, None if _is_plain_greedy(sampling) else self._make_chain(sampling))
+        self._logprobs.pop(seq, None)
 
     def _make_chain(self, s: Sampling) -> Any:
         L = self._L
@@ -243,12 +246,21 @@ class LlamaCppRunner:
         return chain
 
     def _sample(self, seq: int, index: int) -> int:
-        _sampling, chain = self._samplers.get(seq) or (None, None)
+        sampling, chain = self._samplers.get(seq) or (None, None)
         if chain is None:
             # numpy's argmax beats the sampler chain for plain greedy decoding (big vocabularies).
-            logits = self._L.llama_get_logits_ith(self._ctx, index)
-            return int(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
-        return int(self._L.llama_sampler_sample(chain, self._ctx, index))
+            row = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+            token = int(row.argmax())
+        else:
+            token = int(self._L.llama_sampler_sample(chain, self._ctx, index))
+        if sampling is not None and sampling.logprobs is not None:
+            # the raw logits row, which the sampler chain read into its own copy and left as it was
+            row = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+            self._logprobs[seq] = token_logprobs(row, token, sampling.logprobs)
+        return token
+
+    def logprobs(self, seq: int) -> TokenLogprobs | None:
+        return self._logprobs.get(seq)
 
     # ---- Runner: decoding ---------------------------------------------------------------------
     def cached(self, seq: int) -> int:
