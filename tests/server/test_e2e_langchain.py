@@ -10,7 +10,7 @@ import pytest
 from langchain_ollama import ChatOllama, OllamaEmbeddings
 from pydantic import BaseModel
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # minutes on a busy 2-core machine
 
 MODEL = "smollm2:135m"
 

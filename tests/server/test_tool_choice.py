@@ -133,6 +133,7 @@ PROMPTS = [
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 50 generations of ~25 tokens: seconds on an idle machine, minutes on a busy one
 def test_smollm2_makes_50_valid_calls_of_50_when_required(corral_server: str) -> None:
     client = openai.OpenAI(base_url=f"{corral_server}/v1", api_key="corral", timeout=300)
     valid = 0
