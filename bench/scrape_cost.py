@@ -37,7 +37,12 @@ async def burst(url: str, requests: int, concurrency: int) -> tuple[float, int]:
     async def one(client: httpx.AsyncClient, i: int) -> None:
         nonlocal tokens
         async with limit:
-            body = {"model": MODEL, "prompt": f"Say a word about the number {i}.", "stream": False, "options": {"num_predict": 8, "temperature": 0}}
+            body = {
+                "model": MODEL,
+                "prompt": f"Say a word about the number {i}.",
+                "stream": False,
+                "options": {"num_predict": 8, "temperature": 0},
+            }
             r = await client.post("/api/generate", json=body)
             r.raise_for_status()
             tokens += r.json()["eval_count"]
@@ -88,8 +93,19 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="corral-bench-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_HOST": f"127.0.0.1:{port}", "CORRAL_API_KEYS": KEY, "CORRAL_PRELOAD": MODEL}
-    proc = subprocess.Popen([sys.executable, "-m", "corral.cli.main", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "CORRAL_HOME": str(home),
+        "CORRAL_HOST": f"127.0.0.1:{port}",
+        "CORRAL_API_KEYS": KEY,
+        "CORRAL_PRELOAD": MODEL,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli.main", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while True:
             try:
@@ -115,7 +131,10 @@ def main() -> None:
     for scrape, wall, tokens, latencies in rows:
         med = f"{statistics.median(latencies) * 1e3:.1f}" if latencies else "-"
         top = f"{max(latencies) * 1e3:.1f}" if latencies else "-"
-        print(f"| {'every 0.1 s' if scrape else 'none'} | {wall:.1f} | {tokens / wall:.1f} | {len(latencies)} | {med} | {top} |")
+        print(
+            f"| {'every 0.1 s' if scrape else 'none'} | {wall:.1f} | {tokens / wall:.1f} | "
+            f"{len(latencies)} | {med} | {top} |"
+        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ def detached(platform: str) -> dict[str, Any]:
     commands) and is not hit by the terminal's Ctrl+C: its own session on POSIX; on Windows, where
     ``start_new_session`` does nothing, no console and its own process group."""
     if platform == "win32":
-        flags = getattr(subprocess, "DETACHED_PROCESS", 0x00000008) | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200)
+        flags = getattr(subprocess, "DETACHED_PROCESS", 0x00000008) | getattr(
+            subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200
+        )
         return {"creationflags": flags, "close_fds": True}
     return {"start_new_session": True}
 

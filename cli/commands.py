@@ -229,6 +229,7 @@ def cp(source: str, destination: str) -> None:
 @friendly_errors
 def serve(host: str | None, backend: str | None, insecure_no_auth: bool | None) -> None:
     """Serve Ollama's and OpenAI's APIs over HTTP."""
+    from corral.server.app import create_app
     from corral.server.service import check_exposure, run_server
 
     overrides: dict[str, Any] = {}
@@ -247,7 +248,7 @@ def serve(host: str | None, backend: str | None, insecure_no_auth: bool | None) 
         _prune(settings)
     check_exposure(settings)  # before the banner: an open non-loopback bind is refused
     click.echo(f"Corral listening on {settings.base_url} (models in {settings.models_dir})", err=True)
-    run_server(settings, log_level="debug" if debug_enabled() else "warning")
+    run_server(create_app(settings), settings, log_level="debug" if debug_enabled() else "warning")
 
 
 def _prune(settings: Settings) -> None:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import click
 
-from corral.errors import CorralError
-
 from corral.cli.base import cli, friendly_errors
+from corral.errors import CorralError
 
 
 @cli.command()
 @click.argument("models", nargs=-1)
-@click.option("--repair", is_flag=True, help="Move corrupt blobs aside (into <store>/corrupt) so that `corral pull` fetches them again.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Move corrupt blobs aside (into <store>/corrupt) so that `corral pull` fetches them again.",
+)
 @friendly_errors
 def verify(models: tuple[str, ...], repair: bool) -> None:
     """Check that MODELS (all by default) are whole: every blob present with its sha256."""

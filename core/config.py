@@ -56,17 +56,45 @@ class Settings(BaseSettings):
     )
     flash_attention: bool = Field(True, description="Use flash attention where the engine supports it.")
     nohistory: bool = Field(False, description="Do not keep the REPL's history file.")
-    noprune: bool = Field(False, description="Do not prune the store when the server starts (files of stopped processes, unreferenced blobs, pull parts older than a day).")
+    noprune: bool = Field(
+        False,
+        description="Do not prune the store when the server starts "
+        "(files of stopped processes, unreferenced blobs, pull parts older than a day).",
+    )
     debug: bool = Field(False, description="Show tracebacks and debug logs.")
     # Running as a service (docs/deploy.md).
-    api_keys: SecretStr = Field(SecretStr(""), description="Comma-separated API keys; when set, every route but /, /api/version and /health/* needs `Authorization: Bearer <key>`.")
-    api_keys_file: Path | None = Field(None, description="A file of API keys, one a line (# comments), re-read when it changes; adds to CORRAL_API_KEYS.")
-    api_key: SecretStr = Field(SecretStr(""), description="The key the CLI and the Python client send (`Authorization: Bearer`).")
-    insecure_no_auth: bool = Field(False, description="Let `corral serve` bind a non-loopback address without API keys.")
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated API keys; when set, every route but /, /api/version and /health/* "
+        "needs `Authorization: Bearer <key>`.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file of API keys, one a line (# comments), re-read when it changes; adds to CORRAL_API_KEYS.",
+    )
+    api_key: SecretStr = Field(
+        SecretStr(""), description="The key the CLI and the Python client send (`Authorization: Bearer`)."
+    )
+    insecure_no_auth: bool = Field(
+        False, description="Let `corral serve` bind a non-loopback address without API keys."
+    )
     metrics: bool = Field(True, description="Serve Prometheus metrics at /metrics (behind the keys when keys are set).")
-    metrics_vllm_names: bool = Field(False, description="Also export the queue, KV-cache, token and latency series under vLLM's names (vllm:...), for routers and dashboards made for vLLM.")
-    shutdown_grace: float = Field(30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests to finish (new ones get 503) before unloading and exiting.")
-    preload: str = Field("", description="Comma-separated models to load (pulled if missing) when the server starts; /health/ready waits for them.")
+    metrics_vllm_names: bool = Field(
+        False,
+        description="Also export the queue, KV-cache, token and latency series under vLLM's names (vllm:...), "
+        "for routers and dashboards made for vLLM.",
+    )
+    shutdown_grace: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds SIGTERM waits for in-flight requests to finish (new ones get 503) "
+        "before unloading and exiting.",
+    )
+    preload: str = Field(
+        "",
+        description="Comma-separated models to load (pulled if missing) when the server starts; "
+        "/health/ready waits for them.",
+    )
 
     @field_validator("home", "models", mode="after")
     @classmethod

@@ -158,7 +158,7 @@ class GenerateRequest(_Request):
     logprobs: bool | None = None  # each token's log-probability in the answer
     top_logprobs: int | None = Field(None, ge=0, le=20)  # and this many likeliest alternatives
     backend: str | None = None
-    debug_render_only: bool = Field(False, alias="_debug_render_only")  # Ollama's: the prompt, not an answer
+    debug_render_only: bool | None = Field(None, alias="_debug_render_only")  # Ollama's: the prompt, not an answer
 
 
 class ChatRequest(_Request):
@@ -174,7 +174,7 @@ class ChatRequest(_Request):
     logprobs: bool | None = None  # each token's log-probability in the answer
     top_logprobs: int | None = Field(None, ge=0, le=20)  # and this many likeliest alternatives
     backend: str | None = None
-    debug_render_only: bool = Field(False, alias="_debug_render_only")
+    debug_render_only: bool | None = Field(None, alias="_debug_render_only")  # None: not sent by the client
 
 
 def logprobs_wanted(logprobs: bool | None, top_logprobs: int | None) -> int | None:

@@ -72,8 +72,13 @@ _PLATFORM_LIMITS: list[tuple[Callable[[pytest.Item], bool], str]] = [
     ),
     (
         # On Linux a missing registry is a set-up error (the fixture fails); elsewhere there is no Debian package.
-        lambda item: not sys.platform.startswith("linux") and "registry" in getattr(item, "fixturenames", ()) and not _has_docker_registry(),
-        "needs the CNCF distribution registry, which scripts/test.sh installs from Debian (docker-registry); not on this system",
+        lambda item: (
+            not sys.platform.startswith("linux")
+            and "registry" in getattr(item, "fixturenames", ())
+            and not _has_docker_registry()
+        ),
+        "needs the CNCF distribution registry, which scripts/test.sh installs from Debian (docker-registry); "
+        "not on this system",
     ),
 ]
 

@@ -62,7 +62,10 @@ class PruneReport:
         line += f"removed {kinds} ({self.bytes_removed} bytes)" if self.removed else "nothing to remove"
         if self.kept_partials:
             kept = sum(size for _, size in self.kept_partials)
-            line += f"; kept {len(self.kept_partials)} resumable pull file(s) ({kept} bytes, younger than {PARTIAL_KEEP / 3600:g} h)"
+            line += (
+                f"; kept {len(self.kept_partials)} resumable pull file(s) "
+                f"({kept} bytes, younger than {PARTIAL_KEEP / 3600:g} h)"
+            )
         if self.skipped:
             line += f"; unreferenced blobs not checked: {self.skipped}"
         return line
@@ -95,7 +98,9 @@ def _remove(path: Path) -> int:
     return size
 
 
-def prune_store(store: Store, *, now: float | None = None, partial_keep: float = PARTIAL_KEEP, blob_grace: float = BLOB_GRACE) -> PruneReport:
+def prune_store(
+    store: Store, *, now: float | None = None, partial_keep: float = PARTIAL_KEEP, blob_grace: float = BLOB_GRACE
+) -> PruneReport:
     """Remove what the module docstring lists; returns what was removed."""
     report = PruneReport()
     if not store.root.is_dir():

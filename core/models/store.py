@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -370,7 +370,8 @@ class Store:
         if missing:
             raise CorralError(f"refusing to write a manifest whose blobs are missing: {', '.join(missing)}")
         target = self._find_manifest_path(name) or self._manifest_path(name)
-        write_atomic(target, manifest.to_bytes(), root=self.root, action=action or f"write the manifest of {name.display}")
+        action = action or f"write the manifest of {name.display}"
+        write_atomic(target, manifest.to_bytes(), root=self.root, action=action)
 
     def get(self, name: ModelName | str) -> StoredModel:
         model_name = ModelName.parse(name) if isinstance(name, str) else name

@@ -137,7 +137,10 @@ def _move_aside(store: Store, digest: str) -> Path:
         try:
             replace(blob, target)
         except PermissionError:  # Windows: a loaded model holds the file open
-            raise CorralError(f"cannot move the corrupt blob {digest} aside: it is in use; stop the model that uses it, then repair again") from None
+            raise CorralError(
+                f"cannot move the corrupt blob {digest} aside: it is in use; "
+                "stop the model that uses it, then repair again"
+            ) from None
         store.remove_blob(digest)  # the unpacked copy (the blob itself is already gone)
         fsync_dir(store.blobs)
     return target
@@ -150,7 +153,7 @@ def verify_store(
     targets = _targets(store, names)
     report = VerifyReport(models=[ModelReport(t.name) for t in targets])
     results: dict[str, Damage | None] = {}
-    for target, model in zip(targets, report.models):
+    for target, model in zip(targets, report.models, strict=True):
         if target.manifest is None:
             model.damage.append(Damage("", "unreadable manifest", target.error))
             continue

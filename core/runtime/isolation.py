@@ -102,7 +102,9 @@ def _start_child(transport: str) -> tuple[subprocess.Popen[bytes], Connection]:
     command = [sys.executable, "-m", "corral.runtime.isolation"]
     if transport == "socketpair":
         parent_sock, child_sock = socket.socketpair()
-        proc = subprocess.Popen([*command, str(child_sock.fileno())], pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*command, str(child_sock.fileno())], pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL
+        )
         child_sock.close()
         return proc, Connection(parent_sock.detach())
     key = secrets.token_hex(32)
@@ -143,7 +145,9 @@ def _child_connect(port: int) -> Connection:
 class ProcessWorker:
     """A ModelWorker in a child process, seen from the server."""
 
-    def __init__(self, backend: str, spec: LoadSpec, name: str, prefix_cache: bool = True, transport: str | None = None) -> None:
+    def __init__(
+        self, backend: str, spec: LoadSpec, name: str, prefix_cache: bool = True, transport: str | None = None
+    ) -> None:
         self.name = name
         self._proc, self._conn = _start_child(transport or ("loopback" if sys.platform == "win32" else "socketpair"))
         self._conn.send((backend, spec, name, prefix_cache))

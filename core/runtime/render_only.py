@@ -73,9 +73,25 @@ def template_facts(path: Path) -> ModelInfo | None:
 
 
 def _facts(
-    *, bos_token: int | None = None, add_bos: bool = False, bos_text: str = "", eos_text: str = "", chat_template: str | None = None
+    *,
+    bos_token: int | None = None,
+    add_bos: bool = False,
+    bos_text: str = "",
+    eos_text: str = "",
+    chat_template: str | None = None,
 ) -> ModelInfo:
     return ModelInfo(
-        architecture="unknown", n_ctx_train=0, n_ctx=0, n_vocab=0, n_embd=0, num_parallel=1, bos_token=bos_token,
-        add_bos=add_bos, bos_text=bos_text, eos_text=eos_text, chat_template=chat_template, size_bytes=0, size_on_device=0,
+        architecture="unknown",
+        n_ctx_train=0,
+        n_ctx=0,
+        n_vocab=0,
+        n_embd=0,
+        num_parallel=1,
+        bos_token=bos_token,
+        add_bos=add_bos,
+        bos_text=bos_text,
+        eos_text=eos_text,
+        chat_template=chat_template,
+        size_bytes=0,
+        size_on_device=0,
     )

@@ -57,7 +57,7 @@ class Lifecycle:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=grace)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,24 +41,43 @@ class _Series:
 
 # Counters and histograms fed by the runtime's per-request records.
 TOKENS_PROMPT = _Series(
-    "prompt_tokens", "Prompt tokens, cached ones included (OpenAI's usage.prompt_tokens; Ollama's prompt_eval_count + cache hits).",
+    "prompt_tokens",
+    "Prompt tokens, cached ones included (OpenAI's usage.prompt_tokens; Ollama's prompt_eval_count + cache hits).",
     ("prompt_tokens",),
 )  # fmt: skip
 TOKENS_GENERATED = _Series("generation_tokens", "Tokens generated (the responses' eval_count).", ("generation_tokens",))
-PREFIX_QUERIES = _Series("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", ("prefix_cache_queries",))
-PREFIX_HITS = _Series("prefix_cache_hits", "Prompt tokens the prefix cache supplied (not evaluated again).", ("prefix_cache_hits",))
-FINISHED = _Series("request_success", "Requests finished, by reason (stop, length, cancelled, error).", ("request_success",))
-TTFT = _Series("time_to_first_token_seconds", "From submission to the model to the first text.", ("time_to_first_token_seconds",))
+PREFIX_QUERIES = _Series(
+    "prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", ("prefix_cache_queries",)
+)
+PREFIX_HITS = _Series(
+    "prefix_cache_hits", "Prompt tokens the prefix cache supplied (not evaluated again).", ("prefix_cache_hits",)
+)
+FINISHED = _Series(
+    "request_success", "Requests finished, by reason (stop, length, cancelled, error).", ("request_success",)
+)
+TTFT = _Series(
+    "time_to_first_token_seconds", "From submission to the model to the first text.", ("time_to_first_token_seconds",)
+)
 ITL = _Series(
     "inter_token_latency_seconds", "Between successive pieces of streamed text.",
     ("inter_token_latency_seconds", "time_per_output_token_seconds"),
 )  # fmt: skip
-E2E = _Series("e2e_request_latency_seconds", "From submission to the model to the last token.", ("e2e_request_latency_seconds",))
-QUEUE = _Series("request_queue_time_seconds", "Waiting for a slot or KV-cache room before the first step.", ("request_queue_time_seconds",))
+E2E = _Series(
+    "e2e_request_latency_seconds", "From submission to the model to the last token.", ("e2e_request_latency_seconds",)
+)
+QUEUE = _Series(
+    "request_queue_time_seconds",
+    "Waiting for a slot or KV-cache room before the first step.",
+    ("request_queue_time_seconds",),
+)
 LOAD = _Series("model_load_duration_seconds", "Loading a model (weights, KV cache, warm-up).")
 # Gauges read at scrape time.
-RUNNING = _Series("num_requests_running", "Requests in a slot (prefill or decode), per model.", ("num_requests_running",))
-WAITING = _Series("num_requests_waiting", "Requests waiting for a slot or KV-cache room, per model.", ("num_requests_waiting",))
+RUNNING = _Series(
+    "num_requests_running", "Requests in a slot (prefill or decode), per model.", ("num_requests_running",)
+)
+WAITING = _Series(
+    "num_requests_waiting", "Requests waiting for a slot or KV-cache room, per model.", ("num_requests_waiting",)
+)
 KV_USAGE = _Series(
     "kv_cache_usage_perc", "KV-cache cells held by running requests over all cells (0-1), per model.",
     ("kv_cache_usage_perc", "gpu_cache_usage_perc"),
@@ -78,7 +97,9 @@ class Metrics:
             "corral:http_requests", "HTTP requests answered, by method, route and status.",
             ["method", "route", "status"], registry=self.registry,
         )  # fmt: skip
-        self._counters = {s: self._all(Counter, s, [MODEL]) for s in (TOKENS_PROMPT, TOKENS_GENERATED, PREFIX_QUERIES, PREFIX_HITS)}
+        self._counters = {
+            s: self._all(Counter, s, [MODEL]) for s in (TOKENS_PROMPT, TOKENS_GENERATED, PREFIX_QUERIES, PREFIX_HITS)
+        }
         self._finished = self._all(Counter, FINISHED, [MODEL, "finished_reason"])
         self._histograms = {
             TTFT: self._all(Histogram, TTFT, [MODEL], buckets=LATENCY_BUCKETS),
@@ -108,7 +129,12 @@ class Metrics:
                 counter.labels(model).inc(amount)
         for counter in self._finished:
             counter.labels(model, record.done_reason).inc()
-        observed = {TTFT: [record.ttft_seconds], ITL: record.token_gaps, E2E: [record.e2e_seconds], QUEUE: [record.queue_seconds]}
+        observed: dict[_Series, Sequence[float | None]] = {
+            TTFT: [record.ttft_seconds],
+            ITL: record.token_gaps,
+            E2E: [record.e2e_seconds],
+            QUEUE: [record.queue_seconds],
+        }
         for series, values in observed.items():
             for histogram in self._histograms[series]:
                 child = histogram.labels(model)
@@ -164,10 +190,13 @@ def _loaded_models(live: list[tuple[Loaded, WorkerUsage | None]]) -> Iterator[An
     from corral.server.ollama import processor_label
 
     info = GaugeMetricFamily(
-        "corral:model_loaded", "1 for each loaded model, labelled with its backend and processor split (as `corral ps`).",
+        "corral:model_loaded",
+        "1 for each loaded model, labelled with its backend and processor split (as `corral ps`).",
         labels=[MODEL, "backend", "processor"],
     )  # fmt: skip
-    size = GaugeMetricFamily("corral:model_size_bytes", "Bytes a loaded model occupies, in all and on the device.", labels=[MODEL, "where"])
+    size = GaugeMetricFamily(
+        "corral:model_size_bytes", "Bytes a loaded model occupies, in all and on the device.", labels=[MODEL, "where"]
+    )
     for loaded, _usage in live:
         name = loaded.recipe.name.display
         total, device = loaded.size, loaded.size_on_device

@@ -83,7 +83,14 @@ async def _reject(send: Send, status: int, message: str) -> None:
 
 # Reachable without a key: the liveness line, the version (clients probe it), the probes, and the
 # chat page's static files (they hold no data; the page asks for a key when the API answers 401).
-OPEN_ROUTES = {("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("HEAD", "/api/version"), ("GET", "/ui"), ("HEAD", "/ui")}
+OPEN_ROUTES = {
+    ("GET", "/"),
+    ("HEAD", "/"),
+    ("GET", "/api/version"),
+    ("HEAD", "/api/version"),
+    ("GET", "/ui"),
+    ("HEAD", "/ui"),
+}
 OPEN_PREFIXES = ("/health/",)
 OPEN_STATIC = "/ui/"
 
@@ -156,7 +163,14 @@ def unauthorized_body(path: str) -> bytes:
     if path.startswith("/v1/messages"):
         body: Any = {"type": "error", "error": {"type": "authentication_error", "message": "unauthorized"}}
     elif path.startswith("/v1/"):
-        body = {"error": {"message": "unauthorized", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+        body = {
+            "error": {
+                "message": "unauthorized",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        }
     else:
         body = {"error": "unauthorized"}
     return json.dumps(body).encode()

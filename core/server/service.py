@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
@@ -52,7 +53,7 @@ class DrainingServer(uvicorn.Server):
         self._drain: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
 
@@ -81,12 +82,10 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def run_server(settings: Settings, log_level: str = "warning") -> None:
-    """``corral serve``: bind, serve until SIGTERM or Ctrl+C, drain, unload, return."""
-    from corral.server.app import create_app
-
+def run_server(app: FastAPI, settings: Settings, log_level: str = "warning") -> None:
+    """``corral serve``: bind, serve ``app`` (from create_app) until SIGTERM or Ctrl+C, drain, unload,
+    return. The caller builds the app, so this module, which create_app uses, does not import it back."""
     check_exposure(settings)
-    app = create_app(settings)
     address = settings.base_url.split("://", 1)[1]
     bind, port = address.rsplit(":", 1)
     config = uvicorn.Config(

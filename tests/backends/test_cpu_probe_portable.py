@@ -21,7 +21,9 @@ def fake_psutil(total: int, available: int, physical: int | None, logical: int) 
         wants_logical = kwargs.get("logical", logical_)
         return logical if wants_logical else physical
 
-    return SimpleNamespace(virtual_memory=lambda: SimpleNamespace(total=total, available=available), cpu_count=cpu_count)
+    return SimpleNamespace(
+        virtual_memory=lambda: SimpleNamespace(total=total, available=available), cpu_count=cpu_count
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_no_folder_is_named_like_an_installed_package() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     top_level = {name.split(".")[0] for name in config["packages"]}
-    assert top_level == {"corral", "corral_backend_cpu", "corral_backend_cuda", "corral_backend_rocm", "corral_backend_metal"}
+    assert top_level == {
+        "corral",
+        "corral_backend_cpu",
+        "corral_backend_cuda",
+        "corral_backend_rocm",
+        "corral_backend_metal",
+    }
     shadowing = sorted(name for name in top_level if (ROOT / name).exists())
     assert shadowing == []
 

@@ -35,12 +35,17 @@ def engine() -> str:
 def environment() -> dict[str, str]:
     """The containers.conf the build script wrote for this host (runc, cgroupfs, ulimits), if any."""
     conf = ROOT / "build" / "image" / "containers.conf"
-    return {**os.environ, **({"CONTAINERS_CONF": str(conf)} if conf.exists() and "CONTAINERS_CONF" not in os.environ else {})}
+    return {
+        **os.environ,
+        **({"CONTAINERS_CONF": str(conf)} if conf.exists() and "CONTAINERS_CONF" not in os.environ else {}),
+    }
 
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    built = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), TAG], capture_output=True, text=True, timeout=1700)
+    built = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build-image.sh"), TAG], capture_output=True, text=True, timeout=1700
+    )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     assert "using llama_cpp_python-" in built.stderr  # the wheel was handed over, not compiled again
     return TAG
@@ -90,7 +95,13 @@ def test_the_container_serves_chat_and_stops_cleanly(container: tuple[str, str])
     assert "Paris" in r.json()["message"]["content"]
     metrics = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {KEY}"}).text
     assert 'corral:model_loaded{backend="cpu",model_name="smollm2:135m",processor="100% CPU"} 1.0' in metrics
-    stopped = subprocess.run([engine(), "stop", "-t", "60", name], capture_output=True, text=True, env=environment(), timeout=120)
+    stopped = subprocess.run(
+        [engine(), "stop", "-t", "60", name], capture_output=True, text=True, env=environment(), timeout=120
+    )
     assert stopped.returncode == 0, stopped.stderr
-    code = subprocess.run([engine(), "inspect", "-f", "{{.State.ExitCode}}", name], capture_output=True, text=True, env=environment())
-    assert code.stdout.strip() == "0", subprocess.run([engine(), "logs", name], capture_output=True, text=True, env=environment()).stdout
+    code = subprocess.run(
+        [engine(), "inspect", "-f", "{{.State.ExitCode}}", name], capture_output=True, text=True, env=environment()
+    )
+    assert code.stdout.strip() == "0", subprocess.run(
+        [engine(), "logs", name], capture_output=True, text=True, env=environment()
+    ).stdout

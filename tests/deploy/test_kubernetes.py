@@ -27,7 +27,9 @@ def kubectl() -> str:
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
-    done = subprocess.run([kubectl(), "kustomize", str(ROOT / "overlays" / overlay)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [kubectl(), "kustomize", str(ROOT / "overlays" / overlay)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 

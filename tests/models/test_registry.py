@@ -53,7 +53,8 @@ def snapshot(store: Store) -> dict[str, str]:
     files = {}
     for path in sorted(store.root.rglob("*")):
         rel = path.relative_to(store.root).as_posix()
-        if path.is_file() and "-partial" not in path.name and not rel.startswith((".pulls/", ".owners/")) and rel != ".lock":
+        bookkeeping = "-partial" in path.name or rel.startswith((".pulls/", ".owners/")) or rel == ".lock"
+        if path.is_file() and not bookkeeping:
             files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return files
 
@@ -273,13 +274,11 @@ def test_bearer_challenge_is_answered_with_a_token(fake_registry: FakeRegistry, 
     assert store.get(name).manifest == manifest
     tokens = [r for r in fake_registry.requests if r["path"] == "/token"]
     assert len(tokens) == 1  # one token, shared by every part
-    assert "service=fake-registry" in tokens[0]["query"] and "scope=repository%3Ame%2Fprivate%3Apull" in tokens[0][
-        "query"
-    ]
-    blob_gets = [r for r in fake_registry.requests if "/blobs/" in r["path"]]
-    assert blob_gets and all(
-        r["headers"].get("Authorization") == "Bearer s3cret-token" for r in blob_gets[-3:]
+    assert (
+        "service=fake-registry" in tokens[0]["query"] and "scope=repository%3Ame%2Fprivate%3Apull" in tokens[0]["query"]
     )
+    blob_gets = [r for r in fake_registry.requests if "/blobs/" in r["path"]]
+    assert blob_gets and all(r["headers"].get("Authorization") == "Bearer s3cret-token" for r in blob_gets[-3:])
 
 
 def test_token_refused_is_a_clear_error(fake_registry: FakeRegistry, tmp_path: Path) -> None:

@@ -17,18 +17,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_registry import make_model  # type: ignore[import-not-found]
+from test_store_prune import smollm2_path  # type: ignore[import-not-found]
 
 from corral.errors import StorageFull
 from corral.models.create import create_from_modelfile
 from corral.models.names import ModelName
 from corral.models.registry import pull, push
-from corral.models.store import TEMP_NAME, MEDIA_MODEL, Store
+from corral.models.store import MEDIA_MODEL, TEMP_NAME, Store
 from corral.models.verify import verify_store
 from corral.server.model_routes import copy_model
 from registry_fixture import registry  # noqa: F401 - fixture
 from serverproc import running_server
-from test_registry import make_model  # type: ignore[import-not-found]
-from test_store_prune import smollm2_path  # type: ignore[import-not-found]
 
 MiB = 1 << 20
 
@@ -84,7 +84,12 @@ def test_pull_onto_a_disk_that_is_too_small(registry: str, small_fs: Path, tmp_p
     with pytest.raises(StorageFull) as caught:
         pull(store, name, insecure=True)
     message = str(caught.value)
-    assert re.fullmatch(r"not enough disk space to pull: " + str(manifest.size) + rf" bytes needed in the store {re.escape(str(store.root))} \(\d+ bytes free\)", message)
+    assert re.fullmatch(
+        r"not enough disk space to pull: "
+        + str(manifest.size)
+        + rf" bytes needed in the store {re.escape(str(store.root))} \(\d+ bytes free\)",
+        message,
+    )
     assert leftovers(store) == [] and not store.exists(name) and list(store.blobs.iterdir()) == []
     print(f"\npull (too big): {message}")
 
@@ -150,7 +155,9 @@ def test_server_goes_on_serving_after_a_full_disk(small_fs: Path, tmp_path: Path
         env["CORRAL_HOST"] = url.removeprefix("http://")
 
         def corral(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([sys.executable, "-m", "corral.cli.main", *args], env=env, capture_output=True, text=True, timeout=300)
+            return subprocess.run(
+                [sys.executable, "-m", "corral.cli.main", *args], env=env, capture_output=True, text=True, timeout=300
+            )
 
         big = corral("create", "big", "-f", str(tmp_path / "Big"))
         assert big.returncode == 1
@@ -164,10 +171,14 @@ def test_server_goes_on_serving_after_a_full_disk(small_fs: Path, tmp_path: Path
         # an upload of unknown length (chunked) runs into ENOSPC itself: the answer is a 507, not a 500
         data = os.urandom(20 * MiB)
         digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-        answer = httpx.post(f"{url}/api/blobs/{digest}", content=iter([data[i : i + MiB] for i in range(0, len(data), MiB)]), timeout=60)
+        answer = httpx.post(
+            f"{url}/api/blobs/{digest}", content=iter([data[i : i + MiB] for i in range(0, len(data), MiB)]), timeout=60
+        )
         assert answer.status_code == 507
         chunked = answer.json()["error"]
-        assert re.fullmatch(one_line(f"store the uploaded blob {digest}", r"at least \d+", store.root), chunked), chunked
+        assert re.fullmatch(one_line(f"store the uploaded blob {digest}", r"at least \d+", store.root), chunked), (
+            chunked
+        )
         assert leftovers(store) == [] and list(store.blobs.iterdir()) == []
 
         assert httpx.get(f"{url}/api/tags", timeout=10).json() == {"models": []}
@@ -178,7 +189,9 @@ def test_server_goes_on_serving_after_a_full_disk(small_fs: Path, tmp_path: Path
         assert copied.returncode == 1
         copy_error = copied.stderr.strip()
         manifest_size = len(store.get("small").manifest.to_bytes())
-        assert re.fullmatch("Error: " + one_line("copy small:latest to twin:latest", manifest_size, store.root), copy_error), copy_error
+        assert re.fullmatch(
+            "Error: " + one_line("copy small:latest to twin:latest", manifest_size, store.root), copy_error
+        ), copy_error
         filler.unlink()
         names = [m["name"] for m in httpx.get(f"{url}/api/tags", timeout=10).json()["models"]]
         assert names == ["small:latest"] and leftovers(store) == []

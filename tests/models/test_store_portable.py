@@ -8,6 +8,7 @@ import sys
 from pathlib import Path, PureWindowsPath
 
 import pytest
+from test_registry import serve_model  # type: ignore[import-not-found]
 
 import corral.models.store as store_module
 from corral.models.names import ModelName
@@ -15,7 +16,6 @@ from corral.models.registry import pull
 from corral.models.store import Store, manifest_parts, replace, windows_long_path
 from corral.models.verify import verify_store
 from registry_fixture import FakeRegistry, fake_registry  # noqa: F401 - fixture
-from test_registry import serve_model  # type: ignore[import-not-found]
 
 WINDOWS_FORBIDDEN = set('<>:"/\\|?*')
 MiB = 1 << 20

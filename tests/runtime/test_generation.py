@@ -10,12 +10,11 @@ import pytest
 
 from corral.config import Settings
 from corral.errors import BadRequest, ModelNotFound
-from corral.plugins import Plugins
 from corral.runtime import generation
 from corral.runtime.generation import ChatPrompt, EmptyPrompt, GeneratePrompt, InsertPrompt, RawPrompt, Target
 from corral.runtime.scheduler import Scheduler
 from corral.types import Message
-from fakes import FakeBackend, FakePlugin, write_fake_model
+from fakes import FakeBackend, fake_scheduler, write_fake_model
 
 # A reasoning model's Go template: it opens the trace itself when asked to think.
 THINKER = """{{- range .Messages }}<|im_start|>{{ .Role }}
@@ -31,7 +30,7 @@ def make(tmp_path: Path, backend: FakeBackend) -> Scheduler:
     write_fake_model(settings.models_dir, "plain:latest")
     write_fake_model(settings.models_dir, "thinker:latest", payload=b"thinker weights", template=THINKER)
     write_fake_model(settings.models_dir, "coder:latest", payload=b"coder weights", template=CODER)
-    return Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+    return fake_scheduler(settings, backend)
 
 
 def held(scheduler: Scheduler) -> int:

@@ -15,7 +15,9 @@ from corral.runtime.isolation import ProcessWorker
 
 @pytest.mark.parametrize("transport", ["socketpair", "loopback"])
 def test_runner_process_loads_and_stops(tiny_gguf: Path, transport: str) -> None:
-    worker = ProcessWorker("cpu", LoadSpec(model_path=tiny_gguf, num_ctx=128, num_parallel=1), "tiny", transport=transport)
+    worker = ProcessWorker(
+        "cpu", LoadSpec(model_path=tiny_gguf, num_ctx=128, num_parallel=1), "tiny", transport=transport
+    )
     try:
         runner = worker.wait_loaded(120)
         assert runner.info.n_vocab > 0 and runner.pid != 0

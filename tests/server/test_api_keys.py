@@ -18,22 +18,29 @@ import pytest
 from corral.client import Client
 from corral.config import Settings
 from corral.errors import CorralError
-from corral.plugins import Plugins
 from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
 from corral.server.service import check_exposure
-from fakes import FakeBackend, FakePlugin, write_fake_model
+from fakes import FakeBackend, fake_scheduler, write_fake_model
 from serverproc import app_in_thread
 
 KEY = "sk-corral-test-0123456789"
 OTHER = "second-key"
-OPEN = {("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("GET", "/ui"), ("HEAD", "/ui"), ("GET", "/ui/{name}"), ("HEAD", "/ui/{name}")}
+OPEN = {
+    ("GET", "/"),
+    ("HEAD", "/"),
+    ("GET", "/api/version"),
+    ("GET", "/ui"),
+    ("HEAD", "/ui"),
+    ("GET", "/ui/{name}"),
+    ("HEAD", "/ui/{name}"),
+}
 
 
 def _app(tmp_path: Path, **settings_fields: object) -> tuple[httpx.AsyncClient, Scheduler]:
     settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, **settings_fields)  # type: ignore[arg-type]
     write_fake_model(settings.models_dir, "fake:latest")
-    scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(FakeBackend(script=b"hello world"))]))  # type: ignore[list-item]
+    scheduler = fake_scheduler(settings, FakeBackend(script=b"hello world"))
     app = create_app(settings, scheduler)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"), scheduler
 
@@ -63,7 +70,9 @@ def _flatten(routes: list[Any]) -> Iterator[Any]:
 
 def test_every_protected_route_answers_401_without_a_key(tmp_path: Path) -> None:
     routes = _protected_routes(tmp_path)
-    assert {("POST", "/api/chat"), ("POST", "/v1/chat/completions"), ("GET", "/metrics"), ("POST", "/api/pull")} <= set(routes)
+    assert {("POST", "/api/chat"), ("POST", "/v1/chat/completions"), ("GET", "/metrics"), ("POST", "/api/pull")} <= set(
+        routes
+    )
 
     async def go() -> None:
         client, scheduler = _app(tmp_path, api_keys=KEY)
@@ -98,7 +107,11 @@ def test_open_routes_answer_without_a_key_and_a_key_opens_the_rest(tmp_path: Pat
             assert (await client.get("/ui/app.js")).status_code == 200
             assert (await client.post("/ui/app.js")).status_code == 401
             for key in (KEY, OTHER):
-                r = await client.post("/api/generate", headers={"authorization": f"Bearer {key}"}, json={"model": "fake", "prompt": "x", "stream": False})
+                r = await client.post(
+                    "/api/generate",
+                    headers={"authorization": f"Bearer {key}"},
+                    json={"model": "fake", "prompt": "x", "stream": False},
+                )
                 assert r.status_code == 200 and r.json()["response"] == "hello world"
             r = await client.post("/v1/messages", headers={"x-api-key": KEY}, json={})
             assert r.status_code != 401
@@ -154,13 +167,15 @@ def test_serve_refuses_an_open_non_loopback_bind(tmp_path: Path) -> None:
 def keyed_server(tmp_path: Path) -> Iterator[str]:
     settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, api_keys=KEY)  # type: ignore[arg-type]
     write_fake_model(settings.models_dir, "fake:latest")
-    scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(FakeBackend(script=b"hello world"))]))  # type: ignore[list-item]
+    scheduler = fake_scheduler(settings, FakeBackend(script=b"hello world"))
     with app_in_thread(create_app(settings, scheduler)) as url:
         yield url
 
 
 def test_the_official_clients_work_with_a_key(keyed_server: str) -> None:
-    answer = ollama.Client(host=keyed_server, headers={"Authorization": f"Bearer {KEY}"}).generate(model="fake", prompt="hi")
+    answer = ollama.Client(host=keyed_server, headers={"Authorization": f"Bearer {KEY}"}).generate(
+        model="fake", prompt="hi"
+    )
     assert answer.response == "hello world"
     with pytest.raises(ollama.ResponseError) as refused:
         ollama.Client(host=keyed_server).generate(model="fake", prompt="hi")

@@ -17,7 +17,10 @@ from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
 from fakes import FakeBackend, FakePlugin, write_fake_model
 
-GO_TEMPLATE = "{{ if .System }}[SYS]{{ .System }}[/SYS]{{ end }}{{ range .Messages }}<{{ .Role }}>{{ .Content }}</{{ .Role }}>{{ end }}<assistant>"
+GO_TEMPLATE = (
+    "{{ if .System }}[SYS]{{ .System }}[/SYS]{{ end }}"
+    "{{ range .Messages }}<{{ .Role }}>{{ .Content }}</{{ .Role }}>{{ end }}<assistant>"
+)
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 
 
@@ -30,7 +33,9 @@ async def served(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[tuple[httpx.A
     plugins = Plugins(load_entry_points=True)
     plugins.register(FakePlugin(FakeBackend()))  # type: ignore[arg-type]
     scheduler = Scheduler(settings, plugins, store)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings, scheduler)), base_url="http://127.0.0.1:11434") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(settings, scheduler)), base_url="http://127.0.0.1:11434"
+    ) as client:
         yield client, scheduler
     await scheduler.close()
 
@@ -38,12 +43,16 @@ async def served(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[tuple[httpx.A
 @pytest.mark.anyio
 async def test_chat_renders_the_gguf_template_without_loading(served: tuple[httpx.AsyncClient, Scheduler]) -> None:
     client, scheduler = served
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello world", "images": [PIXEL, PIXEL]}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hello world", "images": [PIXEL, PIXEL]},
+    ]
     r = await client.post("/api/chat", json={"model": "tiny", "messages": messages, "_debug_render_only": True})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["_debug_info"] == {
-        "rendered_template": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello world<|im_end|>\n<|im_start|>assistant\n",
+        "rendered_template": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello world<|im_end|>\n"
+        "<|im_start|>assistant\n",
         "image_count": 2,
     }
     assert body["model"] == "tiny:latest" and body["done"] is True
@@ -51,14 +60,28 @@ async def test_chat_renders_the_gguf_template_without_loading(served: tuple[http
 
 
 @pytest.mark.anyio
-async def test_generate_renders_a_go_template_with_the_system_prompt(served: tuple[httpx.AsyncClient, Scheduler]) -> None:
+async def test_generate_renders_a_go_template_with_the_system_prompt(
+    served: tuple[httpx.AsyncClient, Scheduler],
+) -> None:
     client, scheduler = served
     r = await client.post(
         "/api/generate",
-        json={"model": "gofake", "prompt": "hi there", "system": "S", "images": [PIXEL], "_debug_render_only": True, "stream": True},
+        json={
+            "model": "gofake",
+            "prompt": "hi there",
+            "system": "S",
+            "images": [PIXEL],
+            "_debug_render_only": True,
+            "stream": True,
+        },
     )
-    assert r.json()["_debug_info"] == {"rendered_template": "[SYS]S[/SYS]<system>S</system><user>hi there</user><assistant>", "image_count": 1}
-    raw = await client.post("/api/generate", json={"model": "tiny", "prompt": "as is", "raw": True, "_debug_render_only": True})
+    assert r.json()["_debug_info"] == {
+        "rendered_template": "[SYS]S[/SYS]<system>S</system><user>hi there</user><assistant>",
+        "image_count": 1,
+    }
+    raw = await client.post(
+        "/api/generate", json={"model": "tiny", "prompt": "as is", "raw": True, "_debug_render_only": True}
+    )
     assert raw.json()["_debug_info"]["rendered_template"] == "as is"
     assert scheduler.ps() == []
 

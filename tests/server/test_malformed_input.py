@@ -12,10 +12,8 @@ import httpx
 import pytest
 
 from corral.config import Settings
-from corral.plugins import Plugins
-from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
-from fakes import FakeBackend, FakePlugin, write_fake_model
+from fakes import FakeBackend, fake_scheduler, write_fake_model
 
 # A body that routes would otherwise accept, to carry one bad value at a time.
 FIELDS = {"model": "fake", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}], "input": "hi"}
@@ -57,7 +55,7 @@ TAKES_OPTIONS = (
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False)
     write_fake_model(settings.models_dir, "fake:latest")
-    scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(FakeBackend())]))  # type: ignore[list-item]
+    scheduler = fake_scheduler(settings, FakeBackend())
     app = create_app(settings, scheduler)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:11434") as c:

@@ -13,10 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral.config import Settings
-from corral.plugins import Plugins
-from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
-from fakes import FakeBackend, FakePlugin, write_fake_model
+from fakes import FakeBackend, fake_scheduler, write_fake_model
 from serverproc import app_in_thread
 
 
@@ -37,10 +35,17 @@ def value(samples: dict[str, dict[tuple[tuple[str, str], ...], float]], name: st
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[str]:
-    settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_parallel=4, num_ctx=4096, metrics_vllm_names=True)
+    settings = Settings(
+        home=tmp_path,
+        models=tmp_path / "models",
+        isolate_runners=False,
+        num_parallel=4,
+        num_ctx=4096,
+        metrics_vllm_names=True,
+    )
     write_fake_model(settings.models_dir, "fake:latest")
     backend = FakeBackend(script=b"0123456789" * 300, step_delay=0.002)
-    scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+    scheduler = fake_scheduler(settings, backend)
     with app_in_thread(create_app(settings, scheduler)) as url:
         yield url
 
@@ -69,7 +74,9 @@ def test_gauges_read_four_running_streams(served: str) -> None:
         assert value(during, f"{prefix}:num_requests_running", model_name="fake:latest") == 4
         assert value(during, f"{prefix}:num_requests_waiting", model_name="fake:latest") == 0
         assert 0 < value(during, f"{prefix}:kv_cache_usage_perc", model_name="fake:latest") <= 1
-    assert value(during, "vllm:gpu_cache_usage_perc", model_name="fake:latest") == value(during, "corral:kv_cache_usage_perc", model_name="fake:latest")
+    assert value(during, "vllm:gpu_cache_usage_perc", model_name="fake:latest") == value(
+        during, "corral:kv_cache_usage_perc", model_name="fake:latest"
+    )
     assert value(during, "corral:model_loaded", model_name="fake:latest", backend="fake", processor="100% CPU") == 1
     assert value(during, "corral:model_load_duration_seconds_count", model_name="fake:latest") == 1
     after = scrape(served)
@@ -86,10 +93,17 @@ def test_token_counters_equal_the_responses_counts(served: str) -> None:
     before = scrape(served)
     prompts, generated = 0, 0
     for i in range(3):
-        r = httpx.post(f"{served}/api/generate", json={"model": "fake", "prompt": "x" * (i + 3), "stream": False, "options": {"num_predict": 7 + i}})
+        r = httpx.post(
+            f"{served}/api/generate",
+            json={"model": "fake", "prompt": "x" * (i + 3), "stream": False, "options": {"num_predict": 7 + i}},
+        )
         prompts += r.json()["prompt_eval_count"]
         generated += r.json()["eval_count"]
-        with httpx.stream("POST", f"{served}/api/chat", json={"model": "fake", "messages": [{"role": "user", "content": "y" * i}], "options": {"num_predict": 5}}) as s:
+        with httpx.stream(
+            "POST",
+            f"{served}/api/chat",
+            json={"model": "fake", "messages": [{"role": "user", "content": "y" * i}], "options": {"num_predict": 5}},
+        ) as s:
             last = [json.loads(line) for line in s.iter_lines() if line][-1]
         prompts += last["prompt_eval_count"]
         generated += last["eval_count"]
@@ -121,12 +135,22 @@ def test_token_counters_equal_the_responses_counts(served: str) -> None:
 
 def test_prefix_cache_hits_count_the_reused_prompt(served: str) -> None:
     before = scrape(served)
-    body = {"model": "fake", "prompt": "the same long system prompt, then a question", "raw": True, "stream": False, "options": {"num_predict": 2}}
+    body = {
+        "model": "fake",
+        "prompt": "the same long system prompt, then a question",
+        "raw": True,
+        "stream": False,
+        "options": {"num_predict": 2},
+    }
     counts = [httpx.post(f"{served}/api/generate", json=body).json()["prompt_eval_count"] for _ in range(2)]
     after = scrape(served)
     name = {"model_name": "fake:latest"}
-    hits = value(after, "corral:prefix_cache_hits_total", **name) - value(before, "corral:prefix_cache_hits_total", **name)
-    queries = value(after, "corral:prefix_cache_queries_total", **name) - value(before, "corral:prefix_cache_queries_total", **name)
+    hits = value(after, "corral:prefix_cache_hits_total", **name) - value(
+        before, "corral:prefix_cache_hits_total", **name
+    )
+    queries = value(after, "corral:prefix_cache_queries_total", **name) - value(
+        before, "corral:prefix_cache_queries_total", **name
+    )
     prompt_length = len(str(body["prompt"]))  # raw, and the fake tokenizer is byte-level
     assert queries == 2 * prompt_length
     assert hits == 2 * prompt_length - sum(counts) and hits > 0

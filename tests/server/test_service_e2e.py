@@ -39,7 +39,9 @@ def serve(home: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]
         "CORRAL_PRELOAD": MODEL, "CORRAL_NUM_PARALLEL": "4", **env,
     }  # fmt: skip
     log = open(home / f"serve-{port}.log", "wb")  # noqa: SIM115  (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "corral.cli.main", "serve"], env=environment, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli.main", "serve"], env=environment, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # ready only once the preloaded model is in
@@ -98,9 +100,19 @@ def test_metrics_under_four_streams_and_token_counters(_corral_home: Path) -> No
     assert all(f["done"] for f in finals)
     generated = sum(f["eval_count"] for f in finals)
     evaluated = sum(f["prompt_eval_count"] for f in finals)
-    hits = value(after, "corral:prefix_cache_hits_total", model_name=MODEL) - value(before, "corral:prefix_cache_hits_total", model_name=MODEL)
-    assert value(after, "corral:generation_tokens_total", model_name=MODEL) - value(before, "corral:generation_tokens_total", model_name=MODEL) == generated
-    assert value(after, "corral:prompt_tokens_total", model_name=MODEL) - value(before, "corral:prompt_tokens_total", model_name=MODEL) == evaluated + hits
+    hits = value(after, "corral:prefix_cache_hits_total", model_name=MODEL) - value(
+        before, "corral:prefix_cache_hits_total", model_name=MODEL
+    )
+    assert (
+        value(after, "corral:generation_tokens_total", model_name=MODEL)
+        - value(before, "corral:generation_tokens_total", model_name=MODEL)
+        == generated
+    )
+    assert (
+        value(after, "corral:prompt_tokens_total", model_name=MODEL)
+        - value(before, "corral:prompt_tokens_total", model_name=MODEL)
+        == evaluated + hits
+    )
     assert value(after, "corral:num_requests_running", model_name=MODEL) == 0
     assert value(after, "corral:model_loaded", model_name=MODEL, backend="cpu", processor="100% CPU") == 1
 
@@ -116,13 +128,17 @@ def test_sigterm_drains_three_streams_then_exits_0(_corral_home: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         refused = httpx.post(f"{url}/api/chat", json={"model": MODEL, "messages": COUNTING}, headers=AUTH, timeout=30)
         refused_at = time.monotonic()
-        openai_refused = httpx.post(f"{url}/v1/chat/completions", json={"model": MODEL, "messages": COUNTING}, headers=AUTH, timeout=30)
+        openai_refused = httpx.post(
+            f"{url}/v1/chat/completions", json={"model": MODEL, "messages": COUNTING}, headers=AUTH, timeout=30
+        )
         ready = httpx.get(f"{url}/health/ready", timeout=30)
         live = httpx.get(f"{url}/health/live", timeout=30)
         try:
             code = proc.wait(grace)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"corral serve did not exit: {sorted(_corral_home.glob('serve-*.log'))[-1].read_text()[-3000:]}")
+            pytest.fail(
+                f"corral serve did not exit: {sorted(_corral_home.glob('serve-*.log'))[-1].read_text()[-3000:]}"
+            )
         for s in streams:
             s.join(30)
     assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
@@ -132,5 +148,7 @@ def test_sigterm_drains_three_streams_then_exits_0(_corral_home: Path) -> None:
         assert s.finished_at > refused_at  # still streaming when the new request was refused
         final = s.lines[-1]
         assert final["done"] and final["done_reason"] in ("stop", "length") and "error" not in final
-        assert final["eval_count"] >= len(s.lines) - 1 and "".join(line["message"]["content"] for line in s.lines).strip()
+        assert (
+            final["eval_count"] >= len(s.lines) - 1 and "".join(line["message"]["content"] for line in s.lines).strip()
+        )
     assert code == 0

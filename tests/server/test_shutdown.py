@@ -16,23 +16,26 @@ import pytest
 import uvicorn
 
 from corral.config import Settings
-from corral.plugins import Plugins
 from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
 from corral.server.service import DrainingServer
-from fakes import FakeBackend, FakePlugin, write_fake_model
+from fakes import FakeBackend, fake_scheduler, write_fake_model
 from serverproc import free_port
 
 SCRIPT = b"0123456789" * 40
 
 
 def _serve(tmp_path: Path, grace: float) -> tuple[str, DrainingServer, threading.Thread, Scheduler]:
-    settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_parallel=4, shutdown_grace=grace)
+    settings = Settings(
+        home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_parallel=4, shutdown_grace=grace
+    )
     write_fake_model(settings.models_dir, "fake:latest")
-    scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(FakeBackend(script=SCRIPT, step_delay=0.01))]))  # type: ignore[list-item]
+    scheduler = fake_scheduler(settings, FakeBackend(script=SCRIPT, step_delay=0.01))
     app = create_app(settings, scheduler)
     port = free_port()
-    server = DrainingServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"), app.state.lifecycle, scheduler, grace)
+    server = DrainingServer(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"), app.state.lifecycle, scheduler, grace
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -58,7 +61,9 @@ class Stream(threading.Thread):
 
 
 @pytest.fixture
-def streams_in_flight(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, DrainingServer, threading.Thread, Scheduler, list[Stream]]]:
+def streams_in_flight(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, DrainingServer, threading.Thread, Scheduler, list[Stream]]]:
     grace, num_predict = request.param
     url, server, thread, scheduler = _serve(tmp_path, grace)
     streams = [Stream(url, num_predict) for _ in range(3)]

@@ -280,7 +280,13 @@ THINKER_EXAMPLES = [
 def test_a_thinking_models_trace_is_folded_apart_from_its_answer(paris: dict[str, Any], server: str) -> None:
     created = httpx.post(
         f"{server}/api/create",
-        json={"model": "thinker", "from": MODEL, "template": THINKER_TEMPLATE, "messages": THINKER_EXAMPLES, "stream": False},
+        json={
+            "model": "thinker",
+            "from": MODEL,
+            "template": THINKER_TEMPLATE,
+            "messages": THINKER_EXAMPLES,
+            "stream": False,
+        },
         timeout=300,
     )
     assert created.json() == {"status": "success"}

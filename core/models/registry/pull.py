@@ -459,7 +459,9 @@ def _check_disk(store: Store, needed: dict[str, int]) -> None:
             have += info.st_blocks * 512 if hasattr(info, "st_blocks") else info.st_size
     want = sum(needed.values())
     if want > have:
-        raise StorageFull(f"not enough disk space to pull: {want} bytes needed in the store {store.root} ({have} bytes free)")
+        raise StorageFull(
+            f"not enough disk space to pull: {want} bytes needed in the store {store.root} ({have} bytes free)"
+        )
 
 
 def pull(
