@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from corral.engines.host import physical_cores
+from corral.engines.logprobs import token_logprobs
 from corral.errors import BadRequest, CorralError, InvalidModelFile
 from corral.formats.gguf import validate_gguf
 from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep, TokenLogprobs
-from corral.engines.sampling import token_logprobs
 
 _backend_ready = False
 _log_callback: Any = None  # keeps the ctypes callback alive for the process
