@@ -11,7 +11,16 @@ import argparse
 
 import httpx
 
-from common import Disturbance, MAX_FOREIGN, corral_server, ensure_in_store, median_spread, models_dir, print_table, smollm2
+from common import (
+    MAX_FOREIGN,
+    Disturbance,
+    corral_server,
+    ensure_in_store,
+    median_spread,
+    models_dir,
+    print_table,
+    smollm2,
+)
 
 TOOL = {
     "type": "function",
@@ -35,7 +44,13 @@ VARIANTS: dict[str, dict[str, object]] = {
 
 def decode_rate(client: httpx.Client, model: str, extra: dict[str, object], seed: int) -> tuple[float, int]:
     """Ollama's eval_count / eval_duration for one chat (the decode phase only: prompt time excluded)."""
-    body = {"model": model, "messages": PROMPT, "stream": False, "options": {"num_predict": MAX_TOKENS, "seed": seed, "temperature": 0.8}, **extra}
+    body = {
+        "model": model,
+        "messages": PROMPT,
+        "stream": False,
+        "options": {"num_predict": MAX_TOKENS, "seed": seed, "temperature": 0.8},
+        **extra,
+    }
     reply = client.post("/api/chat", json=body).json()
     return reply["eval_count"] / (reply["eval_duration"] / 1e9), reply["eval_count"]
 
@@ -48,7 +63,10 @@ def main() -> None:
     ensure_in_store(models_dir(), model)
     rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
     tokens: dict[str, list[int]] = {name: [] for name in VARIANTS}
-    with corral_server(CORRAL_NUM_PARALLEL="1", CORRAL_KEEP_ALIVE="-1") as (url, _proc), httpx.Client(base_url=url, timeout=600) as client:
+    with (
+        corral_server(CORRAL_NUM_PARALLEL="1", CORRAL_KEEP_ALIVE="-1") as (url, _proc),
+        httpx.Client(base_url=url, timeout=600) as client,
+    ):
         decode_rate(client, model.name, {}, 0)  # load and warm up
         trial = 0
         while min(len(v) for v in rates.values()) < args.trials and trial < args.trials * 4:
@@ -59,10 +77,14 @@ def main() -> None:
                 if seen.foreign <= MAX_FOREIGN and count >= 8:
                     rates[name].append(rate)
                     tokens[name].append(count)
-    rows = [[name, median_spread(rates[name]), str(len(rates[name])), median_spread([float(t) for t in tokens[name]])] for name in VARIANTS]
+    rows = [
+        [name, median_spread(rates[name]), str(len(rates[name])), median_spread([float(t) for t in tokens[name]])]
+        for name in VARIANTS
+    ]
     print_table(
         f"SmolLM2-135M, /api/chat decode tokens/s (median, min–max), {MAX_TOKENS} tokens at most, 1 slot",
-        ["variant", "tokens/s", "trials", "tokens"], rows,
+        ["variant", "tokens/s", "trials", "tokens"],
+        rows,
     )
 
 

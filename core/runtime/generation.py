@@ -301,7 +301,8 @@ async def generate(
         ticket = await exit_stack.enter_async_context(holding(scheduler, target))
         info = ticket.loaded.worker.wait_loaded().info  # acquire waited for the load: this returns at once
         text, reply = render(ticket, info, prompt)
-        sampling: Sampling = replace(ticket.options.sampling(), grammar=_grammar(prompt, reply, format), logprobs=logprobs)
+        grammar = _grammar(prompt, reply, format)
+        sampling: Sampling = replace(ticket.options.sampling(), grammar=grammar, logprobs=logprobs)
         events = scheduler.stream(ticket, text, sampling=sampling, context=context or None)
         exit_stack.push_async_callback(_close_events, events)
     except BaseException:

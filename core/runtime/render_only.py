@@ -66,8 +66,10 @@ def template_facts(path: Path) -> ModelInfo | None:
 
     bos = meta.get("tokenizer.ggml.bos_token_id")
     return _facts(
-        bos_token=bos if isinstance(bos, int) else None, add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-        bos_text=text_of("tokenizer.ggml.bos_token_id"), eos_text=text_of("tokenizer.ggml.eos_token_id"),
+        bos_token=bos if isinstance(bos, int) else None,
+        add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        bos_text=text_of("tokenizer.ggml.bos_token_id"),
+        eos_text=text_of("tokenizer.ggml.eos_token_id"),
         chat_template=meta.get("tokenizer.chat_template"),
     )
 

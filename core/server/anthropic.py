@@ -130,13 +130,21 @@ def chat_messages(req: CountTokensRequest) -> list[Message]:
                 calls.append({"function": {"name": block["name"], "arguments": arguments}})
             elif kind == "tool_result" and msg.role == "user":
                 result = block.get("content", "")
-                out.append(Message(role="tool", content=_text_of(result, f"{where}.content[{j}]"), tool_name=names.get(str(block.get("tool_use_id")))))
+                out.append(
+                    Message(
+                        role="tool",
+                        content=_text_of(result, f"{where}.content[{j}]"),
+                        tool_name=names.get(str(block.get("tool_use_id"))),
+                    )
+                )
             elif kind in ("thinking", "redacted_thinking"):
                 continue  # an earlier turn's reasoning is not shown to the model again
             else:
                 raise BadRequest(f"{where}.content[{j}]: unsupported block type '{kind}'")
         if texts or images or calls or not blocks:
-            out.append(Message(role=msg.role, content="\n".join(texts), images=images or None, tool_calls=calls or None))
+            out.append(
+                Message(role=msg.role, content="\n".join(texts), images=images or None, tool_calls=calls or None)
+            )
     return out
 
 
@@ -166,7 +174,13 @@ def _think(req: CountTokensRequest) -> bool | None:
 
 def _options(req: MessagesRequest) -> Options:
     data = dict(Options.parse(req.options).model_dump(exclude_none=True))
-    fields = {"num_predict": req.max_tokens, "temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p, "stop": req.stop_sequences}
+    fields = {
+        "num_predict": req.max_tokens,
+        "temperature": req.temperature,
+        "top_k": req.top_k,
+        "top_p": req.top_p,
+        "stop": req.stop_sequences,
+    }
     data.update({k: v for k, v in fields.items() if v is not None})
     return Options.parse(data)
 
@@ -211,7 +225,7 @@ async def messages(request: Request, scheduler: SchedulerDep) -> Response:
         })  # fmt: skip
 
     async def body() -> AsyncIterator[bytes]:
-        start = {"id": mid, "type": "message", "role": "assistant", "model": gen.model, "content": [],
+        start: dict[str, Any] = {"id": mid, "type": "message", "role": "assistant", "model": gen.model, "content": [],
                  "stop_reason": None, "stop_sequence": None, "usage": usage_of(None)}  # fmt: skip
         yield sse({"type": "message_start", "message": start}, "message_start")
         yield sse({"type": "ping"}, "ping")
@@ -259,21 +273,36 @@ class _Blocks:
         events = self.close()
         self.index += 1
         self.open = block["type"]
-        return [*events, sse({"type": "content_block_start", "index": self.index, "content_block": block}, "content_block_start")]
+        return [
+            *events,
+            sse({"type": "content_block_start", "index": self.index, "content_block": block}, "content_block_start"),
+        ]
 
     def delta(self, kind: str, text: str) -> list[bytes]:
         events: list[bytes] = []
         if self.open != kind:
-            events = self._start({"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking" else {"type": "text", "text": ""})
-        delta = {"type": "thinking_delta", "thinking": text} if kind == "thinking" else {"type": "text_delta", "text": text}
-        return [*events, sse({"type": "content_block_delta", "index": self.index, "delta": delta}, "content_block_delta")]
+            events = self._start(
+                {"type": "thinking", "thinking": "", "signature": ""}
+                if kind == "thinking"
+                else {"type": "text", "text": ""}
+            )
+        delta = (
+            {"type": "thinking_delta", "thinking": text} if kind == "thinking" else {"type": "text_delta", "text": text}
+        )
+        return [
+            *events,
+            sse({"type": "content_block_delta", "index": self.index, "delta": delta}, "content_block_delta"),
+        ]
 
     def tool_use(self, call: dict[str, Any]) -> list[bytes]:
         block = _tool_use(call)
         arguments = json.dumps(block.pop("input"), ensure_ascii=False)
         events = self._start({**block, "input": {}})
         delta = {"type": "input_json_delta", "partial_json": arguments}
-        return [*events, sse({"type": "content_block_delta", "index": self.index, "delta": delta}, "content_block_delta")]
+        return [
+            *events,
+            sse({"type": "content_block_delta", "index": self.index, "delta": delta}, "content_block_delta"),
+        ]
 
     def close(self) -> list[bytes]:
         if self.open is None:

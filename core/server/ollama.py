@@ -218,7 +218,9 @@ async def chat(request: Request, scheduler: SchedulerDep) -> Response:
                     **_done_fields(gen, piece.event),
                 )
             elif piece.content or piece.tool_calls or piece.thinking:
-                yield ChatResponse(model=gen.model, created_at=now_rfc3339(), message=message, done=False, logprobs=pending.take())
+                yield ChatResponse(
+                    model=gen.model, created_at=now_rfc3339(), message=message, done=False, logprobs=pending.take()
+                )
 
     def merge(items: list[BaseModel]) -> BaseModel:
         text = "".join(i.message.content for i in items)  # type: ignore[attr-defined]

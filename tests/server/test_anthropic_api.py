@@ -20,14 +20,20 @@ from corral.server.app import create_app
 FORECAST = {
     "name": "get_forecast",
     "description": "The weather forecast",
-    "input_schema": {"type": "object", "properties": {"days": {"type": "integer"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["days", "unit"]},
+    "input_schema": {
+        "type": "object",
+        "properties": {"days": {"type": "integer"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["days", "unit"],
+    },
 }
 HELLO = [{"role": "user", "content": "hello world"}]
 
 
 @pytest.fixture
 async def client(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_ctx=1024, num_parallel=2, backend="cpu")
+    settings = Settings(
+        home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_ctx=1024, num_parallel=2, backend="cpu"
+    )
     store = Store(settings.models_dir)
     store_gguf(store, "tiny:latest", tiny_gguf)
     scheduler = Scheduler(settings, store=store)
@@ -40,11 +46,15 @@ async def client(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[anthropic.Asy
 
 @pytest.mark.anyio
 async def test_a_message_and_its_usage(client: anthropic.AsyncAnthropic) -> None:
-    message = await client.messages.create(model="tiny", max_tokens=6, messages=HELLO, system="Be brief.", extra_body={"temperature": 0})  # type: ignore[arg-type]
+    message = await client.messages.create(
+        model="tiny", max_tokens=6, messages=HELLO, system="Be brief.", extra_body={"temperature": 0}
+    )  # type: ignore[arg-type]
     assert message.role == "assistant" and message.type == "message" and message.model == "tiny:latest"
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 6
     assert [b.type for b in message.content] == ["text"] and message.content[0].text  # type: ignore[union-attr]
-    again = await client.messages.create(model="tiny", max_tokens=6, messages=HELLO, system="Be brief.", extra_body={"temperature": 0})  # type: ignore[arg-type]
+    again = await client.messages.create(
+        model="tiny", max_tokens=6, messages=HELLO, system="Be brief.", extra_body={"temperature": 0}
+    )  # type: ignore[arg-type]
     assert again.content[0].text == message.content[0].text  # type: ignore[union-attr]
     assert again.usage.cache_read_input_tokens and again.usage.cache_read_input_tokens > 5  # the prefix cache served it
     count = await client.messages.count_tokens(model="tiny", messages=HELLO, system="Be brief.")  # type: ignore[arg-type]
@@ -55,7 +65,9 @@ async def test_a_message_and_its_usage(client: anthropic.AsyncAnthropic) -> None
 async def test_streaming_follows_anthropics_event_sequence(client: anthropic.AsyncAnthropic) -> None:
     whole = await client.messages.create(model="tiny", max_tokens=8, messages=HELLO, extra_body={"temperature": 0})  # type: ignore[arg-type]
     kinds: list[str] = []
-    async with client.messages.stream(model="tiny", max_tokens=8, messages=HELLO, extra_body={"temperature": 0}) as stream:  # type: ignore[arg-type]
+    async with client.messages.stream(
+        model="tiny", max_tokens=8, messages=HELLO, extra_body={"temperature": 0}
+    ) as stream:  # type: ignore[arg-type]
         async for event in stream:
             kinds.append(event.type)
         final = await stream.get_final_message()
@@ -66,7 +78,12 @@ async def test_streaming_follows_anthropics_event_sequence(client: anthropic.Asy
 @pytest.mark.anyio
 async def test_forced_tool_use_and_a_tool_result_turn(client: anthropic.AsyncAnthropic) -> None:
     message = await client.messages.create(
-        model="tiny", max_tokens=200, messages=HELLO, tools=[FORECAST], tool_choice={"type": "any"}, extra_body={"temperature": 1.0},  # type: ignore[arg-type, list-item]
+        model="tiny",
+        max_tokens=200,
+        messages=HELLO,
+        tools=[FORECAST],
+        tool_choice={"type": "any"},
+        extra_body={"temperature": 1.0},  # type: ignore[arg-type, list-item]
     )
     assert message.stop_reason == "tool_use"
     use = message.content[-1]
@@ -86,16 +103,31 @@ async def test_errors_use_anthropics_shape(client: anthropic.AsyncAnthropic) -> 
         await client.messages.create(model="nope", max_tokens=4, messages=HELLO)  # type: ignore[arg-type]
     assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
     with pytest.raises(anthropic.BadRequestError) as bad:
-        await client.messages.create(model="tiny", max_tokens=4, messages=[{"role": "user", "content": [{"type": "video"}]}])  # type: ignore[list-item]
-    assert bad.value.body == {"type": "error", "error": {"type": "invalid_request_error", "message": "messages[0].content[0]: unsupported block type 'video'"}}
+        await client.messages.create(
+            model="tiny", max_tokens=4, messages=[{"role": "user", "content": [{"type": "video"}]}]
+        )  # type: ignore[list-item]
+    assert bad.value.body == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "messages[0].content[0]: unsupported block type 'video'"},
+    }
 
 
 @pytest.mark.slow
 def test_the_anthropic_package_against_smollm2(corral_server: str) -> None:
     client = anthropic.Anthropic(base_url=corral_server, api_key="corral")
-    message = client.messages.create(model="smollm2:135m", max_tokens=24, extra_body={"temperature": 0}, messages=[{"role": "user", "content": "What is the capital of France?"}])
+    message = client.messages.create(
+        model="smollm2:135m",
+        max_tokens=24,
+        extra_body={"temperature": 0},
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+    )
     assert "Paris" in message.content[0].text  # type: ignore[union-attr]
-    with client.messages.stream(model="smollm2:135m", max_tokens=24, extra_body={"temperature": 0}, messages=[{"role": "user", "content": "What is the capital of France?"}]) as stream:
+    with client.messages.stream(
+        model="smollm2:135m",
+        max_tokens=24,
+        extra_body={"temperature": 0},
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+    ) as stream:
         text = "".join(stream.text_stream)
     assert text == message.content[0].text  # type: ignore[union-attr]
 

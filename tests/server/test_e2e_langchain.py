@@ -10,7 +10,7 @@ import pytest
 from langchain_ollama import ChatOllama, OllamaEmbeddings
 from pydantic import BaseModel
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # minutes on a busy 2-core machine
 
 MODEL = "smollm2:135m"
 
@@ -33,7 +33,9 @@ def test_chat_ollama_invoke_stream_and_batch(corral_server: str) -> None:
 
 def test_chat_ollama_structured_output(corral_server: str) -> None:
     llm = ChatOllama(model=MODEL, base_url=corral_server, temperature=0, num_predict=60)
-    city = llm.with_structured_output(City, method="json_schema").invoke("Paris is a city in France. Give its name and country.")
+    city = llm.with_structured_output(City, method="json_schema").invoke(
+        "Paris is a city in France. Give its name and country."
+    )
     assert isinstance(city, City) and city.name and city.country
 
 

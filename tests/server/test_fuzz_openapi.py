@@ -66,8 +66,12 @@ def test_no_route_answers_a_server_error(fuzz_url: str) -> None:
 
             @given(case=strategy)
             @settings(
-                max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
+                max_examples=EXAMPLES,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
             )
             def fuzz(case: schemathesis.Case) -> None:
                 response = case.call(timeout=120)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from corral.config import Settings
-from corral.engines.sampling import Sampler, token_logprobs
+from corral.engines.logprobs import token_logprobs
+from corral.engines.sampling import Sampler
 from corral.hookspecs import Sampling
 from corral.models.recipes import store_gguf
 from corral.models.store import Store
@@ -31,7 +32,11 @@ async def client(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[httpx.AsyncCl
     store = Store(settings.models_dir)
     store_gguf(store, "tiny:latest", tiny_gguf)
     scheduler = Scheduler(settings, store=store)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings, scheduler)), base_url="http://127.0.0.1:11434", timeout=120) as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(settings, scheduler)),
+        base_url="http://127.0.0.1:11434",
+        timeout=120,
+    ) as c:
         yield c
     await scheduler.close()
 
@@ -45,13 +50,15 @@ def check_entries(entries: list[dict], top: int, text: str, greedy: bool = True)
         assert len(alternatives) == top
         assert [a["logprob"] for a in alternatives] == sorted((a["logprob"] for a in alternatives), reverse=True)
         if greedy and top:  # the chosen token is the likeliest under the raw distribution
-            assert alternatives[0]["bytes"] == entry["bytes"] and math.isclose(alternatives[0]["logprob"], entry["logprob"])
+            assert alternatives[0]["bytes"] == entry["bytes"] and math.isclose(
+                alternatives[0]["logprob"], entry["logprob"]
+            )
 
 
 def assert_same(a: list[dict], b: list[dict]) -> None:
     """The same tokens with the same logprobs, up to the float noise of a prefix-cached re-run."""
     assert [e["bytes"] for e in a] == [e["bytes"] for e in b]
-    assert all(math.isclose(x["logprob"], y["logprob"], abs_tol=1e-3) for x, y in zip(a, b))
+    assert all(math.isclose(x["logprob"], y["logprob"], abs_tol=1e-3) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.anyio
@@ -67,23 +74,46 @@ async def test_ollama_routes_report_logprobs_streamed_and_not(client: httpx.Asyn
         lines = [json.loads(line) for line in (await client.post(route, json=request)).text.splitlines() if line]
         streamed = [e for line in lines for e in line.get("logprobs") or []]
         assert_same(streamed, whole["logprobs"])
-        plain = (await client.post(route, json={**request, "logprobs": None, "top_logprobs": None, "stream": False})).json()
+        plain = (
+            await client.post(route, json={**request, "logprobs": None, "top_logprobs": None, "stream": False})
+        ).json()
         assert "logprobs" not in plain and text_of(plain) == text_of(whole)
-    bare = (await client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "options": GREEDY, "logprobs": True, "stream": False})).json()
+    bare = (
+        await client.post(
+            "/api/generate",
+            json={"model": "tiny", "prompt": "hi", "options": GREEDY, "logprobs": True, "stream": False},
+        )
+    ).json()
     check_entries(bare["logprobs"], 0, bare["response"])
-    too_many = await client.post("/api/chat", json={"model": "tiny", "messages": MESSAGES, "logprobs": True, "top_logprobs": 21})
+    too_many = await client.post(
+        "/api/chat", json={"model": "tiny", "messages": MESSAGES, "logprobs": True, "top_logprobs": 21}
+    )
     assert too_many.status_code == 400 and "top_logprobs" in too_many.json()["error"]
 
 
 @pytest.mark.anyio
 async def test_openai_chat_reports_logprobs_streamed_and_not(client: httpx.AsyncClient) -> None:
-    request = {"model": "tiny", "messages": MESSAGES, "temperature": 0, "max_tokens": 10, "logprobs": True, "top_logprobs": 2, "options": {"repeat_penalty": 1.0}}
+    request = {
+        "model": "tiny",
+        "messages": MESSAGES,
+        "temperature": 0,
+        "max_tokens": 10,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "options": {"repeat_penalty": 1.0},
+    }
     whole = (await client.post("/v1/chat/completions", json=request)).json()["choices"][0]
     check_entries(whole["logprobs"]["content"], 2, whole["message"]["content"])
-    events = [json.loads(line[6:]) for line in (await client.post("/v1/chat/completions", json={**request, "stream": True})).text.splitlines() if line.startswith("data: {")]
+    events = [
+        json.loads(line[6:])
+        for line in (await client.post("/v1/chat/completions", json={**request, "stream": True})).text.splitlines()
+        if line.startswith("data: {")
+    ]
     streamed = [e for event in events for e in (event["choices"][0]["logprobs"] or {}).get("content", [])]
     assert_same(streamed, whole["logprobs"]["content"])
-    plain = (await client.post("/v1/chat/completions", json={**request, "logprobs": False, "top_logprobs": None})).json()
+    plain = (
+        await client.post("/v1/chat/completions", json={**request, "logprobs": False, "top_logprobs": None})
+    ).json()
     assert plain["choices"][0]["logprobs"] is None
 
 
@@ -96,8 +126,14 @@ async def test_openai_completions_use_the_legacy_shape(client: httpx.AsyncClient
     for i, alts in enumerate(lp["top_logprobs"]):  # (parts of a character all read "\ufffd" and share one key)
         assert 1 <= len(alts) <= 2 and ("\ufffd" in alts or max(alts.values()) >= lp["token_logprobs"][i] - 1e-6)
     assert lp["text_offset"][0] == 0 and lp["text_offset"][-1] == len(choice["text"]) - len(lp["tokens"][-1])
-    events = [json.loads(line[6:]) for line in (await client.post("/v1/completions", json={**request, "stream": True})).text.splitlines() if line.startswith("data: {")]
-    tokens = [t for e in events if e["choices"] and e["choices"][0]["logprobs"] for t in e["choices"][0]["logprobs"]["tokens"]]
+    events = [
+        json.loads(line[6:])
+        for line in (await client.post("/v1/completions", json={**request, "stream": True})).text.splitlines()
+        if line.startswith("data: {")
+    ]
+    tokens = [
+        t for e in events if e["choices"] and e["choices"][0]["logprobs"] for t in e["choices"][0]["logprobs"]["tokens"]
+    ]
     assert tokens == lp["tokens"]
 
 

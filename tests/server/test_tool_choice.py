@@ -139,14 +139,21 @@ async def test_bad_choices_are_400(client: httpx.AsyncClient) -> None:
 
 
 PROMPTS = [
-    "What's the weather going to be like this week?", "Will it rain tomorrow in Paris?", "Give me the forecast.",
-    "I need to know if I should bring a jacket for the next 3 days.", "Forecast for Berlin in fahrenheit please.",
-    "Is it sunny next weekend?", "How cold will it get over the next ten days?", "Tell me a joke.",
-    "What is 2 + 2?", "Plan my trip: what weather should I expect?",
+    "What's the weather going to be like this week?",
+    "Will it rain tomorrow in Paris?",
+    "Give me the forecast.",
+    "I need to know if I should bring a jacket for the next 3 days.",
+    "Forecast for Berlin in fahrenheit please.",
+    "Is it sunny next weekend?",
+    "How cold will it get over the next ten days?",
+    "Tell me a joke.",
+    "What is 2 + 2?",
+    "Plan my trip: what weather should I expect?",
 ]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 50 generations of ~25 tokens: seconds on an idle machine, minutes on a busy one
 def test_smollm2_makes_50_valid_calls_of_50_when_required(corral_server: str) -> None:
     client = openai.OpenAI(base_url=f"{corral_server}/v1", api_key="corral", timeout=300)
     valid = 0

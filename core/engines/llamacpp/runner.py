@@ -16,7 +16,7 @@ import numpy as np
 
 from corral.engines.host import physical_cores
 from corral.engines.llamacpp.backend import init_backend
-from corral.engines.sampling import token_logprobs
+from corral.engines.logprobs import token_logprobs
 from corral.errors import BadRequest, CorralError, InvalidModelFile
 from corral.formats.gguf import validate_gguf
 from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep, TokenLogprobs

@@ -228,7 +228,11 @@ async def completions(request: Request, scheduler: SchedulerDep) -> Response:
     prefix = prompt if echo and isinstance(prompt, str) else ""
 
     def completion(
-        text: str, finish: str | None, usage: dict[str, int] | None = None, pieces: list[Piece] | None = None, offset: int = 0,
+        text: str,
+        finish: str | None,
+        usage: dict[str, Any] | None = None,
+        pieces: list[Piece] | None = None,
+        offset: int = 0,
     ) -> dict[str, Any]:
         logprobs = _completion_logprobs(pieces or [], offset) if req.logprobs is not None else None
         obj: dict[str, Any] = {
