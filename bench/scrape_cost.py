@@ -108,8 +108,11 @@ def main() -> None:
     try:
         while True:
             try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                ready = httpx.get(f"{url}/health/ready", timeout=1)
+                if ready.status_code == 200:
                     break
+                if "failed" in ready.json().get("reason", ""):
+                    sys.exit(f"corral serve is not ready: {ready.json()['reason']}")
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
