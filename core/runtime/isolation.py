@@ -9,6 +9,8 @@ and relays jobs and events over a socket pair. The child is a fresh ``python -m 
 from __future__ import annotations
 
 import itertools
+import logging
+import pickle
 import signal
 import socket
 import subprocess
@@ -22,8 +24,10 @@ from corral.errors import RunnerCrashed
 from corral.hookspecs import LoadSpec, ModelInfo
 from corral.runtime.worker import Event, Job, ModelWorker
 
+log = logging.getLogger("corral.runtime.isolation")
+
 # The parts of a Job that cross the pipe; callbacks and the cancel flag stay on their own side.
-_JOB_FIELDS = [f.name for f in fields(Job) if f.name not in ("emit", "on_result", "cancelled")]
+_JOB_FIELDS = [f.name for f in fields(Job) if f.name not in ("emit", "on_result", "cancelled", "on_cancel")]
 
 
 @dataclass(frozen=True)
@@ -39,17 +43,25 @@ def _child_main(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the terminal is the server's to handle
     from corral.plugins import Plugins
 
-    backend, spec, name, prefix_cache = conn.recv()
+    backend, spec, name, prefix_cache = _recv(conn)
 
     send_lock = threading.Lock()
+    outbox: list[tuple[Any, ...]] = []  # this step's events, sent together by flush (owner thread only)
 
     def send(message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with send_lock:
-            conn.send(message)
+            conn.send_bytes(data)
+
+    def flush() -> None:
+        if outbox:
+            batch = outbox[:]
+            outbox.clear()
+            send(("batch", batch))
 
     try:
         entry = Plugins().get(backend)
-        worker = ModelWorker(lambda: entry.backend.load(spec), name, prefix_cache=prefix_cache)
+        worker = ModelWorker(lambda: entry.backend.load(spec), name, prefix_cache=prefix_cache, flush=flush)
         runner = worker.wait_loaded()
     except BaseException as exc:  # reported to the parent, which raises it for the request
         send(("load_error", exc))
@@ -58,7 +70,7 @@ def _child_main(conn: Connection) -> None:
     jobs: dict[int, Job] = {}
     while True:
         try:
-            message = conn.recv()
+            message = _recv(conn)
         except (EOFError, OSError):  # the server went away: nothing left to serve
             break
         kind = message[0]
@@ -68,9 +80,13 @@ def _child_main(conn: Connection) -> None:
             def emit(event: Event, job_id: int = job_id) -> None:
                 if event.done:
                     jobs.pop(job_id, None)
-                send(("event", job_id, event))
+                    outbox.append((job_id, event))
+                elif event == Event(text=event.text):  # most events are a token's text: send just that
+                    outbox.append((job_id, event.text))
+                else:
+                    outbox.append((job_id, event))
 
-            job = Job(**data, emit=emit, on_result=lambda result, job_id=job_id: send(("result", job_id, result)))
+            job = Job(**data, emit=emit, on_result=lambda result, job_id=job_id: outbox.append((job_id, _Result(result))))
             jobs[job_id] = job
             worker.submit(job)
         elif kind == "cancel" and message[1] in jobs:
@@ -79,6 +95,17 @@ def _child_main(conn: Connection) -> None:
             break
     worker.stop()
     worker.join(30)
+
+
+@dataclass(frozen=True)
+class _Result:
+    """An embedding job's vectors, as they cross the pipe."""
+
+    value: Any
+
+
+def _recv(conn: Connection) -> Any:
+    return pickle.loads(conn.recv_bytes())
 
 
 class ProcessWorker:
@@ -94,10 +121,10 @@ class ProcessWorker:
         )
         child_sock.close()
         self._conn = Connection(parent_sock.detach())
-        self._conn.send((backend, spec, name, prefix_cache))
+        self._send_lock = threading.Lock()
+        self._send((backend, spec, name, prefix_cache))
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count()
-        self._send_lock = threading.Lock()
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
         self.runner: RemoteRunner | None = None
@@ -124,10 +151,22 @@ class ProcessWorker:
         except OSError:
             self._jobs.pop(job_id, None)
             job.emit(Event(done=True, done_reason="error", error="the model runner has stopped", exception=RunnerCrashed("the model runner has stopped")))
+            return
+        job.on_cancel = lambda: self._cancel(job_id)
+        if job.cancelled.is_set():  # cancelled before the hook was in place
+            self._cancel(job_id)
+
+    def _cancel(self, job_id: int) -> None:
+        if job_id in self._jobs:
+            try:
+                self._send(("cancel", job_id))
+            except OSError:  # the runner is gone; the relay fails the job
+                pass
 
     def _send(self, message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with self._send_lock:
-            self._conn.send(message)
+            self._conn.send_bytes(data)
 
     def stop(self) -> None:
         try:
@@ -145,27 +184,30 @@ class ProcessWorker:
 
     # ---- the relay thread ------------------------------------------------------------------
     def _read(self) -> None:
-        cancelled: set[int] = set()
         while True:
             try:
-                if not self._conn.poll(0.02):
-                    self._forward_cancellations(cancelled)
-                    continue
-                message = self._conn.recv()
+                message = _recv(self._conn)
             except (EOFError, OSError):
                 break
-            self._forward_cancellations(cancelled)
+            except Exception:  # a message that cannot be read: the runner is no use any more
+                log.exception("unreadable message from the runner for %s", self.name)
+                self._proc.kill()
+                break
             kind = message[0]
-            if kind == "event":
-                job = self._jobs.get(message[1])
-                if job is not None:
-                    if message[2].done:
-                        self._jobs.pop(message[1], None)
-                    job.emit(message[2])
-            elif kind == "result":
-                job = self._jobs.get(message[1])
-                if job is not None and job.on_result is not None:
-                    job.on_result(message[2])
+            if kind == "batch":  # one step's events, in the order they happened
+                for job_id, item in message[1]:
+                    job = self._jobs.get(job_id)
+                    if job is None:
+                        continue
+                    if isinstance(item, str):
+                        job.emit(Event(text=item))
+                    elif isinstance(item, _Result):
+                        if job.on_result is not None:
+                            job.on_result(item.value)
+                    else:
+                        if item.done:
+                            self._jobs.pop(job_id, None)
+                        job.emit(item)
             elif kind == "loaded":
                 self.runner = RemoteRunner(message[1], self._proc.pid)
                 self.load_seconds = message[2]
@@ -174,15 +216,6 @@ class ProcessWorker:
                 self._load_error = message[1]
                 self._ready.set()
         self._crashed()
-
-    def _forward_cancellations(self, already: set[int]) -> None:
-        for job_id, job in list(self._jobs.items()):
-            if job.cancelled.is_set() and job_id not in already:
-                already.add(job_id)
-                try:
-                    self._send(("cancel", job_id))
-                except OSError:
-                    return
 
     def _crashed(self) -> None:
         """The pipe closed: fail whatever was waiting on this runner, saying how it died."""
@@ -206,4 +239,7 @@ class ProcessWorker:
 
 
 if __name__ == "__main__":
-    _child_main(Connection(int(sys.argv[1])))
+    # Run the imported module's copy, so what crosses the pipe pickles as corral.runtime.isolation's, not __main__'s.
+    from corral.runtime.isolation import _child_main as _main
+
+    _main(Connection(int(sys.argv[1])))
