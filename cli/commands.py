@@ -1,4 +1,4 @@
-"""Everyday commands: backends (in-process), and run, list, ps, stop, rm, cp as clients of the server."""
+"""Everyday commands: backends (in-process), serve, and run, list, ps, stop, rm, cp as clients of the server."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
+from corral.config import Settings
 from corral.errors import CorralError
 
-from .main import cli, client_for, friendly_errors
+from .base import cli, client_for, debug_enabled, friendly_errors
 
 
 def human_size(n: int) -> str:
@@ -100,7 +101,8 @@ def run(
     """Run a model: answer PROMPT, or chat when none is given on a terminal."""
     from corral.client import ResponseError
 
-    from .repl import Session, interactive, one_shot
+    from .repl import Session
+    from .repl_loop import interactive, one_shot
 
     client = client_for()
     try:
@@ -188,3 +190,29 @@ def cp(source: str, destination: str) -> None:
     """Copy a model to a new name."""
     client_for().copy(source, destination)
     click.echo(f"copied '{source}' to '{destination}'")
+
+
+@cli.command()
+@click.option("--host", help="Address to bind (default: CORRAL_HOST or 127.0.0.1:11434).")
+@click.option("--backend", help="Force a backend (cpu, cuda, rocm, metal, …).")
+@friendly_errors
+def serve(host: str | None, backend: str | None) -> None:
+    """Serve Ollama's and OpenAI's APIs over HTTP."""
+    import uvicorn
+
+    from corral.server.app import create_app
+
+    overrides: dict[str, Any] = {}
+    if host:
+        overrides["host"] = host
+    if backend:
+        overrides["backend"] = backend
+    settings = Settings(**overrides)
+    if settings.backend:
+        from corral.plugins import Plugins
+
+        Plugins().select(settings.backend)  # fail now, not at the first request
+    address = settings.base_url.split("://", 1)[1]
+    bind, port = address.rsplit(":", 1)
+    click.echo(f"Corral listening on {settings.base_url} (models in {settings.models_dir})", err=True)
+    uvicorn.run(create_app(settings), host=bind.strip("[]"), port=int(port), log_level="debug" if debug_enabled() else "warning")

@@ -15,7 +15,7 @@ import click
 
 from corral.errors import BadRequest, CorralError, ModelfileError
 
-from .main import cli, client_for, friendly_errors
+from .base import cli, client_for, friendly_errors
 
 _CHUNK = 1 << 20
 
@@ -209,7 +209,8 @@ def fit_report(model: str, backend: str | None, num_ctx: int | None) -> str:
 
 def onnx_fit_report(folder: Path, num_ctx: int, num_parallel: int, devices: list[Any], *, on_gpu: bool) -> str:
     from corral.errors import InsufficientMemory
-    from corral.engines.llamacpp.offload import check_onnx_fit, human_bytes, onnx_need
+    from corral.engines.onnx.fit import check_onnx_fit, onnx_need
+    from corral.formats.units import human_bytes
 
     need = onnx_need(folder, num_ctx, num_parallel, on_gpu=on_gpu)
     lines = [

@@ -2,7 +2,7 @@
 
 The REPL reads with prompt_toolkit (line editing, history in ``<home>/history``, bracketed paste,
 ``\"\"\"`` blocks), streams each answer as it is generated, word-wrapped to the terminal, and runs the
-slash commands in ``repl_commands``. Ctrl+C while an answer streams closes the stream, so the server
+slash commands in ``repl_commands``; the prompt loop itself is ``repl_loop``. Ctrl+C while an answer streams closes the stream, so the server
 stops generating and frees the slot; the interrupted turn (question and partial answer) is left out of
 the conversation, so the next question is asked as if it had never been.
 """
@@ -13,16 +13,12 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 import click
 
 PROMPT = ">>> "
-CONTINUATION = "... "
-PLACEHOLDER = "Send a message (/? for help)"
 QUOTES = '"""'
-EXIT_HINT = "Use Ctrl + d or /bye to exit."
 
 
 @dataclass
@@ -377,148 +373,3 @@ def unquote(text: str) -> str:
     if body.endswith(QUOTES):
         body = body[: -len(QUOTES)]
     return body.strip("\n").rstrip()
-
-
-class PromptInterrupt(KeyboardInterrupt):
-    """Ctrl+C at the prompt; ``had_text`` tells a cleared line from an empty prompt."""
-
-    def __init__(self, had_text: bool) -> None:
-        super().__init__()
-        self.had_text = had_text
-
-
-def history_path() -> Path | None:
-    try:
-        from corral.config import Settings
-
-        return Settings().home / "history"
-    except Exception:  # a broken config file: chat without a history file
-        return None
-
-
-def _prompt_session(session: Session) -> Any:
-    from prompt_toolkit import PromptSession
-    from prompt_toolkit.application.current import get_app
-    from prompt_toolkit.completion import Completer, Completion
-    from prompt_toolkit.formatted_text import FormattedText
-    from prompt_toolkit.history import FileHistory, InMemoryHistory
-    from prompt_toolkit.key_binding import KeyBindings
-    from prompt_toolkit.styles import Style
-
-    from .repl_commands import completions
-
-    class History(FileHistory):
-        """The history file, written only while ``session.history`` is on (CORRAL_NOHISTORY,
-        ``/set nohistory``); entries still reach ↑ within this session."""
-
-        def store_string(self, string: str) -> None:
-            if not session.history:
-                return
-            try:
-                path = Path(self.filename)
-                if not path.exists():  # private from the start: prompts can be personal
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.touch(mode=0o600)
-                super().store_string(string)
-            except OSError:
-                pass
-
-    path = history_path()
-    history: Any = History(str(path)) if path is not None else InMemoryHistory()
-
-    class SlashCompleter(Completer):
-        def get_completions(self, document: Any, complete_event: Any) -> Any:
-            text = document.text_before_cursor
-            if not text.startswith("/") or "\n" in text:
-                return
-            for word in completions(text):
-                yield Completion(word, start_position=-len(text.split(" ")[-1]))
-
-    keys = KeyBindings()
-
-    @keys.add("enter")
-    def _enter(event: Any) -> None:
-        buffer = event.current_buffer
-        if needs_more(buffer.text):
-            buffer.insert_text("\n")
-        else:
-            buffer.validate_and_handle()
-
-    @keys.add("escape", "enter")
-    def _newline(event: Any) -> None:
-        event.current_buffer.insert_text("\n")
-
-    @keys.add("c-c")
-    def _interrupt(event: Any) -> None:
-        event.app.exit(exception=PromptInterrupt(bool(event.current_buffer.text)), style="class:aborting")
-
-    return PromptSession(
-        history=history,
-        key_bindings=keys,
-        multiline=True,
-        prompt_continuation=lambda width, line_number, wrap_count: CONTINUATION,
-        placeholder=lambda: [] if get_app().is_done else FormattedText([("class:placeholder", PLACEHOLDER)]),
-        completer=SlashCompleter(),
-        complete_while_typing=False,
-        style=Style.from_dict({"placeholder": "ansibrightblack"}),
-        include_default_pygments_style=False,
-    )
-
-
-# ---- the two ways to run ---------------------------------------------------------------------------
-
-
-def one_shot(session: Session, text: str) -> None:
-    """Answer ``text`` and print only the answer (an empty prompt only loads the model)."""
-    if not text.strip():
-        session.load()
-        return
-    session.ask(text)
-
-
-def interactive(session: Session) -> None:
-    from corral.client import ResponseError
-    from corral.config import Settings
-    from corral.errors import CorralError
-
-    from .repl_commands import ExitRepl, run_command
-
-    try:
-        session.history = session.history and not Settings().nohistory
-    except Exception:
-        pass
-    session.load()
-    session.refresh()
-    session.print_model_messages()
-    prompt = _prompt_session(session)
-    out = session.stdout
-    while True:
-        try:
-            line = prompt.prompt(PROMPT)
-        except PromptInterrupt as exc:
-            if not exc.had_text:
-                out.write(EXIT_HINT + "\n\n")
-                out.flush()
-            continue
-        except KeyboardInterrupt:
-            continue
-        except EOFError:
-            return
-        if not line.strip():
-            continue
-        try:
-            if line.lstrip().startswith("/") and not line.lstrip().startswith(QUOTES):
-                run_command(session, line.strip())
-                continue
-            text = unquote(line)
-            if not text.strip():
-                continue
-            session.ask(text)
-            out.write("\n")
-        except ExitRepl:
-            return
-        except KeyboardInterrupt:
-            out.write("\n")  # the answer stopped; its turn stays out of the conversation
-        except (ResponseError, CorralError, ConnectionError, TimeoutError) as exc:
-            click.echo(f"Error: {exc}", err=True)
-        out.flush()

@@ -246,7 +246,7 @@ def _set_parameter(session: Session, args: list[str]) -> None:
         _echo(f"Parameter '{name}' takes one value, not {len(values)}.\n")
         return
     try:
-        parsed = Options.parse({name: values if takes_list else values[0]})
+        parsed = Options.parse({name: values if takes_list else values[0]}, strict=True)
     except BadRequest as exc:
         _echo(f"Couldn't set parameter: {exc}\n")
         return

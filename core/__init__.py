@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("corral")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
-
 from corral.hookspecs import hookimpl
+from corral.version import __version__
 
 if TYPE_CHECKING:
     from corral.client import AsyncClient, Client, ResponseError

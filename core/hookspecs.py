@@ -2,9 +2,9 @@
 
 A backend is a module listed in the entry-point group ``corral`` that implements
 ``corral_register_backends``. It hands Corral one or more ``Backend`` objects. A backend
-probes its devices (cheaply, never raising) and loads models into ``Runner`` objects.
-The per-token hot path is methods on the Runner, not hooks. Import heavy libraries
-(llama_cpp, onnxruntime, mlx, pynvml) inside ``probe``/``load``, never at module level.
+probes its devices (cheaply, never raising), may estimate what a model will take, and
+loads models into ``Runner`` objects. The per-token hot path is methods on the Runner, not hooks. Import heavy libraries
+(llama_cpp, onnxruntime, mlx, pynvml) inside ``probe``/``estimate``/``load``, never at module level.
 """
 
 from __future__ import annotations
@@ -52,10 +52,32 @@ class LoadSpec:
     num_thread: int | None = None  # None: the backend's best default
     num_batch: int = 512
     num_gpu: int | None = None  # layers to offload; None: the backend decides
+    main_gpu: int | None = None  # device index of the GPU for small tensors; None: the backend decides
+    tensor_split: tuple[float, ...] = ()  # each GPU's share of the offloaded layers, by device index
+    use_mmap: bool | None = None  # map the model file (True) or read it into memory; None: the engine decides
     adapters: tuple[Path, ...] = ()
     embedding: bool = False
     flash_attention: bool = True
     devices: tuple[Device, ...] = ()
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What loading a model will take; ``spec`` is the one to load (e.g. with num_gpu filled in)."""
+
+    spec: LoadSpec
+    size_bytes: int  # weights, caches and compute buffers, on every device together
+    size_on_device: int  # the part of it on accelerators
+    processor: str = ""  # Ollama's PROCESSOR column, e.g. "48%/52% CPU/GPU"; "": from the sizes
+
+    @property
+    def processor_label(self) -> str:
+        if self.processor:
+            return self.processor
+        if self.size_on_device <= 0 or self.size_bytes <= 0:
+            return "100% CPU"
+        gpu = min(round(100 * self.size_on_device / self.size_bytes), 100)
+        return "100% GPU" if gpu == 100 else f"{100 - gpu}%/{gpu}% CPU/GPU"
 
 
 @dataclass(frozen=True)
@@ -152,6 +174,11 @@ class Backend(Protocol):
 
     def load(self, spec: LoadSpec) -> Runner:
         """Load a model file; raise ``corral.errors.CorralError`` subclasses on bad input."""
+
+    # Optional: ``estimate(self, spec: LoadSpec, devices: Sequence[Device]) -> Estimate | None``.
+    # What ``spec`` would take on ``devices`` (this backend's, probed just now, free memory as it is);
+    # raise ``corral.errors.InsufficientMemory`` when it cannot fit, and the scheduler unloads idle
+    # models and asks again. None: nothing to report. Without it, models load unchecked.
 
 
 class HookSpecs:

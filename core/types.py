@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corral.errors import BadRequest
 from corral.hookspecs import Sampling
+
+log = logging.getLogger("corral.options")
 
 
 class SubscriptableModel(BaseModel):
@@ -27,27 +30,31 @@ class SubscriptableModel(BaseModel):
         return getattr(self, key, default) if key in type(self).model_fields else default
 
 
+# Counts are bounded to what the engines' C types hold, so a huge number is a 400, never an overflow.
+_I32 = 2**31 - 1
+
+
 class Options(SubscriptableModel):
     """Model parameters: Modelfile PARAMETERs and a request's ``options``. None means unset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # Load-time (runner) options
-    num_ctx: int | None = Field(None, ge=1, description="Context length of one sequence, in tokens.")
-    num_batch: int | None = Field(None, ge=1, description="Prompt tokens evaluated per step.")
-    num_gpu: int | None = Field(None, description="Layers to offload to the GPU (-1: as many as fit).")
-    main_gpu: int | None = Field(None, ge=0, description="GPU that holds small tensors.")
-    num_thread: int | None = Field(None, ge=0, description="CPU threads (default: physical cores).")
-    use_mmap: bool | None = Field(None, description="Memory-map the model file.")
+    num_ctx: int | None = Field(None, ge=1, le=_I32, description="Context length of one sequence, in tokens.")
+    num_batch: int | None = Field(None, ge=1, le=65536, description="Prompt tokens evaluated per step.")
+    num_gpu: int | None = Field(None, ge=-_I32, le=_I32, description="Layers to offload to the GPU (-1: as many as fit).")
+    main_gpu: int | None = Field(None, ge=0, le=1024, description="Run the model on this one GPU (llama.cpp; a GPU backend only).")
+    num_thread: int | None = Field(None, ge=0, le=1024, description="CPU threads (default: physical cores).")
+    use_mmap: bool | None = Field(None, description="Memory-map the model file (true) or read it into memory (false); llama.cpp.")
     # Sampling and generation options
-    num_keep: int | None = Field(None, ge=-1, description="Prompt tokens kept when the context is shifted.")
-    seed: int | None = Field(None, description="Random seed (-1: random).")
-    num_predict: int | None = Field(None, ge=-2, description="Most tokens to generate (-1: until the context is full).")
-    top_k: int | None = Field(None, ge=0, description="Sample from the k most likely tokens.")
+    num_keep: int | None = Field(None, ge=-1, le=_I32, description="Not supported (refused): Corral never shifts the context.")
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="Random seed (-1: random).")
+    num_predict: int | None = Field(None, ge=-2, le=_I32, description="Most tokens to generate (-1: until the context is full).")
+    top_k: int | None = Field(None, ge=0, le=_I32, description="Sample from the k most likely tokens.")
     top_p: float | None = Field(None, ge=0, le=1, description="Nucleus sampling threshold.")
     min_p: float | None = Field(None, ge=0, le=1, description="Minimum probability relative to the best token.")
     typical_p: float | None = Field(None, ge=0, le=1, description="Locally typical sampling.")
-    repeat_last_n: int | None = Field(None, ge=-1, description="Tokens looked back at for repetition penalties.")
+    repeat_last_n: int | None = Field(None, ge=-1, le=_I32, description="Tokens looked back at for repetition penalties.")
     temperature: float | None = Field(None, ge=0, description="Randomness; 0 is greedy.")
     repeat_penalty: float | None = Field(None, ge=0, description="Penalty for repeated tokens.")
     presence_penalty: float | None = Field(None, description="Penalty for tokens already present.")
@@ -55,10 +62,18 @@ class Options(SubscriptableModel):
     stop: list[str] | None = Field(None, description="Stop sequences (repeatable in a Modelfile).")
 
     @classmethod
-    def parse(cls, data: dict[str, Any] | None) -> Options:
-        """Validate user-supplied options, turning pydantic's report into one clear line."""
+    def parse(cls, data: dict[str, Any] | None, *, strict: bool = False) -> Options:
+        """Validate options, turning pydantic's report into one clear line. A request's unknown or
+        retired options (``mirostat``, ``tfs_z``, ``numa``, …) are dropped with one warning naming
+        them, as Ollama does; ``strict`` (Modelfiles, ``/set parameter``) refuses them instead.
+        A known option of the wrong type is a BadRequest either way."""
+        data = dict(data or {})
+        unknown = sorted(str(key) for key in data if key not in cls.model_fields)
+        if unknown and not strict:
+            log.warning("ignoring unknown options: %s", ", ".join(unknown))
+            data = {k: v for k, v in data.items() if k in cls.model_fields}
         try:
-            return cls.model_validate(data or {})
+            return cls.model_validate(data)
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corral.hookspecs import Device, LoadSpec, ModelInfo, Probe, Sampling, SequenceStep, hookimpl
+from corral.hookspecs import Device, Estimate, LoadSpec, ModelInfo, Probe, Sampling, SequenceStep, hookimpl
 
 EOS = 256
 
@@ -83,12 +83,20 @@ class FakeBackend:
     loads: int = 0
     memory: int = 8 << 30  # the device's RAM; loaded runners use their model file's size × memory_factor
     memory_factor: int = 1
+    estimates: list[tuple[LoadSpec, tuple[Device, ...]]] = field(default_factory=list)  # estimate()'s calls
 
     def probe(self) -> Probe:
         if not self.available:
             return Probe(available=False, reason="the fake device is switched off")
         used = sum(r.spec.model_path.stat().st_size * self.memory_factor for r in self.runners if not r.closed)
         return Probe(available=True, devices=(Device(self.name, 0, "Fake Device", "cpu", self.memory, self.memory - used),))
+
+    def estimate(self, spec: LoadSpec, devices: Sequence[Device]) -> Estimate | None:
+        """As a third-party backend would: the shared engines' estimate for GGUF and ONNX files."""
+        from corral.engines import dispatch
+
+        self.estimates.append((spec, tuple(devices)))
+        return dispatch.estimate(spec, devices)
 
     def load(self, spec: LoadSpec) -> FakeRunner:
         self.loads += 1

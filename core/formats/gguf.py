@@ -516,6 +516,16 @@ def read_metadata(path: Path) -> dict[str, Any]:
 TensorInfo = _Tensor
 
 
+def data_offset(path: Path) -> int:
+    """Where a GGUF's tensor data starts: tensor ``t``'s bytes are at ``data_offset + t.offset``."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            return int(_parse(buf, size)[3])
+        except _Corrupt as exc:
+            raise _fail(path, f"not a valid GGUF file ({exc})") from None
+
+
 def read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
     """A GGUF's metadata (as ``read_metadata``) and its tensors' names, shapes and sizes."""
     size = path.stat().st_size

@@ -30,7 +30,7 @@ from typing import Any
 
 from corral.errors import BadRequest, CorralError, InvalidModelFile, ModelNotFound
 from corral.models.modelfile import Modelfile, parse, resolve_from
-from corral.models.recipes import Recipe, gguf_config_blob, resolve
+from corral.models.recipes import Recipe, gguf_config_blob, refuse_unhonoured, resolve
 from corral.models.names import ModelName
 from corral.models.store import (
     CONFIG_MEDIA_TYPE,
@@ -244,7 +244,8 @@ def _check_parameters(parameters: dict[str, Any] | None) -> dict[str, Any] | Non
     data = dict(parameters)
     if isinstance(data.get("stop"), str):
         data["stop"] = [data["stop"]]
-    options = Options.parse(data)
+    options = Options.parse(data, strict=True)
+    refuse_unhonoured(options)
     return options.model_dump(exclude_none=True)
 
 
@@ -549,7 +550,8 @@ def quantize_file(store: Store, src: Path, quant: str) -> Path:
     """Quantise ``src`` with llama.cpp into a temporary file beside the blobs; the caller removes it."""
     import llama_cpp
 
-    from corral.engines.llamacpp.runner import _init_backend, physical_cores
+    from corral.engines.host import physical_cores
+    from corral.engines.llamacpp.runner import _init_backend
 
     _init_backend(llama_cpp)  # routes llama.cpp's chatter through Corral's log filter
     store.blobs.mkdir(parents=True, exist_ok=True)

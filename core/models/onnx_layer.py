@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from corral.errors import BadRequest, InvalidModelFile
-from corral.models.recipes import param_size
 from corral.formats.onnx import PROVENANCE, VOCAB_GGUF, is_genai_folder, read_json
+from corral.formats.units import param_size
 from corral.models.store import Store, fsync_dir
 
 GENAI_CONFIG = "genai_config.json"

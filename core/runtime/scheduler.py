@@ -9,26 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import math
 import re
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from corral.config import Settings
 from corral.errors import BadRequest, CorralError, InsufficientMemory, ServerBusy
-from corral.hookspecs import LoadSpec, Sampling
-from corral.runtime.isolation import ProcessWorker
-from corral.models.recipes import Recipe, resolve
-from corral.engines.llamacpp.offload import Plan, check_onnx_fit, plan_for_gguf
-from corral.plugins import BackendEntry, Plugins
+from corral.hookspecs import Estimate, LoadSpec, Sampling
+from corral.models.recipes import Recipe, refuse_unhonoured, resolve
 from corral.models.store import Store
-from corral.types import Options
+from corral.plugins import BackendEntry, Plugins
+from corral.runtime.isolation import ProcessWorker
 from corral.runtime.worker import Event, Job, ModelWorker
+from corral.types import Options
 
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -57,26 +54,26 @@ def parse_keep_alive(value: str | int | float | None, default: float = 300.0) ->
 class Loaded:
     recipe: Recipe
     backend: str
-    spec: LoadSpec
+    spec: LoadSpec  # as requested; the estimate's spec (with its offload decisions) is what was loaded
     worker: ModelWorker | ProcessWorker
     keep_alive: float = 300.0
     expires_at: float = math.inf  # monotonic time; inf while in use or kept forever
     inflight: int = 0
     loaded_at: float = field(default_factory=time.time)
-    plan: Plan | None = None  # the memory estimate it was loaded under
+    plan: Estimate | None = None  # the backend's memory estimate it was loaded under
 
     @property
     def size(self) -> int:
         """Bytes it occupies: the estimate (weights + KV cache + compute) where there is one."""
         if self.plan is not None:
-            return self.plan.total_bytes
+            return self.plan.size_bytes
         runner = self.worker.runner
         return runner.info.size_bytes if runner else 0
 
     @property
     def size_on_device(self) -> int:
         if self.plan is not None:
-            return self.plan.gpu_bytes
+            return self.plan.size_on_device
         runner = self.worker.runner
         return runner.info.size_on_device if runner else 0
 
@@ -118,6 +115,7 @@ class Scheduler:
         """Load ``model`` (or reuse it) and hold it until ``release``."""
         self._start_reaper()
         request_options = options if isinstance(options, Options) else Options.parse(options)
+        refuse_unhonoured(request_options)  # a model's own num_keep (pulled from Ollama) is left unused
         recipe = await asyncio.to_thread(resolve, self.store, model)
         merged = recipe.options.merged(request_options)
         entry = self.plugins.select(backend or self.settings.backend)
@@ -135,13 +133,12 @@ class Scheduler:
             if loaded is None:
                 await self._make_room()
                 plan = await self._fit(entry, spec, exclude=key)
-                if plan is not None and plan.gpu_layers and spec.num_gpu is None:
-                    spec = replace(spec, num_gpu=plan.n_gpu_layers)
+                load_spec = plan.spec if plan is not None else spec
                 worker: ModelWorker | ProcessWorker
                 if self.settings.isolate_runners:
-                    worker = ProcessWorker(entry.name, spec, recipe.name.display, self.settings.prefix_cache)
+                    worker = ProcessWorker(entry.name, load_spec, recipe.name.display, self.settings.prefix_cache)
                 else:
-                    worker = ModelWorker(lambda: entry.backend.load(spec), recipe.name.display, self.settings.prefix_cache)
+                    worker = ModelWorker(lambda: entry.backend.load(load_spec), recipe.name.display, self.settings.prefix_cache)
                 loaded = Loaded(recipe, entry.name, spec, worker, plan=plan)
                 self.loaded[key] = loaded
                 try:
@@ -174,6 +171,8 @@ class Scheduler:
             num_thread=options.num_thread or None,
             num_batch=options.num_batch or 512,
             num_gpu=options.num_gpu,
+            main_gpu=options.main_gpu,
+            use_mmap=options.use_mmap,
             adapters=recipe.adapters,
             flash_attention=self.settings.flash_attention,
             devices=tuple(devices),
@@ -189,31 +188,18 @@ class Scheduler:
                 )
             await self._unload(min(idle, key=_eviction_order)[0])
 
-    async def _fit(self, entry: BackendEntry, spec: LoadSpec, exclude: tuple[str, str]) -> Plan | None:
-        """Estimate what the model needs (weights + KV cache for num_ctx × slots + compute) against
-        the devices' free memory now; unload idle models, shortest keep-alive first, until it fits.
-        An ONNX model folder is checked whole against one device (the GPU on cuda, else the CPU);
-        None for those and for files that are neither (their engine checks for itself)."""
-        from corral.formats.onnx import is_genai_folder
-
-        if _is_gguf(spec.model_path):
-            estimate = functools.partial(
-                plan_for_gguf, spec.model_path, spec.num_ctx, spec.num_parallel, num_gpu=spec.num_gpu,
-                flash_attention=spec.flash_attention,
-            )  # fmt: skip
-        elif is_genai_folder(spec.model_path):
-            estimate = functools.partial(
-                check_onnx_fit, spec.model_path, spec.num_ctx, spec.num_parallel, on_gpu=entry.name == "cuda",
-                num_batch=spec.num_batch,
-            )
-        else:
+    async def _fit(self, entry: BackendEntry, spec: LoadSpec, exclude: tuple[str, str]) -> Estimate | None:
+        """Ask the backend what the model needs (weights + KV cache for num_ctx × slots + compute)
+        against its devices' free memory now; unload idle models, shortest keep-alive first, until it
+        fits. None where the backend has no ``estimate`` or nothing to report: loaded unchecked."""
+        estimate = getattr(entry.backend, "estimate", None)
+        if estimate is None:
             return None
         while True:
-            devices = list(entry.backend.probe().devices)  # fresh: free memory changes as models load
-            if entry.name != "cpu" and "cpu" in self.plugins.names():
-                devices += list(self.plugins.get("cpu").backend.probe().devices)
+            devices = tuple(entry.backend.probe().devices)  # fresh: free memory changes as models load
             try:
-                return await asyncio.to_thread(estimate, devices=devices)
+                result: Estimate | None = await asyncio.to_thread(estimate, spec, devices)
+                return result
             except InsufficientMemory:
                 idle = [(k, m) for k, m in self.loaded.items() if m.inflight == 0 and k != exclude]
                 if not idle:
@@ -368,14 +354,9 @@ def _eviction_order(item: tuple[tuple[str, str], Loaded]) -> tuple[float, float]
     return (loaded.keep_alive if loaded.keep_alive >= 0 else math.inf, loaded.expires_at)
 
 
-def _is_gguf(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) == b"GGUF"
-    except OSError:
-        return False
-
-
 def _needs_reload(old: LoadSpec, new: LoadSpec) -> bool:
-    """Per-request num_ctx never reloads (the KV pool is shared); thread/GPU/batch changes do."""
-    return (old.num_thread, old.num_gpu, old.num_batch) != (new.num_thread, new.num_gpu, new.num_batch)
+    """Per-request num_ctx never reloads (the KV pool is shared); thread/GPU/batch/mmap changes do."""
+    def load_time(s: LoadSpec) -> tuple[object, ...]:
+        return (s.num_thread, s.num_gpu, s.main_gpu, s.num_batch, s.use_mmap)
+
+    return load_time(old) != load_time(new)

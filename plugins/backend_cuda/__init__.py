@@ -12,18 +12,20 @@ import contextlib
 import ctypes
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
+from corral.engines import dispatch
 from corral.errors import BackendUnavailable
-from corral.hookspecs import Backend, Device, LoadSpec, Probe, Runner, hookimpl
+from corral.hookspecs import Backend, Device, Estimate, LoadSpec, Probe, Runner, hookimpl
 
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 INSTALL_HINT = (
     'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
     " (or pip install 'corral[cuda]')"
 )
+BUILD = dispatch.GpuBuild("cuda", "CUDA", INSTALL_HINT)
 
 
 class CudaBackend:
@@ -59,39 +61,16 @@ class CudaBackend:
             with contextlib.suppress(pynvml.NVMLError):
                 pynvml.nvmlShutdown()
 
+    def estimate(self, spec: LoadSpec, devices: Sequence[Device]) -> Estimate | None:
+        from corral.engines.host import host_device
+
+        return dispatch.estimate(spec, [*devices, host_device()], onnx_on_gpu=True)
+
     def load(self, spec: LoadSpec) -> Runner:
         probe = self.probe()
         if not probe.available:
             raise BackendUnavailable(f"the cuda backend cannot run here: {probe.reason}")
-        from corral.formats.onnx import is_genai_folder
-
-        if is_genai_folder(spec.model_path):
-            return _onnx_runner(spec)
-        try:
-            import llama_cpp
-        except ImportError:
-            raise BackendUnavailable(
-                f"llama-cpp-python is not installed; install a CUDA build: {INSTALL_HINT}"
-            ) from None
-        if not llama_cpp.llama_supports_gpu_offload():
-            raise BackendUnavailable(
-                f"the installed llama-cpp-python was built without GPU offload; reinstall a CUDA build: {INSTALL_HINT}"
-            )
-        from corral.engines.llamacpp.runner import LlamaCppRunner
-
-        # The scheduler's offload plan put num_gpu layers here (None: let llama.cpp offload all of them).
-        return LlamaCppRunner(spec, n_gpu_layers=spec.num_gpu if spec.num_gpu is not None else -1)
-
-
-def _onnx_runner(spec: LoadSpec) -> Runner:
-    """An ONNX model on the first GPU the scheduler chose. Asked only once NVML has found a GPU, since
-    onnxruntime-gpu lists the CUDA provider on machines without one."""
-    from corral.engines.onnx.runner import OnnxRunner, cuda_build_problem
-
-    if (problem := cuda_build_problem()) is not None:
-        raise BackendUnavailable(f"cannot run this ONNX model on the GPU: {problem}")
-    gpus = [d.index for d in spec.devices if d.backend == "cuda"]
-    return OnnxRunner(spec, provider="cuda", device_id=gpus[0] if gpus else 0)
+        return dispatch.load(spec, BUILD, onnx_on_gpu=True)
 
 
 def _probe_gpus(nvml: ModuleType) -> Probe:

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import platform
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from corral.engines import dispatch
 from corral.errors import BackendUnavailable
-from corral.hookspecs import Backend, Device, LoadSpec, Probe, Runner, hookimpl
+from corral.hookspecs import Backend, Device, Estimate, LoadSpec, Probe, Runner, hookimpl
 
 INSTALL_HINT = (
     'CMAKE_ARGS="-DGGML_METAL=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
     " (or pip install 'corral[metal]')"
 )
+BUILD = dispatch.GpuBuild("metal", "Metal", INSTALL_HINT)
 
 
 class MetalBackend:
@@ -57,33 +59,22 @@ class MetalBackend:
         )
         return Probe(available=True, devices=(gpu,))
 
+    def estimate(self, spec: LoadSpec, devices: Sequence[Device]) -> Estimate | None:
+        from corral.engines.host import host_device
+
+        # Unified memory: the plan is llama.cpp's, which also bounds what MLX needs for the same file.
+        return dispatch.estimate(spec, [*devices, host_device()])
+
     def load(self, spec: LoadSpec) -> Runner:
         probe = self.probe()
         if not probe.available:
             raise BackendUnavailable(f"the metal backend cannot run here: {probe.reason}")
-        from corral.engines.onnx.runner import OnnxRunner
-        from corral.formats.onnx import is_genai_folder
-
-        if is_genai_folder(spec.model_path):  # onnxruntime-genai's Apple build runs on the CPU
-            return OnnxRunner(spec)
-        if _mlx_can_run(spec.model_path):
+        if dispatch.engine_for(spec.model_path) != "onnx" and _mlx_can_run(spec.model_path):
             from .mlx_engine import MLXRunner
 
             return MLXRunner(spec, device="gpu")
-        try:
-            import llama_cpp
-        except ImportError:
-            raise BackendUnavailable(
-                f"llama-cpp-python is not installed; install a Metal build: {INSTALL_HINT}"
-            ) from None
-        if not llama_cpp.llama_supports_gpu_offload():
-            raise BackendUnavailable(
-                f"the installed llama-cpp-python was built without GPU offload; reinstall a Metal build: {INSTALL_HINT}"
-            )
-        from corral.engines.llamacpp.runner import LlamaCppRunner
-
-        # The scheduler's offload plan put num_gpu layers here (None: let llama.cpp offload all of them).
-        return LlamaCppRunner(spec, n_gpu_layers=spec.num_gpu if spec.num_gpu is not None else -1)
+        # onnxruntime-genai's Apple build runs an ONNX folder on the CPU.
+        return dispatch.load(spec, BUILD)
 
 
 def _mlx_can_run(path: Path) -> bool:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from corral.errors import InvalidModelFile
-from corral.formats.gguf import TensorInfo, read_header
+from corral.formats.gguf import TensorInfo, data_offset, read_header
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -54,8 +54,6 @@ def load_adapters(paths: Sequence[Path], base: Sequence[TensorInfo], arch: str) 
 def _read_adapter(path: Path, base_shapes: dict[str, tuple[int, ...]], arch: str) -> dict[str, LoraPair]:
     import mlx.core as mx
 
-    from .mlx_engine import _data_start
-
     def refuse(why: str) -> InvalidModelFile:
         return InvalidModelFile(f"{path} is not a LoRA adapter this model can use: {why}")
 
@@ -72,7 +70,7 @@ def _read_adapter(path: Path, base_shapes: dict[str, tuple[int, ...]], arch: str
             halves.setdefault(stem, {})[half] = t
         elif not t.name.endswith("_norm.weight"):  # llama.cpp ignores norm vectors too
             raise refuse(f"tensor {t.name!r} has an unexpected suffix")
-    start, size = _data_start(path), path.stat().st_size
+    start, size = data_offset(path), path.stat().st_size
     pairs: dict[str, LoraPair] = {}
     with open(path, "rb") as fh:
         for name, half in halves.items():

@@ -9,17 +9,19 @@ and live VRAM use.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.engines import dispatch
 from corral.errors import BackendUnavailable
-from corral.hookspecs import Backend, Device, LoadSpec, Probe, Runner, hookimpl
+from corral.hookspecs import Backend, Device, Estimate, LoadSpec, Probe, Runner, hookimpl
 
 INSTALL_HINT = (
     'CMAKE_ARGS="-DGGML_HIP=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
     " (or pip install 'corral[rocm]')"
 )
+BUILD = dispatch.GpuBuild("rocm", "ROCm", INSTALL_HINT)
 VRAM_HEAPS = (1, 2)  # KFD heap_type: 1 = frame buffer visible to the host, 2 = private frame buffer
 
 
@@ -115,29 +117,17 @@ class RocmBackend:
             details=details,
         )
 
+    def estimate(self, spec: LoadSpec, devices: Sequence[Device]) -> Estimate | None:
+        from corral.engines.host import host_device
+
+        return dispatch.estimate(spec, [*devices, host_device()])
+
     def load(self, spec: LoadSpec) -> Runner:
         probe = self.probe()
         if not probe.available:
             raise BackendUnavailable(f"the rocm backend cannot run here: {probe.reason}")
-        from corral.engines.onnx.runner import OnnxRunner
-        from corral.formats.onnx import is_genai_folder
-
-        if is_genai_folder(spec.model_path):  # onnxruntime-genai has no ROCm build: the CPU runs it
-            return OnnxRunner(spec)
-        try:
-            import llama_cpp
-        except ImportError:
-            raise BackendUnavailable(
-                f"llama-cpp-python is not installed; install a ROCm build: {INSTALL_HINT}"
-            ) from None
-        if not llama_cpp.llama_supports_gpu_offload():
-            raise BackendUnavailable(
-                f"the installed llama-cpp-python was built without GPU offload; reinstall a ROCm build: {INSTALL_HINT}"
-            )
-        from corral.engines.llamacpp.runner import LlamaCppRunner
-
-        # The scheduler's offload plan put num_gpu layers here (None: let llama.cpp offload all of them).
-        return LlamaCppRunner(spec, n_gpu_layers=spec.num_gpu if spec.num_gpu is not None else -1)
+        # onnxruntime-genai has no ROCm build: an ONNX folder runs on the CPU.
+        return dispatch.load(spec, BUILD)
 
 
 def gfx_name(target_version: int) -> str:

@@ -14,9 +14,10 @@ import corral_backend_cuda
 import corral_backend_metal
 import corral_backend_rocm
 import pytest
-from corral.errors import BackendUnavailable
+from corral.errors import BackendUnavailable, BadRequest
 from corral.hookspecs import LoadSpec, Probe
 from corral.plugins import Plugins
+from corral_backend_cpu import CpuBackend
 from corral_backend_cuda import CudaBackend
 from corral_backend_metal import MetalBackend
 from corral_backend_rocm import RocmBackend, gfx_name
@@ -712,3 +713,25 @@ def test_importing_the_backends_stays_cheap() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
+
+
+# --- estimate(): the GPU backends plan over their GPUs and the host's memory -------------------
+
+
+def test_cuda_estimates_a_split_over_its_gpus_and_the_host(nvml: FakeNvml, tiny_gguf: Path) -> None:
+    import dataclasses
+
+    backend = CudaBackend()
+    gpus = backend.probe().devices
+    estimate = backend.estimate(dataclasses.replace(SPEC, model_path=tiny_gguf, num_ctx=256), gpus)
+    assert estimate is not None
+    assert estimate.spec.num_gpu == 3 and len(estimate.spec.tensor_split) == 2  # 2 layers + output, 2 GPUs
+    assert estimate.processor_label == "100% GPU"
+
+
+def test_the_cpu_backend_refuses_main_gpu(tiny_gguf: Path) -> None:
+    import dataclasses
+
+    backend = CpuBackend()
+    with pytest.raises(BadRequest, match="main_gpu=0 needs a GPU"):
+        backend.estimate(dataclasses.replace(SPEC, model_path=tiny_gguf, main_gpu=0), backend.probe().devices)

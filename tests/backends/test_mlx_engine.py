@@ -255,7 +255,7 @@ def test_conversion_never_requantises(quantized: dict[str, Path], qtype: str) ->
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from corral_backend_metal.mlx_engine import _hf_name, ensure_mlx_folder
+    from corral_backend_metal.mlx_convert import ensure_mlx_folder, hf_name
 
     path = quantized[qtype]
     folder = ensure_mlx_folder(path)
@@ -263,7 +263,7 @@ def test_conversion_never_requantises(quantized: dict[str, Path], qtype: str) ->
     weights = mx.load(str(folder / "model.safetensors"))
     native = mx.load(str(path)) if qtype in ("Q4_0", "Q4_1", "Q8_0") else {}
     for tensor in GGUFReader(str(path)).tensors:
-        name = _hf_name(tensor.name)
+        name = hf_name(tensor.name)
         assert name is not None
         module = name.rsplit(".", 1)[0]
         ref = dequantize(tensor.data, tensor.tensor_type).reshape([int(s) for s in reversed(tensor.shape)])

@@ -303,7 +303,9 @@ def test_nesting_work_and_output_are_bounded(monkeypatch: pytest.MonkeyPatch) ->
         parse_template("{{ if 1 }}" * 200 + "{{ end }}" * 200)
     with pytest.raises(BadRequest, match="nested too deeply"):
         parse_template("{{ " + "(" * 200 + "1" + ")" * 200 + " }}")
-    monkeypatch.setattr(gotemplate, "_MAX_STEPS", 10_000)
+    from corral.chat.gotemplate import execute
+
+    monkeypatch.setattr(execute, "_MAX_STEPS", 10_000)
     with pytest.raises(BadRequest, match="too many steps"):
         run("{{ range 1000000000 }}{{ end }}")
     with pytest.raises(BadRequest, match="too large"):

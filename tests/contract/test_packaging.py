@@ -51,6 +51,12 @@ def test_typed_marker_is_in_the_wheel(wheel_files: set[str]) -> None:
     assert "corral/py.typed" in wheel_files
 
 
+def test_the_chat_pages_files_are_in_the_wheel(wheel_files: set[str]) -> None:
+    page = sorted(p.name for p in (ROOT / "core/server/ui").iterdir())
+    assert "index.html" in page
+    assert [name for name in page if f"corral/server/ui/{name}" not in wheel_files] == []
+
+
 def test_no_top_level_core_cli_or_plugins(wheel_files: set[str]) -> None:
     tops = {name.split("/")[0] for name in wheel_files}
     assert not tops & {"core", "cli", "plugins", "tests"}

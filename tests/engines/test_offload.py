@@ -15,7 +15,8 @@ from corral.errors import CorralError
 from corral.hookspecs import Device
 from corral.models.recipes import BUNDLED
 from corral.models.names import ModelName
-from corral.engines.llamacpp.offload import GPU_OVERHEAD, GiB, InsufficientMemory, MiB, ModelProfile, plan, plan_for_gguf, profile_from_gguf
+from corral.engines.llamacpp.offload import GPU_OVERHEAD, InsufficientMemory, ModelProfile, plan, plan_for_gguf, profile_from_gguf
+from corral.formats.units import GiB, MiB
 
 # ---- recorded devices (as the cuda and cpu probes describe them; free memory from nvidia-smi / MemAvailable) ----
 

@@ -332,9 +332,11 @@ def test_seed_makes_sampling_reproducible(corral: Corral) -> None:
 def test_options_extension(corral: Corral) -> None:
     body = corral.chat(max_tokens=4, options={"num_ctx": 256, "top_k": 5})
     assert body["choices"][0]["finish_reason"] == "length"
-    unknown = corral.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "options": {"bogus": 1}})
-    error = assert_openai_error(unknown, 400, "invalid_request_error")
-    assert "bogus" in error["message"]
+    # Unknown and retired Ollama options are ignored, as Ollama does; a known one of the wrong type is not.
+    unknown = corral.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "max_tokens": 2, "options": {"bogus": 1, "mirostat": 2}})
+    assert unknown.status_code == 200 and unknown.json()["usage"]["completion_tokens"] == 2
+    wrong_type = corral.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "options": {"top_k": "many"}})
+    assert "top_k" in assert_openai_error(wrong_type, 400, "invalid_request_error")["message"]
     invalid = corral.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "options": {"num_ctx": 0}})
     assert "num_ctx" in assert_openai_error(invalid, 400)["message"]
     negative = corral.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "temperature": -1})
@@ -663,7 +665,7 @@ def test_sdk_models_and_errors(corral: Corral) -> None:
         client.chat.completions.create(model="tiny", messages=USER, n=2)
     assert "n=2" in str(info.value)
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="tiny", messages=USER, extra_body={"options": {"bogus": 1}})
+        client.chat.completions.create(model="tiny", messages=USER, extra_body={"options": {"num_ctx": "big"}})
     options = client.chat.completions.create(
         model="tiny", messages=USER, max_tokens=3, extra_body={"options": {"num_ctx": 128}}
     )

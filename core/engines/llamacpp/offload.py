@@ -38,10 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import InsufficientMemory, InvalidModelFile
+from corral.formats.units import MiB, human_bytes
 from corral.hookspecs import Device
 
-MiB = 1 << 20
-GiB = 1 << 30
 GPU_OVERHEAD = 512 * MiB  # CUDA/HIP context, cuBLAS/hipBLAS workspace, allocator slack, per GPU used
 
 # Bytes per KV-cache element for llama.cpp's cache types (quantised types: block bytes / block size).
@@ -49,7 +48,6 @@ KV_CACHE_BYTES: dict[str, float] = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0":
 
 _BLOCK = re.compile(r"blk\.(\d+)\.")
 _OUTPUT_TENSORS = ("output.", "output_norm.")
-
 
 
 @dataclass(frozen=True)
@@ -579,71 +577,7 @@ def plan_for_gguf(
     return plan(profile_from_gguf(path), devices, num_ctx=num_ctx, num_parallel=num_parallel, num_gpu=num_gpu, **options)
 
 
-@dataclass(frozen=True)
-class OnnxNeed:
-    """What an onnxruntime-genai model takes on its device, in bytes."""
-
-    weights: int  # the .onnx files and their external data
-    kv_cache: int  # K and V for every layer, for every slot's full context
-    compute: int  # the logits of one prefill chunk (n_batch x n_vocab, float32): the largest activation
-    seq_ctx: int  # tokens per sequence, after the model's context length caps num_ctx
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.kv_cache + self.compute
-
-
-def onnx_need(folder: Path, num_ctx: int, num_parallel: int, *, on_gpu: bool, num_batch: int = 512) -> OnnxNeed:
-    """The memory an onnxruntime-genai model needs with ``num_parallel`` sequences of ``num_ctx``
-    tokens, prefilled ``num_batch`` tokens at a time. The KV cache is in the model's type (fp16/bf16
-    models keep it in 16 bits on a GPU, others in 32). Measured on SmolLM2 int8: the load took 251 MiB
-    for 255 MiB of weights, and a 1050-token sequence 140 MiB more for 46 MiB of KV and 96 MiB of logits."""
-    import json
-
-    from corral.formats.onnx import PROVENANCE, read_json
-
-    folder = Path(folder)
-    try:
-        model = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))["model"]
-        decoder = model["decoder"]
-        per_token = 2 * int(decoder["num_hidden_layers"]) * int(decoder["num_key_value_heads"]) * int(decoder["head_size"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InvalidModelFile(f"{folder}: genai_config.json does not describe the decoder ({exc})") from None
-    weights = sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith((".onnx", ".onnx.data")))
-    bpe = 2 if on_gpu and read_json(folder / PROVENANCE).get("precision") in ("fp16", "bf16") else 4
-    seq_ctx = min(num_ctx, int(model.get("context_length") or num_ctx))
-    compute = min(num_batch, seq_ctx) * int(model.get("vocab_size") or 0) * 4
-    return OnnxNeed(weights, per_token * seq_ctx * num_parallel * bpe, compute, seq_ctx)
-
-
-def check_onnx_fit(
-    folder: Path, num_ctx: int, num_parallel: int, devices: Sequence[Device], *, on_gpu: bool, num_batch: int = 512
-) -> None:
-    """An ONNX model runs whole on one device (onnxruntime splits no layers): refuse it, saying what it
-    needs and what is free, when that device cannot hold it."""
-    device = next((d for d in devices if (d.kind == "gpu") == on_gpu), None)
-    if device is None:
-        return
-    need = onnx_need(folder, num_ctx, num_parallel, on_gpu=on_gpu, num_batch=num_batch)
-    total = need.total + (GPU_OVERHEAD if on_gpu else 0)
-    if total > device.free_memory:
-        raise InsufficientMemory(
-            f"the model needs {human_bytes(total)} on {device.name} (weights {human_bytes(need.weights)}, KV cache "
-            f"{human_bytes(need.kv_cache)} for {num_parallel} x {need.seq_ctx} tokens, compute {human_bytes(need.compute)})"
-            f" but only {human_bytes(device.free_memory)} is free: lower num_ctx or CORRAL_NUM_PARALLEL, or stop other models"
-        )
-
-
 # ---- formatting ----------------------------------------------------------------------------------
-
-
-def human_bytes(n: int | float) -> str:
-    """Binary units, one decimal: 14.2 GiB, 360.0 MiB."""
-    n = float(n)
-    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 def _fmt_split(split: list[float]) -> str:

@@ -15,31 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from corral.engines.host import physical_cores
 from corral.errors import BadRequest, CorralError, InvalidModelFile
 from corral.formats.gguf import validate_gguf
 from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
 
 _backend_ready = False
 _log_callback: Any = None  # keeps the ctypes callback alive for the process
-
-
-def physical_cores() -> int:
-    """Physical cores, not hyperthreads: llama.cpp slows down when threads share a core."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            pairs, phys = set(), "0"
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "physical id":
-                    phys = value.strip()
-                elif key == "core id":
-                    pairs.add((phys, value.strip()))
-        if pairs:
-            return len(pairs)
-    except OSError:
-        pass
-    return os.cpu_count() or 1
 
 
 def _init_backend(llama: Any) -> None:
@@ -60,6 +42,25 @@ def _init_backend(llama: Any) -> None:
     _backend_ready = True
 
 
+def model_params(llama: Any, spec: LoadSpec, n_gpu_layers: int) -> Any:
+    """llama.cpp's model parameters for ``spec``: offloaded layers, their split over the GPUs, the GPU
+    that runs the model alone (``main_gpu``) and whether the file is memory-mapped (``use_mmap``)."""
+    mparams = llama.llama_model_default_params()
+    mparams.n_gpu_layers = n_gpu_layers
+    if spec.main_gpu is not None and n_gpu_layers != 0:  # the model on that one GPU (--split-mode none)
+        mparams.split_mode = llama.LLAMA_SPLIT_MODE_NONE
+        mparams.main_gpu = spec.main_gpu
+    if spec.tensor_split:
+        if len(spec.tensor_split) > llama.LLAMA_MAX_DEVICES:
+            raise BadRequest(f"tensor_split has {len(spec.tensor_split)} entries; llama.cpp takes at most {llama.LLAMA_MAX_DEVICES}")
+        mparams.tensor_split = (ctypes.c_float * llama.LLAMA_MAX_DEVICES)(*spec.tensor_split)
+    if spec.use_mmap is not None:
+        mparams.load_mode = llama.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else llama.LLAMA_LOAD_MODE_NONE
+        if not spec.use_mmap:
+            mparams.lazy_mode = llama.LLAMA_LAZY_MODE_OFF  # reading tensors on demand needs the mapping
+    return mparams
+
+
 class LlamaCppRunner:
     """One loaded GGUF model; every method is called from the model's single owner thread."""
 
@@ -71,8 +72,10 @@ class LlamaCppRunner:
         path = Path(spec.model_path)
         # Some malformed files make llama.cpp abort the whole process: refuse them before it sees them.
         validate_gguf(path)
-        mparams = llama.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers
+        mparams = model_params(llama, spec, n_gpu_layers)
+        # The struct owns the tensor_split array (ctypes keeps it in _objects) and the model keeps a copy
+        # of the struct's pointer: hold the struct as long as the model.
+        self._model_params = mparams
         self._model = llama.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise InvalidModelFile(f"llama.cpp could not load {path} (run with --debug to see why)")

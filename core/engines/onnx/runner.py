@@ -132,7 +132,7 @@ class OnnxRunner:
     def __init__(self, spec: LoadSpec, *, provider: str = "cpu", device_id: int = 0) -> None:
         import onnxruntime_genai as og
 
-        from corral.engines.llamacpp.runner import physical_cores
+        from corral.engines.host import physical_cores
 
         folder = Path(spec.model_path)
         if not is_genai_folder(folder):

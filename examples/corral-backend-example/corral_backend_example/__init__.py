@@ -2,23 +2,24 @@
 
 Everything a backend plugin needs is here:
 
-* a ``Backend`` object with ``name``, ``priority``, ``description``, ``probe()`` and ``load()``;
+* a ``Backend`` object with ``name``, ``priority``, ``description``, ``probe()`` and ``load()``, and
+  the optional ``estimate()`` that lets the scheduler check memory and make room before a load;
 * a ``@hookimpl`` function ``corral_register_backends`` that hands it to Corral;
 * the entry point ``example = corral_backend_example`` in the group ``corral`` (pyproject.toml).
 
 The module imports only the standard library and ``corral.hookspecs`` at import time, so that
-``corral --help`` stays fast; the engine is imported inside ``load``.
+``corral --help`` stays fast; the engines are imported inside ``estimate`` and ``load``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from importlib.util import find_spec
 
 from corral.errors import BackendUnavailable
-from corral.hookspecs import Backend, Device, LoadSpec, Probe, Runner, hookimpl
+from corral.hookspecs import Backend, Device, Estimate, LoadSpec, Probe, Runner, hookimpl
 
 THREADS = 1
 
@@ -50,15 +51,24 @@ class ExampleBackend:
         )
         return Probe(available=True, devices=(device,))
 
+    def estimate(self, spec: LoadSpec, devices: Sequence[Device]) -> Estimate | None:
+        # Optional. What the model takes (weights, KV cache, compute) against the devices' free memory,
+        # raising InsufficientMemory when it does not fit: the scheduler then unloads idle models and
+        # asks again. Corral's shared engines answer it for GGUF files and ONNX folders.
+        from corral.engines import dispatch
+
+        return dispatch.estimate(spec, devices)
+
     def load(self, spec: LoadSpec) -> Runner:
         probe = self.probe()
         if not probe.available:
             raise BackendUnavailable(f"the example backend cannot run here: {probe.reason}")
-        from corral.engines.llamacpp.runner import LlamaCppRunner  # the heavy import happens here, not at module import
+        from corral.engines import dispatch
 
-        # The runner batches every active sequence into one decode per step(); the scheduler's owner
-        # thread is its only caller, so it needs no locking of its own.
-        return LlamaCppRunner(replace(spec, num_thread=THREADS), n_gpu_layers=0)
+        # dispatch picks the engine (llama.cpp for a GGUF; no GPU build given, so on the CPU). The runner
+        # batches every active sequence into one decode per step(); the scheduler's owner thread is its
+        # only caller, so it needs no locking of its own.
+        return dispatch.load(replace(spec, num_thread=THREADS))
 
 
 @hookimpl

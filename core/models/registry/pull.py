@@ -1,26 +1,6 @@
-"""Pull and push models over the registry protocol Ollama speaks (OCI distribution v2).
+"""Pull a model: resumable, parallel, verified blob downloads, then the manifest under the store lock.
 
-    GET  {scheme}://{host}/v2/{namespace}/{model}/manifests/{tag}
-    GET  {scheme}://{host}/v2/{namespace}/{model}/blobs/{digest}        (with Range for parts)
-    HEAD {scheme}://{host}/v2/{namespace}/{model}/blobs/{digest}
-    POST {scheme}://{host}/v2/{namespace}/{model}/blobs/uploads/        -> Location
-    PUT  {Location}&digest={digest}                                      (monolithic upload)
-    PUT  {scheme}://{host}/v2/{namespace}/{model}/manifests/{tag}
-
-The scheme is https; ``insecure=True`` uses plain http instead (as Ollama does: there is no
-special case for localhost). A ``401`` with a ``Bearer`` challenge is answered by fetching a token
-from the challenge's realm (``GET realm?service=..&scope=..``) and retrying once.
-
-A pull downloads each missing blob into ``<store>/blobs/sha256-<hex>-partial``: big blobs in
-parallel HTTP Range parts, each written at its offset. A sidecar ``...-partial.json`` records how
-far each part has got; it is only ever rewritten after the bytes it counts have been fsynced, so a
-pull that is interrupted -- even by SIGKILL -- resumes where each part stopped. A part that gets no
-bytes for ``stall_timeout`` seconds is cancelled and retried from where it stopped, and a worker
-that runs out of parts takes over the second half of the slowest one, so one slow connection
-cannot hold the pull at 99%. Every blob is verified against its sha256 before it is renamed into
-the store; the manifest is written last, under the store lock. On any failure the store holds the
-same blobs and manifests as before; only partial downloads (which are not blobs) stay, so the
-next pull can resume them.
+See the package docstring for how partial downloads survive interruptions and slow connections.
 """
 
 from __future__ import annotations
@@ -29,40 +9,23 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin
 
 import httpx
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from corral import __version__
 from corral.errors import CorralError, ModelNotFound
 from corral.models.names import ModelName
+from corral.models.registry.http import RETRY_STATUSES, MiB, Progress, Registry, RegistryError, describe
 from corral.models.store import MANIFEST_MEDIA_TYPE, Manifest, Store, check_digest, fsync_dir
-
-MiB = 1 << 20
-Progress = Callable[[dict], None]
-
-_RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
-_HASH_CHUNK = 4 * MiB
-
-
-class RegistryError(CorralError):
-    """The registry could not be reached, refused us, or sent something wrong."""
-
-
-class RegistryAuthError(RegistryError):
-    """The registry asked for credentials Corral cannot give, or refused the token it issued."""
 
 
 @dataclass
@@ -74,194 +37,6 @@ class PullStats:
     retries: int = 0  # requests that failed or stalled and were tried again
     stalls: int = 0  # parts cancelled because no bytes came for stall_timeout seconds
     splits: int = 0  # parts split so an idle worker could take over half
-
-
-@dataclass
-class PushStats:
-    bytes_uploaded: int = 0
-    blobs_uploaded: int = 0
-    blobs_skipped: int = 0  # already in the registry
-    retries: int = 0
-
-
-# ---- HTTP: one registry, with bearer tokens and retries --------------------------------------
-
-
-def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    scheme, _, rest = header.strip().partition(" ")
-    params = {k.lower(): v for k, v in re.findall(r'([A-Za-z_]+)="([^"]*)"', rest)}
-    for k, v in re.findall(r'([A-Za-z_]+)=([^",\s]+)', rest):
-        params.setdefault(k.lower(), v)
-    return scheme.lower(), params
-
-
-def _describe(resp: httpx.Response) -> str:
-    """The registry's own words: ``{"errors":[{"code":..,"message":..}]}`` or the start of the body."""
-    try:
-        text = resp.text
-    except (httpx.HTTPError, UnicodeDecodeError):
-        text = ""
-    try:
-        errors = json.loads(text).get("errors") or []
-        words = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors)
-        if words:
-            return words
-    except (ValueError, AttributeError):
-        pass
-    return text.strip()[:200] or resp.reason_phrase
-
-
-class _Registry:
-    def __init__(
-        self,
-        name: ModelName,
-        *,
-        insecure: bool,
-        timeout: float,
-        max_tries: int,
-        backoff: float,
-        cancel: threading.Event | None,
-    ) -> None:
-        self.name = name
-        self.host = name.host
-        self.base = f"{'http' if insecure else 'https'}://{name.host}"
-        self.repo_url = f"{self.base}/v2/{name.namespace}/{name.model}"
-        self.max_tries = max(1, max_tries)
-        self.backoff = backoff
-        self.cancel = cancel
-        self.client = httpx.Client(
-            follow_redirects=True,  # httpx drops Authorization when a redirect leaves the registry's origin
-            timeout=httpx.Timeout(timeout, connect=max(timeout, 10.0)),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            headers={"User-Agent": f"corral/{__version__}"},
-        )
-        self._token: str | None = None
-        self._token_lock = threading.Lock()
-
-    def close(self) -> None:
-        self.client.close()
-
-    def blob_url(self, digest: str) -> str:
-        return f"{self.repo_url}/blobs/{digest}"
-
-    def manifest_url(self) -> str:
-        return f"{self.repo_url}/manifests/{self.name.tag}"
-
-    def sleep_backoff(self, attempt: int) -> None:
-        delay = min(self.backoff * (2**attempt), 30.0) * random.uniform(0.75, 1.25)
-        if self.cancel is not None:
-            if self.cancel.wait(delay):
-                raise CorralError("cancelled")
-        else:
-            time.sleep(delay)
-
-    def send(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: dict[str, str] | None = None,
-        body: Callable[[], bytes | Iterator[bytes]] | None = None,
-        stream: bool = False,
-        timeout: float | None = None,
-    ) -> httpx.Response:
-        """One request; a 401 with a Bearer challenge is answered once. Transport errors propagate."""
-        fetched_token = False
-        while True:
-            hdrs = dict(headers or {})
-            token = self._token
-            if token:
-                hdrs["Authorization"] = f"Bearer {token}"
-            extra = {"timeout": timeout} if timeout is not None else {}
-            request = self.client.build_request(
-                method, url, headers=hdrs, content=body() if body else None, **extra
-            )
-            resp = self.client.send(request, stream=stream)
-            if resp.status_code != 401:
-                return resp
-            challenge = resp.headers.get("WWW-Authenticate", "")
-            resp.close()
-            if fetched_token:
-                raise RegistryAuthError(
-                    f"registry {self.host} answered 401 unauthorized to {method} {httpx.URL(url).path} "
-                    "even with the token its auth server issued"
-                )
-            self._authenticate(challenge, token)
-            fetched_token = True
-
-    def _authenticate(self, challenge: str, used_token: str | None) -> None:
-        with self._token_lock:
-            if self._token != used_token:  # another thread already fetched a fresh token
-                return
-            scheme, params = _parse_challenge(challenge)
-            if scheme == "basic":
-                raise RegistryAuthError(
-                    f"registry {self.host} asks for HTTP Basic authentication, which Corral does not support "
-                    "(it supports anonymous access and Bearer tokens)"
-                )
-            if scheme != "bearer" or not params.get("realm"):
-                raise RegistryAuthError(
-                    f"registry {self.host} answered 401 unauthorized without a Bearer challenge "
-                    f"(WWW-Authenticate: {challenge or 'missing'})"
-                )
-            realm = params["realm"]
-            if not realm.startswith(("https://", "http://")):
-                raise RegistryAuthError(f"registry {self.host} sent a token realm that is not an URL: {realm}")
-            query = {k: params[k] for k in ("service", "scope") if params.get(k)}
-            try:
-                resp = self.client.get(realm, params=query)
-            except httpx.HTTPError as exc:
-                raise RegistryAuthError(f"cannot reach the token server {realm} of {self.host}: {exc}") from None
-            if resp.status_code != 200:
-                raise RegistryAuthError(
-                    f"the token server {realm} of {self.host} answered {resp.status_code}: {_describe(resp)}"
-                )
-            try:
-                data = resp.json()
-                token = data.get("token") or data.get("access_token")
-            except (ValueError, AttributeError):
-                token = None
-            if not token or not isinstance(token, str):
-                raise RegistryAuthError(f"the token server {realm} of {self.host} sent no token")
-            self._token = token
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        what: str,
-        headers: dict[str, str] | None = None,
-        body: Callable[[], bytes | Iterator[bytes]] | None = None,
-        timeout: float | None = None,
-        on_retry: Callable[[], None] | None = None,
-    ) -> httpx.Response:
-        """``send`` with retries (exponential backoff) on connection errors and 5xx/429. Body read."""
-        for attempt in range(self.max_tries):
-            last = attempt == self.max_tries - 1
-            try:
-                resp = self.send(method, url, headers=headers, body=body, timeout=timeout)
-            except httpx.TransportError as exc:
-                if last:
-                    raise RegistryError(
-                        f"{what}: cannot reach registry {self.host} after {self.max_tries} tries: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from None
-            else:
-                if resp.status_code not in _RETRY_STATUSES:
-                    return resp
-                if last:
-                    raise RegistryError(
-                        f"{what}: registry {self.host} answered {resp.status_code} after "
-                        f"{self.max_tries} tries: {_describe(resp)}"
-                    )
-            if on_retry is not None:
-                on_retry()
-            self.sleep_backoff(attempt)
-        raise AssertionError("unreachable")
-
-
-# ---- pull ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -383,7 +158,7 @@ class _Puller:
     def __init__(
         self,
         store: Store,
-        reg: _Registry,
+        reg: Registry,
         *,
         progress: Progress,
         parts: int,
@@ -551,9 +326,9 @@ class _Puller:
             status = resp.status_code
             if status == 404:
                 raise RegistryError(f"blob {dl.digest} of {self.reg.name} not found in registry {self.reg.host}")
-            if status in _RETRY_STATUSES:
+            if status in RETRY_STATUSES:
                 resp.read()
-                raise _Retry(f"registry {self.reg.host} answered {status}: {_describe(resp)}", 0)
+                raise _Retry(f"registry {self.reg.host} answered {status}: {describe(resp)}", 0)
             skip = 0
             if status == 206:
                 match = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", ""))
@@ -575,7 +350,7 @@ class _Puller:
             else:
                 resp.read()
                 raise RegistryError(
-                    f"download of {dl.digest}: registry {self.reg.host} answered {status}: {_describe(resp)}"
+                    f"download of {dl.digest}: registry {self.reg.host} answered {status}: {describe(resp)}"
                 )
             for chunk in resp.iter_raw():
                 if abort.is_set():
@@ -621,7 +396,7 @@ class _Puller:
             raise ModelNotFound(f"model '{reg.name}' not found in registry {reg.host}")
         if resp.status_code != 200:
             raise RegistryError(
-                f"pull model manifest: registry {reg.host} answered {resp.status_code}: {_describe(resp)}"
+                f"pull model manifest: registry {reg.host} answered {resp.status_code}: {describe(resp)}"
             )
         try:
             manifest = Manifest.model_validate_json(resp.content)
@@ -686,7 +461,7 @@ def pull(
     ``cancel``: set it to stop the pull; what was downloaded stays resumable.
     """
     stats = PullStats()
-    reg = _Registry(name, insecure=insecure, timeout=stall_timeout, max_tries=max_tries, backoff=backoff, cancel=cancel)
+    reg = Registry(name, insecure=insecure, timeout=stall_timeout, max_tries=max_tries, backoff=backoff, cancel=cancel)
     puller = _Puller(
         store,
         reg,
@@ -786,127 +561,3 @@ def _commit(store: Store, name: ModelName, manifest: Manifest, downloads: list[_
         for path in (dl.partial, dl.sidecar):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-
-# ---- push ------------------------------------------------------------------------------------
-
-
-def push(
-    store: Store,
-    name: ModelName,
-    *,
-    insecure: bool = False,
-    progress: Progress = lambda p: None,
-    max_tries: int = 5,
-    backoff: float = 1.0,
-    timeout: float = 300.0,
-    cancel: threading.Event | None = None,
-) -> PushStats:
-    """Push ``name`` from ``store`` to its registry: blobs the registry lacks, then the manifest."""
-    stats = PushStats()
-    progress({"status": "retrieving manifest"})
-    stored = store.get(name)
-    manifest = stored.manifest
-    reg = _Registry(name, insecure=insecure, timeout=timeout, max_tries=max_tries, backoff=backoff, cancel=cancel)
-
-    def retried() -> None:
-        stats.retries += 1
-
-    try:
-        layers = {}
-        for layer in [*manifest.layers, manifest.config]:
-            layers.setdefault(check_digest(layer.digest), layer.size)
-        for digest, size in layers.items():
-            status = f"pushing {digest[7:19]}"
-            head = reg.request("HEAD", reg.blob_url(digest), what=f"check blob {digest}", on_retry=retried)
-            if head.status_code == 200:
-                stats.blobs_skipped += 1
-                progress({"status": status, "digest": digest, "total": size, "completed": size})
-                continue
-            if head.status_code != 404:
-                raise RegistryError(
-                    f"check blob {digest}: registry {reg.host} answered {head.status_code}: {_describe(head)}"
-                )
-            path = store.blob_path(digest)
-            if not path.is_file():
-                raise CorralError(f"blob {digest} of {name} is missing from the store")
-            _upload_blob(reg, path, digest, size, status, progress, stats, cancel)
-            stats.blobs_uploaded += 1
-
-        progress({"status": "pushing manifest"})
-        body = manifest.to_bytes()
-        resp = reg.request(
-            "PUT",
-            reg.manifest_url(),
-            what="push manifest",
-            headers={"Content-Type": MANIFEST_MEDIA_TYPE},
-            body=lambda: body,
-            on_retry=retried,
-        )
-        if resp.status_code not in (200, 201):
-            raise RegistryError(f"push manifest: registry {reg.host} answered {resp.status_code}: {_describe(resp)}")
-        progress({"status": "success"})
-        return stats
-    finally:
-        reg.close()
-
-
-def _upload_blob(
-    reg: _Registry,
-    path: Path,
-    digest: str,
-    size: int,
-    status: str,
-    progress: Progress,
-    stats: PushStats,
-    cancel: threading.Event | None,
-) -> None:
-    what = f"upload blob {digest}"
-    for attempt in range(reg.max_tries):
-        last = attempt == reg.max_tries - 1
-        sent = 0
-        try:
-            start = reg.request("POST", f"{reg.repo_url}/blobs/uploads/", what=what, on_retry=lambda: None)
-            if start.status_code != 202 or not start.headers.get("Location"):
-                raise RegistryError(
-                    f"{what}: registry {reg.host} answered {start.status_code} to starting the upload: "
-                    f"{_describe(start)}"
-                )
-            location = urljoin(reg.base + "/", start.headers["Location"])
-            put_url = f"{location}{'&' if '?' in location else '?'}digest={digest}"
-
-            def body() -> Iterator[bytes]:
-                nonlocal sent
-                sent = 0
-                last_report = 0.0
-                with open(path, "rb") as fh:
-                    while chunk := fh.read(MiB):
-                        if cancel is not None and cancel.is_set():
-                            raise CorralError("push cancelled")
-                        sent += len(chunk)
-                        yield chunk
-                        if time.monotonic() - last_report >= 0.1:
-                            last_report = time.monotonic()
-                            progress({"status": status, "digest": digest, "total": size, "completed": sent})
-
-            resp = reg.send(
-                "PUT",
-                put_url,
-                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                body=body,
-            )
-            resp.read()
-            if resp.status_code in (201, 204):
-                stats.bytes_uploaded += sent
-                progress({"status": status, "digest": digest, "total": size, "completed": size})
-                return
-            if resp.status_code not in _RETRY_STATUSES or last:
-                raise RegistryError(f"{what}: registry {reg.host} answered {resp.status_code}: {_describe(resp)}")
-        except httpx.TransportError as exc:
-            if last:
-                raise RegistryError(
-                    f"{what}: cannot reach registry {reg.host} after {reg.max_tries} tries: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from None
-        stats.retries += 1
-        reg.sleep_backoff(attempt)

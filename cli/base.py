@@ -1,0 +1,68 @@
+"""What every ``corral`` command shares: the click group, one-line errors, and a client for the server."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from corral.config import Settings
+from corral.errors import CorralError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("CORRAL_DEBUG", "") not in ("", "0", "false")
+
+
+def friendly_errors(fn: F) -> F:
+    """Every error becomes one line ``Error: ...`` and exit 1; a traceback only with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from corral.client import ResponseError
+
+        try:
+            return fn(*args, **kwargs)
+        except BrokenPipeError:  # the reader left (`corral run ... | head`): quiet, as a SIGPIPE'd tool is
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(141)
+        except (CorralError, ResponseError, ConnectionError) as exc:
+            if debug_enabled():
+                traceback.print_exc()
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except Exception as exc:  # a bug: still one line, with a way to see more
+            if debug_enabled():
+                traceback.print_exc()
+            click.echo(f"Error: {type(exc).__name__}: {exc} (run with --debug for details)", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="corral", prog_name="corral")
+def cli(debug: bool) -> None:
+    """Corral runs open language models on your own machine."""
+    if debug:
+        os.environ["CORRAL_DEBUG"] = "1"
+
+
+def client_for(settings: Settings | None = None) -> Any:
+    """A Client for the configured host, starting a local server first if none answers."""
+    from corral.client import Client
+
+    from .autostart import ensure_server
+
+    settings = settings or Settings()
+    return Client(host=ensure_server(settings))

@@ -1,0 +1,108 @@
+"""List import circles among Corral's own modules (core/, cli/, plugins/), counting imports inside
+functions too: a function-level import hides a circle from Python but not from a reader.
+
+Prints each strongly connected group of modules and exits 1 when there is one. Usage:
+    python scripts/import_cycles.py
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Folder -> import name, as pyproject's package-dir maps them.
+PACKAGES = {"core": "corral", "cli": "corral.cli"}
+
+
+def module_names() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder, name in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            found[_dotted(name, path.relative_to(ROOT / folder))] = path
+    for plugin in sorted((ROOT / "plugins").iterdir()):
+        if plugin.is_dir():
+            for path in sorted(plugin.rglob("*.py")):
+                found[_dotted(f"corral_{plugin.name}", path.relative_to(plugin))] = path
+    return found
+
+
+def _dotted(package: str, relative: Path) -> str:
+    parts = list(relative.with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join([package, *parts])
+
+
+def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
+    """The known modules that ``module`` imports anywhere in its file."""
+    is_package = path.name == "__init__.py"
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = module.split(".")
+                anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+    return {t for t in targets if t in known and t != module}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of two or more modules (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    sys.setrecursionlimit(10_000)
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return groups
+
+
+def main() -> int:
+    modules = module_names()
+    known = set(modules)
+    graph = {m: imports_of(m, p, known) for m, p in modules.items()}
+    found = cycles(graph)
+    for group in found:
+        members = set(group)
+        print("cycle: " + ", ".join(group))
+        for m in group:
+            for target in sorted(graph[m] & members):
+                print(f"    {m} -> {target}")
+    print(f"{len(modules)} modules, {len(found)} import cycle(s)")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
