@@ -1,13 +1,13 @@
 """Corral against llama.cpp's own llama-server (what Ollama runs for GGUF models), side by side.
 
-Both serve the bundled SmolLM2 with the same threads, slots, context per slot and flash attention,
+Each serves the bundled SmolLM2 with the same threads, slots, context per slot and flash attention,
 over /v1/completions, greedy, no repeat penalty. Rounds are paired and interleaved (Corral then
 llama-server, then the other way round) so machine drift hits both alike; a pair during which other
 processes used more than --max-foreign of the CPU is repeated, and counted as disturbed if it never
 comes clean. Printed: each side's median (min–max) and the median (min–max) of the per-pair ratios.
 
     .venv/bin/python bench/vs_llama_server.py [--rounds 5] [--streams 1,4,8,16] [--tokens 96]
-        [--corral-python /other/venv/bin/python]   # serve another checkout of Corral (before/after)
+        [--corral before=/other/venv/bin/python --corral after=.venv/bin/python]  # checkouts side by side
         [--kv-cache-type f16|q8_0|q4_0]
 
 llama-server is built once (about 5 minutes on 2 cores) from the llama.cpp vendored in the pinned
@@ -17,6 +17,7 @@ llama-cpp-python sdist, into ~/.cache/corral-bench/llama-server-<version>/. A be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -256,12 +257,19 @@ def main() -> None:
     parser.add_argument("--streams", default="1,4,8,16")
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--prefill-tokens", type=int, default=2000)
-    parser.add_argument("--corral-python", default=sys.executable, help="the Python whose `corral` to serve")
+    parser.add_argument(
+        "--corral", action="append", metavar="[LABEL=]PYTHON",
+        help="a Python whose `corral` to serve; repeat to compare checkouts in the same rounds (default: this one)",
+    )  # fmt: skip
     parser.add_argument("--kv-cache-type", default="f16", choices=["f16", "q8_0", "q4_0"])
     parser.add_argument("--max-foreign", type=float, default=MAX_FOREIGN)
-    parser.add_argument("--tries", type=int, default=3, help="attempts at an undisturbed pair before keeping a disturbed one")
+    parser.add_argument("--tries", type=int, default=3, help="attempts at an undisturbed round of a measure before keeping a disturbed one")
     args = parser.parse_args()
     counts = [int(x) for x in args.streams.split(",")]
+    corrals: dict[str, str] = {}
+    for item in args.corral or [sys.executable]:
+        label, _, python = item.rpartition("=")
+        corrals[label or ("corral" if len(args.corral or []) <= 1 else python)] = python
 
     binary = ensure_llama_server()
     model = smollm2()
@@ -271,15 +279,18 @@ def main() -> None:
         "CORRAL_NUM_PARALLEL": str(SLOTS), "CORRAL_NUM_CTX": str(NUM_CTX), "CORRAL_FLASH_ATTENTION": "true",
         "CORRAL_KV_CACHE_TYPE": args.kv_cache_type, "CORRAL_KEEP_ALIVE": "-1",
     }  # fmt: skip
-    with corral_server(python=args.corral_python, **env) as (corral_url, corral_proc), \
-            llama_server(binary, model.path, model.name, args.kv_cache_type, log) as (llama_url, llama_pid):  # fmt: skip
-        sides = {"corral": corral_url, "llama-server": llama_url}
-        from corral.engines.llamacpp.runner import LlamaCppRunner  # noqa: F401  (fails early if llama_cpp is missing)
-        import llama_cpp
+    import llama_cpp
 
-        vocab_model = _vocab_only(llama_cpp, model.path)
-        prompt_2k = lambda k: long_prompt(k, args.prefill_tokens, lambda t: _count(llama_cpp, vocab_model, t))  # noqa: E731
+    vocab_model = _vocab_only(llama_cpp, model.path)
+    prompt_2k = lambda k: long_prompt(k, args.prefill_tokens, lambda t: _count(llama_cpp, vocab_model, t))  # noqa: E731
 
+    with contextlib.ExitStack() as stack:
+        sides: dict[str, str] = {}
+        pids: dict[str, int] = {}
+        for label, python in corrals.items():
+            url, proc = stack.enter_context(corral_server(python=python, **env))
+            sides[label], pids[label] = url, proc.pid
+        sides["llama-server"], pids["llama-server"] = stack.enter_context(llama_server(binary, model.path, model.name, args.kv_cache_type, log))
         for url in sides.values():  # load the model and touch every path once
             streams_trial(url, model.name, 4, 8, -1)
             prefill_trial(url, model.name, prompt_2k(-1))
@@ -295,47 +306,61 @@ def main() -> None:
             order = list(sides) if r % 2 == 0 else list(reversed(sides))
             for name, fn in measures:
                 for attempt in range(args.tries):
-                    pair: dict[str, Trial] = {}
+                    group: dict[str, Trial] = {}
                     with Disturbance() as d:
                         for side in order:
                             k += 1
-                            pair[side] = fn(sides[side], k)
+                            group[side] = fn(sides[side], k)
                     if d.foreign <= args.max_foreign or attempt == args.tries - 1:
                         break
                 if d.foreign > args.max_foreign:
                     disturbed[name] += 1
-                for side, trial in pair.items():
+                for side, trial in group.items():
                     results[name][side].append(trial)
-                print(f"round {r + 1} {name}: " + ", ".join(f"{s} {t.value:.1f}" for s, t in pair.items())
+                print(f"round {r + 1} {name}: " + ", ".join(f"{s} {t.value:.1f}" for s, t in group.items())
                       + f" (others {d.foreign:.0%})", file=sys.stderr, flush=True)  # fmt: skip
-        memory = {"corral": memory_of(corral_proc.pid), "llama-server": memory_of(llama_pid)}
+        memory = {side: memory_of(pid) for side, pid in pids.items()}
         server_kv = llama_server_kv_mib(log)
 
+    corral_sides = list(corrals)
+    header = ["", *corral_sides, "llama-server", *(f"{c} / llama-server" for c in corral_sides), "disturbed rounds"]
     rows: list[list[str]] = []
     for name, _fn in measures:
-        c, ll = results[name]["corral"], results[name]["llama-server"]
-        ratios = [a.value / b.value for a, b in zip(c, ll)]
+        ref = results[name]["llama-server"]
         unit = "prompt tok/s" if name.startswith("prefill") else "tok/s"
-        rows.append([f"{name}, {unit}", spread([t.value for t in c]), spread([t.value for t in ll]), spread(ratios, "{:.2f}"),
-                     f"{disturbed[name]}/{args.rounds}"])  # fmt: skip
+        rows.append([
+            f"{name}, {unit}", *(spread([t.value for t in results[name][c]]) for c in corral_sides), spread([t.value for t in ref]),
+            *(spread([a.value / b.value for a, b in zip(results[name][c], ref)], "{:.2f}") for c in corral_sides),
+            f"{disturbed[name]}/{args.rounds}",
+        ])  # fmt: skip
         if name == "4 streams":
-            cw, lw = [t.extra["worst_ttft_ms"] for t in c], [t.extra["worst_ttft_ms"] for t in ll]
-            diffs = [a - b for a, b in zip(cw, lw)]
-            rows.append(["4 streams, worst TTFT ms", spread(cw, "{:.0f}"), spread(lw, "{:.0f}"),
-                         f"{spread(diffs, '{:+.0f}')} ms", f"{disturbed[name]}/{args.rounds}"])  # fmt: skip
-    cm, lm = memory["corral"], memory["llama-server"]
-    rows.append(["RSS MiB (all processes)", f"{cm['rss']:.0f} ({cm['processes']:.0f} proc)", f"{lm['rss']:.0f}", f"{cm['rss'] / lm['rss']:.2f}", ""])
-    rows.append(["PSS MiB (shared counted once)", f"{cm['pss']:.0f}", f"{lm['pss']:.0f}", f"{cm['pss'] / lm['pss']:.2f}", ""])
+            worst = {side: [t.extra["worst_ttft_ms"] for t in results[name][side]] for side in sides}
+            rows.append([
+                "4 streams, worst TTFT ms", *(spread(worst[c], "{:.0f}") for c in corral_sides), spread(worst["llama-server"], "{:.0f}"),
+                *(spread([a - b for a, b in zip(worst[c], worst["llama-server"])], "{:+.0f}") + " ms" for c in corral_sides),
+                f"{disturbed[name]}/{args.rounds}",
+            ])  # fmt: skip
+    lm = memory["llama-server"]
+    for key, what in (("rss", "RSS MiB, all processes"), ("pss", "PSS MiB, shared pages counted once")):
+        rows.append([
+            what, *(f"{memory[c][key]:.0f}" for c in corral_sides), f"{lm[key]:.0f}",
+            *(f"{memory[c][key] / lm[key]:.2f}" for c in corral_sides), "",
+        ])  # fmt: skip
     per_slot = kv_bytes_per_slot(model.path, NUM_CTX, args.kv_cache_type) / 2**20
     measured = f" (its log: {server_kv / SLOTS:.1f})" if server_kv else ""
-    rows.append([f"KV cache per slot MiB ({args.kv_cache_type}, {NUM_CTX} tokens)", f"{per_slot:.1f}", f"{per_slot:.1f}{measured}", "", ""])
+    rows.append([
+        f"KV cache per slot MiB ({args.kv_cache_type}, {NUM_CTX} tokens)", *(f"{per_slot:.1f}" for _ in corral_sides),
+        f"{per_slot:.1f}{measured}", *("" for _ in corral_sides), "",
+    ])  # fmt: skip
 
-    title = (
-        f"Corral vs llama-server ({model.name}, {THREADS} threads, {SLOTS} slots × {NUM_CTX} tokens, flash attention, "
-        f"KV {args.kv_cache_type}, greedy {args.tokens} tokens/stream, /v1/completions); median (min–max) of {args.rounds} paired rounds"
+    print(
+        f"\nCorral vs llama-server ({model.name}, {THREADS} threads, {SLOTS} slots x {NUM_CTX} tokens, flash attention, "
+        f"KV {args.kv_cache_type}, greedy, {args.tokens} tokens per stream, /v1/completions); "
+        f"median (min–max) of {args.rounds} interleaved rounds"
     )
-    print(f"\n{title}\ncorral: {args.corral_python}\n")
-    header = ["", "corral", "llama-server", "corral / llama-server", "disturbed"]
+    for label, python in corrals.items():
+        print(f"  {label}: {python}")
+    print()
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -201,6 +201,7 @@ def fit_report(model: str, backend: str | None, num_ctx: int | None) -> str:
         plan = plan_for_gguf(
             recipe.model_path, num_ctx or options.num_ctx or settings.num_ctx, settings.num_parallel, devices, options.num_gpu,
             flash_attention=settings.flash_attention,
+            kv_cache_type=settings.kv_cache_type,
         )
     except InsufficientMemory as exc:
         return f"Backend:   {entry.name}\nDoes not fit: {exc}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -39,6 +40,11 @@ class Settings(BaseSettings):
     prefix_cache: bool = Field(True, description="Reuse a slot's KV cache for a prompt that starts the same way (chat turns, shared system prompts).")
     metal_engine: str = Field("mlx", description="On Apple Silicon: mlx (for llama-architecture models) or llama.cpp (its Metal build).")
     flash_attention: bool = Field(True, description="Use flash attention where the engine supports it.")
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = Field(
+        "f16",
+        description="llama.cpp's KV cache type, as Ollama's OLLAMA_KV_CACHE_TYPE: f16, q8_0 (about half the memory) or q4_0 "
+        "(about a quarter). The quantised ones need flash attention; without it f16 is used.",
+    )
     nohistory: bool = Field(False, description="Do not keep the REPL's history file.")
     debug: bool = Field(False, description="Show tracebacks and debug logs.")
 

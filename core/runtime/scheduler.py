@@ -176,6 +176,7 @@ class Scheduler:
             use_mmap=options.use_mmap,
             adapters=recipe.adapters,
             flash_attention=self.settings.flash_attention,
+            kv_cache_type=self.settings.kv_cache_type,
             devices=tuple(devices),
         )
 

