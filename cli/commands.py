@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from corral.config import Settings
 from corral.errors import CorralError
 
 from .base import cli, client_for, debug_enabled, friendly_errors
@@ -200,6 +199,7 @@ def serve(host: str | None, backend: str | None) -> None:
     """Serve Ollama's and OpenAI's APIs over HTTP."""
     import uvicorn
 
+    from corral.config import Settings
     from corral.server.app import create_app
 
     overrides: dict[str, Any] = {}

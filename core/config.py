@@ -5,6 +5,7 @@ Precedence: environment > ``$CORRAL_CONFIG`` (default ``~/.corral/config.toml``)
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -71,6 +72,17 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file()))
+
+
+def bound_to_loopback(settings: Settings) -> bool:
+    """Whether the server listens on this machine only (the CLI may start one; Host headers are checked)."""
+    host = settings.base_url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def host_to_url(host: str) -> str:
