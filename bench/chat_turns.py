@@ -25,9 +25,16 @@ SYSTEM = (
     "that are not in the catalogue. If the customer is unsure, ask one short question. " * 3
 )
 QUESTIONS = [
-    "I want to hang a heavy mirror on a brick wall. What do I need?", "Which drill bit size for that?",
-    "Do I need goggles?", "What about the screws?", "How long should they be?", "Can I use glue instead?",
-    "What if the wall is plasterboard?", "Which level is best?", "Do you sell gloves?", "Thanks, what is the total list?",
+    "I want to hang a heavy mirror on a brick wall. What do I need?",
+    "Which drill bit size for that?",
+    "Do I need goggles?",
+    "What about the screws?",
+    "How long should they be?",
+    "Can I use glue instead?",
+    "What if the wall is plasterboard?",
+    "Which level is best?",
+    "Do you sell gloves?",
+    "Thanks, what is the total list?",
 ]
 
 

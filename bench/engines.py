@@ -19,7 +19,18 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from common import CACHE, MAX_FOREIGN, THREADS, Disturbance, corral_server, ensure_in_store, median_spread, models_dir, print_table, smollm2
+from common import (
+    CACHE,
+    MAX_FOREIGN,
+    THREADS,
+    Disturbance,
+    corral_server,
+    ensure_in_store,
+    median_spread,
+    models_dir,
+    print_table,
+    smollm2,
+)
 from corral.hookspecs import LoadSpec, Runner, Sampling, SequenceStep
 from single_stream import _rates, corral_trial, direct_trial, prompt_for
 
@@ -36,7 +47,9 @@ def ensure_onnx_model() -> None:
     store = Store(models_dir())
     if not store.exists(ModelName.parse(ONNX_NAME)):
         t0 = time.perf_counter()
-        create_model(store, CreateRequest.model_validate({"model": ONNX_NAME, "from": "smollm2:135m", "format": "onnx"}))
+        create_model(
+            store, CreateRequest.model_validate({"model": ONNX_NAME, "from": "smollm2:135m", "format": "onnx"})
+        )
         print(f"created {ONNX_NAME} in {time.perf_counter() - t0:.1f} s")
 
 
@@ -62,8 +75,8 @@ def main() -> None:
 
     from llama_cpp import Llama
 
-    from corral.models.recipes import resolve
     from corral.engines.onnx.runner import OnnxRunner
+    from corral.models.recipes import resolve
     from corral.models.store import Store
 
     model = smollm2()
@@ -71,7 +84,14 @@ def main() -> None:
     ensure_onnx_model()
     spec = LoadSpec(model_path=model.path, num_ctx=1024, num_parallel=1, num_thread=THREADS)
     onnx_folder = resolve(Store(models_dir()), ONNX_NAME).model_path
-    llm = Llama(model_path=str(model.path), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=4096, flash_attn=True, verbose=False)
+    llm = Llama(
+        model_path=str(model.path),
+        n_threads=THREADS,
+        n_threads_batch=THREADS,
+        n_ctx=4096,
+        flash_attn=True,
+        verbose=False,
+    )
     runners: dict[str, Runner] = {"onnx int8, OnnxRunner direct": OnnxRunner(replace(spec, model_path=onnx_folder))}
     if importlib.util.find_spec("mlx") is not None:
         from corral_backend_metal.mlx_engine import MLXRunner
@@ -101,7 +121,8 @@ def main() -> None:
     for r in runners.values():
         r.close()
     print_table(
-        f"SmolLM2-135M, one stream, up to {args.tokens} greedy tokens, {THREADS} threads, median (min–max) of {args.reps}",
+        f"SmolLM2-135M, one stream, up to {args.tokens} greedy tokens, {THREADS} threads, "
+        f"median (min–max) of {args.reps}",
         ["engine, path", "decode tok/s", "vs llama-cpp-python", "TTFT ms", "tokens"],
         _rows(results, args.reps),
     )

@@ -43,12 +43,21 @@ def corral_trial(models: Path) -> dict[str, float]:
     home = Path(tempfile.mkdtemp(prefix="corral-run-"))
     port = free_port()
     env = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_MODELS": str(models), "CORRAL_HOST": f"127.0.0.1:{port}"}
-    server = subprocess.Popen([sys.executable, "-m", "corral.cli.main", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli.main", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{port}/api/version")
         out = subprocess.run(
             [sys.executable, "-m", "corral.cli.main", "run", "--verbose", "smollm2:135m", PROMPT],
-            env=env, capture_output=True, text=True, timeout=600, check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
         )
     finally:
         server.send_signal(signal.SIGTERM)
@@ -65,7 +74,9 @@ def direct_trial(path: Path) -> dict[str, float]:
     from llama_cpp import Llama
 
     t0 = time.perf_counter()
-    llm = Llama(model_path=str(path), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=4096, flash_attn=True, verbose=False)
+    llm = Llama(
+        model_path=str(path), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=4096, flash_attn=True, verbose=False
+    )
     load = time.perf_counter() - t0
     messages = [{"role": "user", "content": PROMPT}]
     rendered = render_chat(llm.metadata.get("tokenizer.chat_template"), messages)
@@ -97,7 +108,10 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {"corral run --verbose": [], "llama-cpp-python direct": []}
     tries = 0
     while min(len(v) for v in results.values()) < args.reps and tries < args.reps * 6:
-        for label, run in (("corral run --verbose", lambda: corral_trial(models)), ("llama-cpp-python direct", lambda: direct_trial(model.path))):
+        for label, run in (
+            ("corral run --verbose", lambda: corral_trial(models)),
+            ("llama-cpp-python direct", lambda: direct_trial(model.path)),
+        ):
             if len(results[label]) >= args.reps:
                 continue
             tries += 1
@@ -106,8 +120,13 @@ def main() -> None:
             if d.foreign <= args.max_foreign:
                 results[label].append(trial)
     rows = [
-        [label, median_spread([t["load_s"] * 1e3 for t in ts]), median_spread([t["prompt_tps"] for t in ts]),
-         median_spread([t["decode_tps"] for t in ts]), median_spread([t["tokens"] for t in ts])]
+        [
+            label,
+            median_spread([t["load_s"] * 1e3 for t in ts]),
+            median_spread([t["prompt_tps"] for t in ts]),
+            median_spread([t["decode_tps"] for t in ts]),
+            median_spread([t["tokens"] for t in ts]),
+        ]
         for label, ts in results.items()
     ]
     print_table(

@@ -17,8 +17,17 @@ from typing import Any
 import httpx
 
 from common import (
-    MAX_FOREIGN, THREADS, BenchModel, Disturbance, corral_server, ensure_in_store, gemma, median_spread,
-    models_dir, print_table, smollm2,
+    MAX_FOREIGN,
+    THREADS,
+    BenchModel,
+    Disturbance,
+    corral_server,
+    ensure_in_store,
+    gemma,
+    median_spread,
+    models_dir,
+    print_table,
+    smollm2,
 )
 
 STORY = "Once upon a time, in a small village at the edge of a great forest, there lived an old clockmaker who"
@@ -62,8 +71,20 @@ def bench_model(model: BenchModel, reps: int, tokens: int, max_foreign: float = 
     from llama_cpp import Llama
 
     ensure_in_store(models_dir(), model)
-    llm = Llama(model_path=str(model.path), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=4096, n_batch=512, flash_attn=True, verbose=False)
-    results: dict[str, list[dict[str, float]]] = {"llama-cpp-python direct": [], "corral (runner process)": [], "corral (in-process)": []}
+    llm = Llama(
+        model_path=str(model.path),
+        n_threads=THREADS,
+        n_threads_batch=THREADS,
+        n_ctx=4096,
+        n_batch=512,
+        flash_attn=True,
+        verbose=False,
+    )
+    results: dict[str, list[dict[str, float]]] = {
+        "llama-cpp-python direct": [],
+        "corral (runner process)": [],
+        "corral (in-process)": [],
+    }
     with corral_server() as (isolated_url, _), corral_server(CORRAL_ISOLATE_RUNNERS="0") as (inproc_url, _):
         for url in (isolated_url, inproc_url):  # load and warm both
             corral_trial(url, model.name, prompt_for(-1), 8)
@@ -90,10 +111,17 @@ def bench_model(model: BenchModel, reps: int, tokens: int, max_foreign: float = 
         ttft = [t["ttft_ms"] for t in trials]
         med = sorted(decode)[reps // 2]
         med_ttft = sorted(ttft)[reps // 2]
-        rows.append([
-            model.name, label, median_spread(decode), f"{med / base:.3f}×", median_spread(ttft), f"{med_ttft - base_ttft:+.1f}",
-            f"{int(sorted(t['tokens'] for t in trials)[reps // 2])}",
-        ])
+        rows.append(
+            [
+                model.name,
+                label,
+                median_spread(decode),
+                f"{med / base:.3f}×",
+                median_spread(ttft),
+                f"{med_ttft - base_ttft:+.1f}",
+                f"{int(sorted(t['tokens'] for t in trials)[reps // 2])}",
+            ]
+        )
     return rows
 
 
@@ -102,14 +130,17 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--models", default="smollm2,gemma")
-    parser.add_argument("--max-foreign", type=float, default=MAX_FOREIGN, help="share of CPU others may use in a kept trial")
+    parser.add_argument(
+        "--max-foreign", type=float, default=MAX_FOREIGN, help="share of CPU others may use in a kept trial"
+    )
     args = parser.parse_args()
     pick = {"smollm2": smollm2, "gemma": gemma}
     rows = []
     for key in args.models.split(","):
         rows += bench_model(pick[key](), args.reps, args.tokens, args.max_foreign)
     print_table(
-        f"Single stream, {args.tokens} tokens greedy, {THREADS} threads, median (min–max) of {args.reps} undisturbed trials",
+        f"Single stream, {args.tokens} tokens greedy, {THREADS} threads, "
+        f"median (min–max) of {args.reps} undisturbed trials",
         ["model", "engine", "decode tok/s", "vs direct", "TTFT ms", "TTFT Δ ms", "tokens"],
         rows,
     )

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -19,6 +20,18 @@ def server_answers(base_url: str, timeout: float = 0.5) -> bool:
         return httpx.get(f"{base_url}/api/version", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def detached(platform: str) -> dict[str, Any]:
+    """Popen options for a server that outlives this command (so the model stays loaded between
+    commands) and is not hit by the terminal's Ctrl+C: its own session on POSIX; on Windows, where
+    ``start_new_session`` does nothing, no console and its own process group."""
+    if platform == "win32":
+        flags = getattr(subprocess, "DETACHED_PROCESS", 0x00000008) | getattr(
+            subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200
+        )
+        return {"creationflags": flags, "close_fds": True}
+    return {"start_new_session": True}
 
 
 def ensure_server(settings: Settings, wait_seconds: float = 60.0) -> str:
@@ -36,8 +49,8 @@ def ensure_server(settings: Settings, wait_seconds: float = 60.0) -> str:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # outlives this command, so the model stays loaded between commands
             env={**os.environ, "CORRAL_HOST": settings.host},
+            **detached(sys.platform),
         )
     (settings.home / "logs" / "server.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + wait_seconds

@@ -62,10 +62,9 @@ def cli(debug: bool) -> None:
 
 def client_for(settings: Settings | None = None) -> Any:
     """A Client for the configured host, starting a local server first if none answers."""
+    from corral.cli.autostart import ensure_server
     from corral.client import Client
     from corral.config import Settings
-
-    from .autostart import ensure_server
 
     settings = settings or Settings()
     return Client(host=ensure_server(settings))

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from corral.cli.base import cli, client_for, debug_enabled, friendly_errors
 from corral.errors import CorralError
 
-from .base import cli, client_for, debug_enabled, friendly_errors
+if TYPE_CHECKING:  # pydantic is most of a cold start: `corral --help` must not import it
+    from corral.config import Settings
 
 
 def human_size(n: int) -> str:
@@ -25,7 +27,7 @@ def human_size(n: int) -> str:
 def human_ago(when: datetime | str, now: datetime | None = None) -> str:
     if isinstance(when, str):
         when = datetime.fromisoformat(when.replace("Z", "+00:00"))
-    seconds = ((now or datetime.now(timezone.utc)) - when).total_seconds()
+    seconds = ((now or datetime.now(UTC)) - when).total_seconds()
     return _span(seconds) + " ago" if seconds >= 1 else "Less than a second ago"
 
 
@@ -33,14 +35,21 @@ def human_until(when: str | None, now: datetime | None = None) -> str:
     if not when or when.startswith("0001-"):
         return "Forever"
     moment = datetime.fromisoformat(when.replace("Z", "+00:00"))
-    seconds = (moment - (now or datetime.now(timezone.utc))).total_seconds()
+    seconds = (moment - (now or datetime.now(UTC))).total_seconds()
     if seconds <= 0:
         return "Stopping..."
     return _span(seconds) + " from now"
 
 
 def _span(seconds: float) -> str:
-    for unit, size in (("year", 31536000), ("month", 2592000), ("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+    for unit, size in (
+        ("year", 31536000),
+        ("month", 2592000),
+        ("week", 604800),
+        ("day", 86400),
+        ("hour", 3600),
+        ("minute", 60),
+    ):
         if seconds >= size:
             n = int(seconds // size)
             return f"About a {unit}" if n == 1 and unit in ("hour", "minute") else f"{n} {unit}{'s' if n != 1 else ''}"
@@ -52,7 +61,7 @@ def print_rows(header: list[str], rows: list[list[str]]) -> None:
     """Columns padded like ``ollama list`` (plain text, easy to grep and cut)."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        click.echo("    ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+        click.echo("    ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def not_found_hint(client: Any, model: str, exc: Exception | str) -> CorralError:
@@ -75,7 +84,9 @@ def backends() -> None:
     rows = []
     for entry in plugins.backends:
         probe = entry.probe()
-        devices = ", ".join(f"{d.name} ({human_size(d.free_memory)} free of {human_size(d.total_memory)})" for d in probe.devices)
+        devices = ", ".join(
+            f"{d.name} ({human_size(d.free_memory)} free of {human_size(d.total_memory)})" for d in probe.devices
+        )
         available = ("yes (default)" if entry.name == best else "yes") if probe.available else "no"
         rows.append([entry.name, available, devices or "-", probe.reason or entry.backend.description])
     rows += [[f.plugin, "no", "-", f.reason] for f in plugins.failures]
@@ -94,14 +105,20 @@ def backends() -> None:
 @click.option("--hidethinking", is_flag=True, help="Think, but print only the answer.")
 @friendly_errors
 def run(
-    model: str, prompt: tuple[str, ...], verbose: bool, backend: str | None, keepalive: str | None, format_: str | None,
-    nowordwrap: bool, think: bool | None, hidethinking: bool,
+    model: str,
+    prompt: tuple[str, ...],
+    verbose: bool,
+    backend: str | None,
+    keepalive: str | None,
+    format_: str | None,
+    nowordwrap: bool,
+    think: bool | None,
+    hidethinking: bool,
 ) -> None:
     """Run a model: answer PROMPT, or chat when none is given on a terminal."""
+    from corral.cli.repl import Session
+    from corral.cli.repl_loop import interactive, one_shot
     from corral.client import ResponseError
-
-    from .repl import Session
-    from .repl_loop import interactive, one_shot
 
     client = client_for()
     try:
@@ -109,15 +126,24 @@ def run(
     except ResponseError as exc:  # like `ollama run`, a model that is not here is pulled first
         if exc.status_code != 404:
             raise
-        from .model_commands import pull_model
+        from corral.cli.model_commands import pull_model
 
         try:
             pull_model(client, model)
         except (ResponseError, CorralError, ConnectionError) as pull_error:
-            raise not_found_hint(client, model, f"model '{model}' not found, and pulling it failed: {pull_error}") from None
+            raise not_found_hint(
+                client, model, f"model '{model}' not found, and pulling it failed: {pull_error}"
+            ) from None
     session = Session(
-        client, model, backend=backend, keep_alive=keepalive, format=format_, verbose=verbose, wordwrap=not nowordwrap,
-        think=True if hidethinking and think is None else think, hide_thinking=hidethinking,
+        client,
+        model,
+        backend=backend,
+        keep_alive=keepalive,
+        format=format_,
+        verbose=verbose,
+        wordwrap=not nowordwrap,
+        think=True if hidethinking and think is None else think,
+        hide_thinking=hidethinking,
     )
     text = " ".join(prompt)
     if not sys.stdin.isatty():
@@ -149,7 +175,14 @@ def ps() -> None:
     """List the models that are loaded now."""
     models = client_for().ps()["models"]
     rows = [
-        [m["name"], m["digest"][:12], human_size(m["size"]), m.get("processor") or "100% CPU", str(m.get("context_length") or ""), human_until(m["expires_at"])]
+        [
+            m["name"],
+            m["digest"][:12],
+            human_size(m["size"]),
+            m.get("processor") or "100% CPU",
+            str(m.get("context_length") or ""),
+            human_until(m["expires_at"]),
+        ]
         for m in models
     ]
     print_rows(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows)
@@ -194,25 +227,41 @@ def cp(source: str, destination: str) -> None:
 @cli.command()
 @click.option("--host", help="Address to bind (default: CORRAL_HOST or 127.0.0.1:11434).")
 @click.option("--backend", help="Force a backend (cpu, cuda, rocm, metal, …).")
+@click.option("--insecure-no-auth", is_flag=True, default=None, help="Serve a non-loopback address without API keys.")
 @friendly_errors
-def serve(host: str | None, backend: str | None) -> None:
+def serve(host: str | None, backend: str | None, insecure_no_auth: bool | None) -> None:
     """Serve Ollama's and OpenAI's APIs over HTTP."""
-    import uvicorn
-
     from corral.config import Settings
     from corral.server.app import create_app
+    from corral.server.service import check_exposure, run_server
 
     overrides: dict[str, Any] = {}
     if host:
         overrides["host"] = host
     if backend:
         overrides["backend"] = backend
+    if insecure_no_auth:
+        overrides["insecure_no_auth"] = True
     settings = Settings(**overrides)
     if settings.backend:
         from corral.plugins import Plugins
 
         Plugins().select(settings.backend)  # fail now, not at the first request
-    address = settings.base_url.split("://", 1)[1]
-    bind, port = address.rsplit(":", 1)
+    if not settings.noprune:
+        _prune(settings)
+    check_exposure(settings)  # before the banner: an open non-loopback bind is refused
     click.echo(f"Corral listening on {settings.base_url} (models in {settings.models_dir})", err=True)
-    uvicorn.run(create_app(settings), host=bind.strip("[]"), port=int(port), log_level="debug" if debug_enabled() else "warning")
+    run_server(create_app(settings), settings, log_level="debug" if debug_enabled() else "warning")
+
+
+def _prune(settings: Settings) -> None:
+    """What stopped processes left in the store, and what nothing uses, goes before the server starts."""
+    from corral.models.prune import prune_store
+    from corral.models.store import Store
+
+    try:
+        report = prune_store(Store(settings.models_dir))
+    except OSError as exc:  # a store we cannot tidy can still be served
+        click.echo(f"could not prune the store {settings.models_dir}: {exc}", err=True)
+        return
+    click.echo(report.summary(settings.models_dir), err=True)

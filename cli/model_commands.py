@@ -13,9 +13,8 @@ from typing import Any
 
 import click
 
+from corral.cli.base import cli, client_for, friendly_errors
 from corral.errors import BadRequest, CorralError, ModelfileError
-
-from .base import cli, client_for, friendly_errors
 
 _CHUNK = 1 << 20
 
@@ -25,10 +24,18 @@ _CHUNK = 1 << 20
 
 @cli.command()
 @click.argument("model")
-@click.option("-f", "--file", "modelfile", type=click.Path(path_type=Path), help="The Modelfile (default: ./Modelfile).")
-@click.option("-q", "--quantize", help="Quantize F16/F32 weights, e.g. q4_K_M, q8_0, q4_0 (with --format onnx: int4, int8, fp32).")
-@click.option("--format", "format_", type=click.Choice(["gguf", "onnx"], case_sensitive=False),
-              help="onnx: convert the GGUF weights into an ONNX model (needs corral[onnx-convert] where the server runs).")
+@click.option(
+    "-f", "--file", "modelfile", type=click.Path(path_type=Path), help="The Modelfile (default: ./Modelfile)."
+)
+@click.option(
+    "-q", "--quantize", help="Quantize F16/F32 weights, e.g. q4_K_M, q8_0, q4_0 (with --format onnx: int4, int8, fp32)."
+)
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["gguf", "onnx"], case_sensitive=False),
+    help="onnx: convert the GGUF weights into an ONNX model (needs corral[onnx-convert] where the server runs).",
+)
 @friendly_errors
 def create(model: str, modelfile: Path | None, quantize: str | None, format_: str | None) -> None:
     """Create a model from a Modelfile."""
@@ -45,7 +52,9 @@ def create(model: str, modelfile: Path | None, quantize: str | None, format_: st
     try:
         mf = parse(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise CorralError(f"{path}: not a text file (is it the GGUF itself? put `FROM {path}` in a Modelfile)") from None
+        raise CorralError(
+            f"{path}: not a text file (is it the GGUF itself? put `FROM {path}` in a Modelfile)"
+        ) from None
     except ModelfileError as exc:
         raise ModelfileError(f"{path}: {exc}") from None
 
@@ -116,6 +125,7 @@ def _upload(client: Any, path: Path) -> str:
     import hashlib
 
     import httpx
+
     from corral.client import ResponseError
 
     size = path.stat().st_size
@@ -138,7 +148,8 @@ def _upload(client: Any, path: Path) -> str:
                     bars.advance(task, len(chunk))
                     yield chunk
 
-            response = httpx.post(url, content=body(), timeout=None)
+            # Content-Length lets the server refuse a blob its disk cannot hold before any byte is written.
+            response = httpx.post(url, content=body(), headers={"Content-Length": str(size)}, timeout=None)
     except httpx.TransportError as exc:
         raise ConnectionError(f"could not upload {path.name} to {client.host}: {exc}") from None
     if not response.is_success:
@@ -157,13 +168,36 @@ def _upload(client: Any, path: Path) -> str:
 @click.option("--system", is_flag=True, help="Print the model's system message.")
 @click.option("--license", "license_", is_flag=True, help="Print the model's license.")
 @click.option("-v", "--verbose", is_flag=True, help="Show all the model's metadata.")
-@click.option("--fit", is_flag=True, help="Estimate the memory it needs here, device by device, and where its layers would go.")
+@click.option(
+    "--fit", is_flag=True, help="Estimate the memory it needs here, device by device, and where its layers would go."
+)
 @click.option("--backend", help="With --fit: the backend to plan for (default: the best available).")
 @click.option("--num-ctx", type=int, help="With --fit: context length of one sequence.")
 @friendly_errors
-def show(model: str, modelfile: bool, parameters: bool, template: bool, system: bool, license_: bool, verbose: bool, fit: bool, backend: str | None, num_ctx: int | None) -> None:
+def show(
+    model: str,
+    modelfile: bool,
+    parameters: bool,
+    template: bool,
+    system: bool,
+    license_: bool,
+    verbose: bool,
+    fit: bool,
+    backend: str | None,
+    num_ctx: int | None,
+) -> None:
     """Show information about a model."""
-    wanted = [flag for flag, on in (("modelfile", modelfile), ("parameters", parameters), ("template", template), ("system", system), ("license", license_)) if on]
+    wanted = [
+        flag
+        for flag, on in (
+            ("modelfile", modelfile),
+            ("parameters", parameters),
+            ("template", template),
+            ("system", system),
+            ("license", license_),
+        )
+        if on
+    ]
     if len(wanted) > 1:
         raise CorralError("only one of --license, --modelfile, --parameters, --system or --template can be given")
     if fit:
@@ -180,11 +214,11 @@ def fit_report(model: str, backend: str | None, num_ctx: int | None) -> str:
     """Where the model's layers would go on this machine and why: the planner's estimate against
     the free memory the backends report now (Ollama only says that a model did not fit)."""
     from corral.config import Settings
+    from corral.engines.llamacpp.offload import plan_for_gguf
     from corral.errors import InsufficientMemory
     from corral.models.recipes import resolve
-    from corral.engines.llamacpp.offload import plan_for_gguf
-    from corral.plugins import Plugins
     from corral.models.store import Store
+    from corral.plugins import Plugins
 
     settings = Settings()
     recipe = resolve(Store(settings.models_dir), model)
@@ -195,11 +229,20 @@ def fit_report(model: str, backend: str | None, num_ctx: int | None) -> str:
         devices += list(plugins.get("cpu").probe().devices)
     options = recipe.options
     if recipe.is_onnx:
-        return f"Backend:   {entry.name}\n" + onnx_fit_report(recipe.model_path, num_ctx or options.num_ctx or settings.num_ctx,
-                                                            settings.num_parallel, devices, on_gpu=entry.name == "cuda")
+        return f"Backend:   {entry.name}\n" + onnx_fit_report(
+            recipe.model_path,
+            num_ctx or options.num_ctx or settings.num_ctx,
+            settings.num_parallel,
+            devices,
+            on_gpu=entry.name == "cuda",
+        )
     try:
         plan = plan_for_gguf(
-            recipe.model_path, num_ctx or options.num_ctx or settings.num_ctx, settings.num_parallel, devices, options.num_gpu,
+            recipe.model_path,
+            num_ctx or options.num_ctx or settings.num_ctx,
+            settings.num_parallel,
+            devices,
+            options.num_gpu,
             flash_attention=settings.flash_attention,
             kv_cache_type=settings.kv_cache_type,
         )
@@ -209,8 +252,8 @@ def fit_report(model: str, backend: str | None, num_ctx: int | None) -> str:
 
 
 def onnx_fit_report(folder: Path, num_ctx: int, num_parallel: int, devices: list[Any], *, on_gpu: bool) -> str:
-    from corral.errors import InsufficientMemory
     from corral.engines.onnx.fit import check_onnx_fit, onnx_need
+    from corral.errors import InsufficientMemory
     from corral.formats.units import human_bytes
 
     need = onnx_need(folder, num_ctx, num_parallel, on_gpu=on_gpu)

@@ -2,9 +2,10 @@
 
 The REPL reads with prompt_toolkit (line editing, history in ``<home>/history``, bracketed paste,
 ``\"\"\"`` blocks), streams each answer as it is generated, word-wrapped to the terminal, and runs the
-slash commands in ``repl_commands``; the prompt loop itself is ``repl_loop``. Ctrl+C while an answer streams closes the stream, so the server
-stops generating and frees the slot; the interrupted turn (question and partial answer) is left out of
-the conversation, so the next question is asked as if it had never been.
+slash commands in ``repl_commands``; the prompt loop itself is ``repl_loop``. Ctrl+C while an answer
+streams closes the stream, so the server stops generating and frees the slot; the interrupted turn
+(question and partial answer) is left out of the conversation, so the next question is asked as if it
+had never been.
 """
 
 from __future__ import annotations
@@ -72,13 +73,20 @@ class Session:
             try:
                 answer = self._ask_once(text)
             except ResponseError as exc:
-                if exc.status_code != 400 or "more than the context" not in str(exc) or not self._drop_oldest_exchange():
+                if (
+                    exc.status_code != 400
+                    or "more than the context" not in str(exc)
+                    or not self._drop_oldest_exchange()
+                ):
                     self.messages = kept  # even the new turn alone does not fit: nothing is forgotten
                     raise
                 dropped += 1
                 continue
             if dropped:
-                click.echo(f"(the conversation no longer fit the context: its {dropped} oldest exchange(s) were dropped)", err=True)
+                click.echo(
+                    f"(the conversation no longer fit the context: its {dropped} oldest exchange(s) were dropped)",
+                    err=True,
+                )
             return answer
 
     def _drop_oldest_exchange(self) -> bool:
@@ -97,8 +105,14 @@ class Session:
         last: Any = None
         spinner = Spinner()
         stream = self.client.chat(
-            model=self.model, messages=self.conversation(text), stream=True, options=self.options or None,
-            keep_alive=self.keep_alive, format=self.format or None, backend=self.backend, think=self.think,
+            model=self.model,
+            messages=self.conversation(text),
+            stream=True,
+            options=self.options or None,
+            keep_alive=self.keep_alive,
+            format=self.format or None,
+            backend=self.backend,
+            think=self.think,
         )
         thinking = False
         try:
@@ -160,7 +174,10 @@ class Session:
         """The session as a new model: FROM the current one, with its system prompt, parameters,
         and the model's MESSAGE history followed by this conversation."""
         self.client.create(
-            name, from_=self.model, system=self.system or None, parameters=self.options or None,
+            name,
+            from_=self.model,
+            system=self.system or None,
+            parameters=self.options or None,
             messages=[*self.model_messages, *self.messages] or None,
         )
 
@@ -352,8 +369,8 @@ def _opener(text: str) -> int | None:
     if stripped.startswith(QUOTES):
         return len(text) - len(stripped) + len(QUOTES)
     head = "/set system "
-    if stripped.startswith(head) and stripped[len(head):].lstrip().startswith(QUOTES):
-        rest = stripped[len(head):]
+    if stripped.startswith(head) and stripped[len(head) :].lstrip().startswith(QUOTES):
+        rest = stripped[len(head) :]
         return len(text) - len(rest) + (len(rest) - len(rest.lstrip())) + len(QUOTES)
     return None
 

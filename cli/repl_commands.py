@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .repl import Session, unquote
+from corral.cli.repl import Session, unquote
 
 COMMANDS = [
     ("/set", "Set session variables"),
@@ -100,7 +100,10 @@ def shortcuts_help() -> str:
 def parameter_help() -> str:
     from corral.types import Options
 
-    rows = [(f"/set parameter {name} <{_kind(name)}>", field.description or "") for name, field in Options.model_fields.items()]
+    rows = [
+        (f"/set parameter {name} <{_kind(name)}>", field.description or "")
+        for name, field in Options.model_fields.items()
+    ]
     return f"Available Parameters:\n{_table(rows)}\n"
 
 
@@ -266,7 +269,7 @@ def _show(session: Session, args: list[str]) -> None:
     what = args[1]
     resp = session.client.show(session.model)
     if what == "info":
-        from .model_commands import info_block
+        from corral.cli.model_commands import info_block
 
         _echo(info_block(resp).rstrip("\n") + "\n")
     elif what == "license":
@@ -312,10 +315,16 @@ def session_modelfile(session: Session, text: str) -> str:
     try:
         mf = parse(text)
         params = Options.parse({**mf.parameters().model_dump(exclude_none=True), **session.options})
-        header = "\n".join(line[2:] if line.startswith("# ") else line[1:] for line in text.splitlines() if line.startswith("#"))
+        header = "\n".join(
+            line[2:] if line.startswith("# ") else line[1:] for line in text.splitlines() if line.startswith("#")
+        )
         return render_model(
-            mf.from_, parameters=params, template=mf.template, system=session.system or mf.system,
-            adapters=mf.adapters, licenses=mf.licenses,
+            mf.from_,
+            parameters=params,
+            template=mf.template,
+            system=session.system or mf.system,
+            adapters=mf.adapters,
+            licenses=mf.licenses,
             messages=[*mf.messages, *((m["role"], m["content"]) for m in session.messages)],
             header=header or None,
         )

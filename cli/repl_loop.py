@@ -3,13 +3,14 @@ and the two ways ``corral run`` answers (one shot, or interactive)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .repl import PROMPT, QUOTES, Session, needs_more, unquote
-from .repl_commands import ExitRepl, completions, run_command
+from corral.cli.repl import PROMPT, QUOTES, Session, needs_more, unquote
+from corral.cli.repl_commands import ExitRepl, completions, run_command
 
 CONTINUATION = "... "
 PLACEHOLDER = "Send a message (/? for help)"
@@ -50,7 +51,7 @@ def _prompt_session(session: Session) -> Any:
             if not session.history:
                 return
             try:
-                path = Path(self.filename)
+                path = Path(os.fsdecode(self.filename))
                 if not path.exists():  # private from the start: prompts can be personal
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.touch(mode=0o600)

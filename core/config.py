@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 DEFAULT_PORT = 11434
@@ -28,18 +28,34 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore")
 
     home: Path = Field(default_factory=_default_home, description="Corral's own files: logs, history, server state.")
-    models: Path | None = Field(None, description="The model store (default: <home>/models). May point at ~/.ollama/models.")
+    models: Path | None = Field(
+        None, description="The model store (default: <home>/models). May point at ~/.ollama/models."
+    )
     host: str = Field(f"127.0.0.1:{DEFAULT_PORT}", description="Address the server binds and the client calls.")
-    backend: str | None = Field(None, description="Force a backend (cpu, cuda, rocm, metal, …) instead of the best available.")
-    keep_alive: str = Field("5m", description="How long an idle model stays loaded (0 unloads at once, negative keeps it).")
+    backend: str | None = Field(
+        None, description="Force a backend (cpu, cuda, rocm, metal, …) instead of the best available."
+    )
+    keep_alive: str = Field(
+        "5m", description="How long an idle model stays loaded (0 unloads at once, negative keeps it)."
+    )
     num_parallel: int = Field(4, ge=1, le=64, description="Sequences each loaded model serves at once (slots).")
     num_ctx: int = Field(4096, ge=16, description="Default context length of one sequence, in tokens.")
     max_loaded_models: int = Field(3, ge=1, description="Most models kept loaded at once.")
     max_queue: int = Field(512, ge=1, description="Requests that may wait for a slot before the server answers 503.")
-    origins: list[str] = Field(default_factory=list, description="Extra browser origins allowed to call the API (localhost always is).")
-    isolate_runners: bool = Field(True, description="Run each loaded model in its own process, so a crash in native code takes only that model.")
-    prefix_cache: bool = Field(True, description="Reuse a slot's KV cache for a prompt that starts the same way (chat turns, shared system prompts).")
-    metal_engine: str = Field("mlx", description="On Apple Silicon: mlx (for llama-architecture models) or llama.cpp (its Metal build).")
+    origins: list[str] = Field(
+        default_factory=list, description="Extra browser origins allowed to call the API (localhost always is)."
+    )
+    isolate_runners: bool = Field(
+        True, description="Run each loaded model in its own process, so a crash in native code takes only that model."
+    )
+    prefix_cache: bool = Field(
+        True,
+        description="Reuse a slot's KV cache for a prompt that starts the same way "
+        "(chat turns, shared system prompts).",
+    )
+    metal_engine: str = Field(
+        "mlx", description="On Apple Silicon: mlx (for llama-architecture models) or llama.cpp (its Metal build)."
+    )
     flash_attention: bool = Field(True, description="Use flash attention where the engine supports it.")
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = Field(
         "f16",
@@ -47,7 +63,45 @@ class Settings(BaseSettings):
         "(about a quarter). The quantised ones need flash attention; without it f16 is used.",
     )
     nohistory: bool = Field(False, description="Do not keep the REPL's history file.")
+    noprune: bool = Field(
+        False,
+        description="Do not prune the store when the server starts "
+        "(files of stopped processes, unreferenced blobs, pull parts older than a day).",
+    )
     debug: bool = Field(False, description="Show tracebacks and debug logs.")
+    # Running as a service (docs/deploy.md).
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated API keys; when set, every route but /, /api/version and /health/* "
+        "needs `Authorization: Bearer <key>`.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file of API keys, one a line (# comments), re-read when it changes; adds to CORRAL_API_KEYS.",
+    )
+    api_key: SecretStr = Field(
+        SecretStr(""), description="The key the CLI and the Python client send (`Authorization: Bearer`)."
+    )
+    insecure_no_auth: bool = Field(
+        False, description="Let `corral serve` bind a non-loopback address without API keys."
+    )
+    metrics: bool = Field(True, description="Serve Prometheus metrics at /metrics (behind the keys when keys are set).")
+    metrics_vllm_names: bool = Field(
+        False,
+        description="Also export the queue, KV-cache, token and latency series under vLLM's names (vllm:...), "
+        "for routers and dashboards made for vLLM.",
+    )
+    shutdown_grace: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds SIGTERM waits for in-flight requests to finish (new ones get 503) "
+        "before unloading and exiting.",
+    )
+    preload: str = Field(
+        "",
+        description="Comma-separated models to load (pulled if missing) when the server starts; "
+        "/health/ready waits for them.",
+    )
 
     @field_validator("home", "models", mode="after")
     @classmethod
@@ -106,6 +160,8 @@ def settings_table() -> list[tuple[str, str, str]]:
     rows = []
     for name, field in Settings.model_fields.items():
         default = "~/.corral" if name == "home" else field.get_default(call_default_factory=True)
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
         rows.append((f"CORRAL_{name.upper()}", "" if default is None else str(default), field.description or ""))
     return rows
 

@@ -9,6 +9,7 @@
     ├── BackendUnavailable          400  a forced backend that is absent or cannot run here
     ├── ServerBusy                  503  the queue is full
     ├── InsufficientMemory          500  the model does not fit in the free memory it may use
+    ├── StorageFull                 507  the store's disk is full (ENOSPC): nothing partial was kept
     └── RunnerCrashed               500  the engine died while serving a request
 
 The server turns these into statuses in one place, the client turns statuses back into
@@ -61,6 +62,10 @@ class ServerBusy(CorralError):
 
 class InsufficientMemory(CorralError):
     pass
+
+
+class StorageFull(CorralError):
+    status_code = 507  # HTTP's Insufficient Storage
 
 
 class RunnerCrashed(CorralError):

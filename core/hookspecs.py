@@ -2,9 +2,10 @@
 
 A backend is a module listed in the entry-point group ``corral`` that implements
 ``corral_register_backends``. It hands Corral one or more ``Backend`` objects. A backend
-probes its devices (cheaply, never raising), may estimate what a model will take, and
-loads models into ``Runner`` objects. The per-token hot path is methods on the Runner, not hooks. Import heavy libraries
-(llama_cpp, onnxruntime, mlx, pynvml) inside ``probe``/``estimate``/``load``, never at module level.
+probes its devices (cheaply, never raising), may estimate what a model will take, and loads
+models into ``Runner`` objects. The per-token hot path is methods on the Runner, not hooks.
+Import heavy libraries (llama_cpp, onnxruntime, mlx, pynvml) inside ``probe``/``estimate``/``load``,
+never at module level.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class LoadSpec:
     num_thread: int | None = None  # None: the backend's best default
     num_batch: int = 512
     num_gpu: int | None = None  # layers to offload; None: the backend decides
-    main_gpu: int | None = None  # device index of the GPU for small tensors; None: the backend decides
+    main_gpu: int | None = None  # device index of the one GPU to run the model on; None: the backend decides
     tensor_split: tuple[float, ...] = ()  # each GPU's share of the offloaded layers, by device index
     use_mmap: bool | None = None  # map the model file (True) or read it into memory; None: the engine decides
     adapters: tuple[Path, ...] = ()

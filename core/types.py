@@ -42,19 +42,31 @@ class Options(SubscriptableModel):
     # Load-time (runner) options
     num_ctx: int | None = Field(None, ge=1, le=_I32, description="Context length of one sequence, in tokens.")
     num_batch: int | None = Field(None, ge=1, le=65536, description="Prompt tokens evaluated per step.")
-    num_gpu: int | None = Field(None, ge=-_I32, le=_I32, description="Layers to offload to the GPU (-1: as many as fit).")
-    main_gpu: int | None = Field(None, ge=0, le=1024, description="Run the model on this one GPU (llama.cpp; a GPU backend only).")
+    num_gpu: int | None = Field(
+        None, ge=-_I32, le=_I32, description="Layers to offload to the GPU (-1: as many as fit)."
+    )
+    main_gpu: int | None = Field(
+        None, ge=0, le=1024, description="Run the model on this one GPU (llama.cpp; a GPU backend only)."
+    )
     num_thread: int | None = Field(None, ge=0, le=1024, description="CPU threads (default: physical cores).")
-    use_mmap: bool | None = Field(None, description="Memory-map the model file (true) or read it into memory (false); llama.cpp.")
+    use_mmap: bool | None = Field(
+        None, description="Memory-map the model file (true) or read it into memory (false); llama.cpp."
+    )
     # Sampling and generation options
-    num_keep: int | None = Field(None, ge=-1, le=_I32, description="Not supported (refused): Corral never shifts the context.")
+    num_keep: int | None = Field(
+        None, ge=-1, le=_I32, description="Not supported (refused): Corral never shifts the context."
+    )
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="Random seed (-1: random).")
-    num_predict: int | None = Field(None, ge=-2, le=_I32, description="Most tokens to generate (-1: until the context is full).")
+    num_predict: int | None = Field(
+        None, ge=-2, le=_I32, description="Most tokens to generate (-1: until the context is full)."
+    )
     top_k: int | None = Field(None, ge=0, le=_I32, description="Sample from the k most likely tokens.")
     top_p: float | None = Field(None, ge=0, le=1, description="Nucleus sampling threshold.")
     min_p: float | None = Field(None, ge=0, le=1, description="Minimum probability relative to the best token.")
     typical_p: float | None = Field(None, ge=0, le=1, description="Locally typical sampling.")
-    repeat_last_n: int | None = Field(None, ge=-1, le=_I32, description="Tokens looked back at for repetition penalties.")
+    repeat_last_n: int | None = Field(
+        None, ge=-1, le=_I32, description="Tokens looked back at for repetition penalties."
+    )
     temperature: float | None = Field(None, ge=0, description="Randomness; 0 is greedy.")
     repeat_penalty: float | None = Field(None, ge=0, description="Penalty for repeated tokens.")
     presence_penalty: float | None = Field(None, description="Penalty for tokens already present.")
@@ -144,18 +156,21 @@ class GenerateRequest(_Request):
     keep_alive: KeepAlive = None
     think: bool | str | None = None
     backend: str | None = None
+    debug_render_only: bool = Field(False, alias="_debug_render_only")  # Ollama's: the prompt, not an answer
 
 
 class ChatRequest(_Request):
     model: str
     messages: list[Message] | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # Corral: OpenAI's auto / none / required / a function
     stream: bool = True
     format: str | dict[str, Any] | None = None
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive = None
     think: bool | str | None = None
     backend: str | None = None
+    debug_render_only: bool = Field(False, alias="_debug_render_only")
 
 
 class EmbedRequest(_Request):
@@ -227,14 +242,23 @@ class _Response(SubscriptableModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+class DebugInfo(_Response):
+    """Ollama's ``_debug_info``: what ``_debug_render_only`` asked for."""
+
+    rendered_template: str = ""
+    image_count: int = 0
+
+
 class _Done(_Response):
     model: str = ""
+    debug_info: DebugInfo | None = Field(None, alias="_debug_info")
     created_at: str | None = None
     done: bool | None = None
     done_reason: str | None = None
     total_duration: int | None = None
     load_duration: int | None = None
     prompt_eval_count: int | None = None
+    prompt_eval_cached_count: int | None = None  # of prompt_eval_count, the tokens read from the prefix cache
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv with the test dependencies, install the services the tests use, run the whole suite.
+# Set up .venv with the test dependencies, install the services the tests use, check the layers, style
+# and types (import-linter, ruff, mypy), then run the whole suite. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +10,11 @@ cd "$(dirname "$0")/.."
 NEEDED=()
 command -v docker-registry >/dev/null 2>&1 || NEEDED+=(docker-registry)
 [ -x /usr/bin/chromium ] || NEEDED+=(chromium chromium-driver)
-if [ ${#NEEDED[@]} -gt 0 ]; then
+# The container image test: rootful podman with runc, and mmdebstrap for a base image where no
+# registry is reachable (see docs/deploy.md).
+for tool in podman runc mmdebstrap; do command -v "$tool" >/dev/null 2>&1 || NEEDED+=("$tool"); done
+# Without apt-get (macOS, Windows) those tests skip, saying why (tests/conftest.py).
+if [ ${#NEEDED[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
@@ -17,6 +22,11 @@ if [ ${#NEEDED[@]} -gt 0 ]; then
 fi
 
 EXTRAS=test bash scripts/setup.sh
+
+bash scripts/check.sh
+
 # Plugins that fail to load are errors here, not silently skipped.
 export CORRAL_STRICT_PLUGINS=1
-exec .venv/bin/python -m pytest "$@"
+VENV_BIN=.venv/bin
+[ -d .venv/Scripts ] && VENV_BIN=.venv/Scripts  # Windows
+exec "$VENV_BIN/python" -m pytest "$@"

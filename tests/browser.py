@@ -26,7 +26,10 @@ PHONE = {"width": 390, "height": 844}
 @contextmanager
 def chromium() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: the chat page's tests need Debian's chromium (scripts/test.sh runs apt-get install chromium chromium-driver)")
+        pytest.fail(
+            f"{CHROMIUM} is missing: the chat page's tests need Debian's chromium "
+            "(scripts/test.sh runs apt-get install chromium chromium-driver)"
+        )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:

@@ -7,8 +7,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corral.hookspecs import Device, Estimate, LoadSpec, ModelInfo, Probe, Sampling, SequenceStep, hookimpl
+from corral.plugins import Plugins
+
+if TYPE_CHECKING:
+    from corral.config import Settings
+    from corral.runtime.scheduler import Scheduler
 
 EOS = 256
 
@@ -89,7 +95,9 @@ class FakeBackend:
         if not self.available:
             return Probe(available=False, reason="the fake device is switched off")
         used = sum(r.spec.model_path.stat().st_size * self.memory_factor for r in self.runners if not r.closed)
-        return Probe(available=True, devices=(Device(self.name, 0, "Fake Device", "cpu", self.memory, self.memory - used),))
+        return Probe(
+            available=True, devices=(Device(self.name, 0, "Fake Device", "cpu", self.memory, self.memory - used),)
+        )
 
     def estimate(self, spec: LoadSpec, devices: Sequence[Device]) -> Estimate | None:
         """As a third-party backend would: the shared engines' estimate for GGUF and ONNX files."""
@@ -116,8 +124,25 @@ class FakePlugin:
         register(self.backend)
 
 
+def fake_plugins(backend: FakeBackend) -> Plugins:
+    """Plugins that know only ``backend``: no entry points, so installed backends stay out of the test."""
+    # Plugins takes modules; a plugin object with @hookimpl methods registers the same way.
+    return Plugins(load_entry_points=False, modules=[FakePlugin(backend)])  # type: ignore[list-item]
+
+
+def fake_scheduler(settings: Settings, backend: FakeBackend) -> Scheduler:
+    """A real Scheduler whose only backend is ``backend``. The fake lives in this process only, so
+    ``settings`` should have isolate_runners=False."""
+    from corral.runtime.scheduler import Scheduler
+
+    return Scheduler(settings, fake_plugins(backend))
+
+
 def write_fake_model(
-    models_dir: Path, name: str = "fake:latest", payload: bytes = b"fake weights, not a GGUF", template: str | None = None
+    models_dir: Path,
+    name: str = "fake:latest",
+    payload: bytes = b"fake weights, not a GGUF",
+    template: str | None = None,
 ) -> None:
     """A store entry for the fake backend: it never reads the weights file. ``template``: a Go TEMPLATE layer."""
     from corral.models.names import ModelName

@@ -260,7 +260,9 @@ def write_tiny_llama(
     return path
 
 
-def write_tiny_lora(path: Path, *, n_embd: int = 64, n_layer: int = 2, n_ff: int = 128, rank: int = 4, scale: float = 1.0, seed: int = 1) -> Path:
+def write_tiny_lora(
+    path: Path, *, n_embd: int = 64, n_layer: int = 2, n_ff: int = 128, rank: int = 4, scale: float = 1.0, seed: int = 1
+) -> Path:
     """A LoRA adapter GGUF for ``write_tiny_llama``'s default shapes (as convert_lora_to_gguf writes
     them): ``blk.N.<w>.weight.lora_a`` is (rank, in) and ``.lora_b`` is (out, rank) in numpy order.
     ``scale`` 0 gives an adapter that changes nothing."""
@@ -285,7 +287,9 @@ def write_lora_for(base: Path, path: Path, *, rank: int = 4, alpha: float = 8.0,
         if len(t.shape) != 2:
             continue
         cols, rows = (int(n) for n in t.shape)  # ggml order: numpy (rows, cols)
-        a_shape, b_shape = ((rows, rank), (cols, rank)) if t.name == "token_embd.weight" else ((rank, cols), (rows, rank))
+        a_shape, b_shape = (
+            ((rows, rank), (cols, rank)) if t.name == "token_embd.weight" else ((rank, cols), (rows, rank))
+        )
         pairs[t.name] = tuple((rng.standard_normal(shape) * 0.3).astype(np.float32) for shape in (a_shape, b_shape))
     return _write_lora(path, pairs, alpha=alpha)
 

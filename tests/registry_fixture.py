@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -26,13 +25,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from serverproc import free_port
+
 DOCKER_REGISTRY = "/usr/bin/docker-registry"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

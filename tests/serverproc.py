@@ -1,4 +1,4 @@
-"""Start a real ``corral serve`` on a free loopback port, for end-to-end tests."""
+"""Servers for tests on free loopback ports: a real ``corral serve`` process, or an app in a thread."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import uvicorn
 
 
 def free_port() -> int:
@@ -26,7 +29,9 @@ def running_server(home: Path, **env: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     environment = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_HOST": f"127.0.0.1:{port}", **env}
     log = open(home / f"serve-{port}.log", "wb")  # noqa: SIM115  (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "corral.cli.main", "serve"], env=environment, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli.main", "serve"], env=environment, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -45,3 +50,25 @@ def running_server(home: Path, **env: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@contextmanager
+def app_in_thread(app: Any, port: int | None = None, **config: Any) -> Iterator[str]:
+    """Serve the ASGI ``app`` with uvicorn in a daemon thread on 127.0.0.1; yields its URL.
+    ``port``: one already chosen (an app whose settings name its own address); ``config``: uvicorn's."""
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **{"log_level": "error", **config}))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"uvicorn stopped before it served on port {port}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on port {port} in 30 s")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from corral.chat.jinja import render_chat
 from corral.errors import BadRequest
 from corral.hookspecs import ModelInfo
 from corral.models.recipes import Recipe
-from corral.chat.jinja import render_chat
 from corral.types import Message
 
 
@@ -40,7 +40,12 @@ def render(
     from corral.chat.thinking import wanted
 
     return render_chat(
-        info.chat_template, plain, add_generation_prompt=True, bos_token=info.bos_text, eos_token=info.eos_text, tools=tools,
+        info.chat_template,
+        plain,
+        add_generation_prompt=True,
+        bos_token=info.bos_text,
+        eos_token=info.eos_text,
+        tools=tools,
         enable_thinking=wanted(think) if think is not None else None,
     )
 

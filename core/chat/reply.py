@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral.chat import thinking
-from corral.chat import toolcalls
+from corral.chat import thinking, toolcalls
 from corral.chat.thinking import ThinkingParser
 from corral.chat.toolcalls import ToolCallParser
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 
-from corral.errors import BadRequest
 from corral.chat.toolcalls import overlap
+from corral.errors import BadRequest
 
 OPEN, CLOSE = "<think>", "</think>"
 _GO_THINKING = re.compile(r"(\S*)\s*\{\{-?\s*\.Thinking\s*-?\}\}\s*(\S*)")

@@ -189,7 +189,9 @@ def _json_end(text: str) -> int | None:
     return None
 
 
-def parser_for(template: str | None, chat_template: str | None, tools: list[dict[str, Any]] | None) -> ToolCallParser | None:
+def parser_for(
+    template: str | None, chat_template: str | None, tools: list[dict[str, Any]] | None
+) -> ToolCallParser | None:
     """A parser for a reply to a request that offered ``tools``; None when it offered none.
     ``template``: the model's Modelfile TEMPLATE (Go), which wins over its GGUF ``chat_template`` (Jinja)."""
     if not tools:

@@ -218,7 +218,19 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         *, modelfile: str | None = None, format: str | None = None, stream: bool = False,
     ) -> ProgressResponse | AsyncIterator[ProgressResponse]:
         body = _create_request(
-            model, quantize, from_, files, adapters, template, license, system, parameters, messages, modelfile, format, stream
+            model,
+            quantize,
+            from_,
+            files,
+            adapters,
+            template,
+            license,
+            system,
+            parameters,
+            messages,
+            modelfile,
+            format,
+            stream,
         )
         return await self._post(ProgressResponse, "/api/create", body, stream)
 

@@ -25,8 +25,6 @@ from corral.types import (
 )
 from corral.version import __version__
 
-
-
 T = TypeVar("T", bound=BaseModel)
 HttpxClient = TypeVar("HttpxClient", httpx.Client, httpx.AsyncClient)
 
@@ -92,6 +90,17 @@ def _resolve_host(host: str | None) -> str:
         return Settings().base_url
     except Exception:  # a broken config file must not stop the client from reaching the default
         return host_to_url("")
+
+
+def _auth_header() -> dict[str, str]:
+    """``Authorization: Bearer $CORRAL_API_KEY`` (or config.toml's api_key) for a server that wants keys."""
+    key = os.environ.get("CORRAL_API_KEY", "")
+    if not key:
+        try:
+            key = Settings().api_key.get_secret_value()
+        except Exception:  # a broken config file must not stop the client; the server will say 401
+            key = ""
+    return {"authorization": f"Bearer {key.strip()}"} if key.strip() else {}
 
 
 def _transport_error(base_url: str, exc: httpx.TransportError) -> OSError:
@@ -292,6 +301,7 @@ class _BaseClient(Generic[HttpxClient]):
                 "content-type": "application/json",
                 "accept": "application/json",
                 "user-agent": user_agent,
+                **_auth_header(),
                 **{k.lower(): v for k, v in (headers or {}).items()},
             },
             **kwargs,

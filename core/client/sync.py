@@ -224,7 +224,19 @@ class Client(_BaseClient[httpx.Client]):
         ``create_blob``), or a whole Modelfile (``modelfile``, the older API). Corral's ``format="onnx"``
         converts GGUF weights into an ONNX model (``quantize``: its precision, int4, int8 or fp32)."""
         body = _create_request(
-            model, quantize, from_, files, adapters, template, license, system, parameters, messages, modelfile, format, stream
+            model,
+            quantize,
+            from_,
+            files,
+            adapters,
+            template,
+            license,
+            system,
+            parameters,
+            messages,
+            modelfile,
+            format,
+            stream,
         )
         return self._post(ProgressResponse, "/api/create", body, stream)
 

@@ -58,7 +58,9 @@ def estimate(spec: LoadSpec, devices: Sequence[Device], *, onnx_on_gpu: bool = F
     if engine == "onnx":
         from corral.engines.onnx.fit import check_onnx_fit
 
-        check_onnx_fit(spec.model_path, spec.num_ctx, spec.num_parallel, devices, on_gpu=onnx_on_gpu, num_batch=spec.num_batch)
+        check_onnx_fit(
+            spec.model_path, spec.num_ctx, spec.num_parallel, devices, on_gpu=onnx_on_gpu, num_batch=spec.num_batch
+        )
         return None
     if engine is None:
         return None
@@ -83,7 +85,9 @@ def estimate(spec: LoadSpec, devices: Sequence[Device], *, onnx_on_gpu: bool = F
             spec = replace(spec, num_gpu=plan.n_gpu_layers)
         if not spec.tensor_split and len(plan.gpus) > 1:  # else llama.cpp splits by free memory instead
             spec = replace(spec, tensor_split=tuple(plan.tensor_split))
-    return Estimate(spec=spec, size_bytes=plan.total_bytes, size_on_device=plan.gpu_bytes, processor=plan.processor_label)
+    return Estimate(
+        spec=spec, size_bytes=plan.total_bytes, size_on_device=plan.gpu_bytes, processor=plan.processor_label
+    )
 
 
 def load(spec: LoadSpec, gpu: GpuBuild | None = None, *, onnx_on_gpu: bool = False) -> Runner:
@@ -113,7 +117,8 @@ def load(spec: LoadSpec, gpu: GpuBuild | None = None, *, onnx_on_gpu: bool = Fal
         ) from None
     if not llama_cpp.llama_supports_gpu_offload():
         raise BackendUnavailable(
-            f"the installed llama-cpp-python was built without GPU offload; reinstall a {gpu.label} build: {gpu.install_hint}"
+            "the installed llama-cpp-python was built without GPU offload; "
+            f"reinstall a {gpu.label} build: {gpu.install_hint}"
         )
     from corral.engines.llamacpp.runner import LlamaCppRunner
 

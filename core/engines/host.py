@@ -1,52 +1,40 @@
-"""Facts about the host: its memory, its CPU's name and physical cores (read from /proc, no library)."""
+"""Facts about the host: its memory, its CPU's name and physical cores, on Linux, macOS and Windows (psutil)."""
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
 
 from corral.hookspecs import Device
 
 
 def physical_cores() -> int:
     """Physical cores, not hyperthreads: llama.cpp slows down when threads share a core."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            pairs, phys = set(), "0"
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "physical id":
-                    phys = value.strip()
-                elif key == "core id":
-                    pairs.add((phys, value.strip()))
-        if pairs:
-            return len(pairs)
-    except OSError:
-        pass
-    return os.cpu_count() or 1
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 def host_memory() -> tuple[int, int]:
-    """(total, available) bytes from /proc/meminfo; sysconf where that is absent."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if line.split()[1:]}
-        return info["MemTotal"], info.get("MemAvailable", info["MemFree"])
-    except (OSError, KeyError, ValueError):
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        return pages * size, pages * size
+    """(total, available) bytes: what the operating system could give a model without swapping."""
+    import psutil
+
+    memory = psutil.virtual_memory()
+    return int(memory.total), int(memory.available)
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's marketing name where the system says it (Linux's /proc), else what platform knows."""
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+                for line in fh:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+    return platform.processor() or platform.machine() or "CPU"
 
 
 def host_device(backend: str = "cpu") -> Device:

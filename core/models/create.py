@@ -22,7 +22,6 @@ import ctypes
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,8 @@ from typing import Any
 
 from corral.errors import BadRequest, CorralError, InvalidModelFile, ModelNotFound
 from corral.models.modelfile import Modelfile, parse, resolve_from
-from corral.models.recipes import Recipe, gguf_config_blob, refuse_unhonoured, resolve
 from corral.models.names import ModelName
+from corral.models.recipes import Recipe, gguf_config_blob, refuse_unhonoured, resolve
 from corral.models.store import (
     CONFIG_MEDIA_TYPE,
     MEDIA_ADAPTER,
@@ -151,7 +150,8 @@ def prepare(
     _emit(progress, "parsing modelfile")
     name = ModelName.parse(req.model)
     from_value, adapters_in = req.from_, req.adapters
-    template, system, license_, parameters, messages = req.template, req.system, req.license, req.parameters, req.messages
+    template, system, license_ = req.template, req.system, req.license
+    parameters, messages = req.parameters, req.messages
     if req.modelfile and not (req.from_ or req.files):
         # The older API: the whole Modelfile in one string; fields given beside it win.
         legacy = request_from_modelfile(req.modelfile, req.model)
@@ -301,10 +301,11 @@ def _source(store: Store, value: str, base_dir: Path | None, *, what: str, label
 def _weights_from_files(store: Store, files: dict[str, str]) -> _Source:
     if len(files) != 1:
         raise BadRequest(f"'files' must hold exactly one GGUF file, not {len(files)} ({', '.join(files)})")
-    (filename, digest), = files.items()
+    ((filename, digest),) = files.items()
     if filename.lower().endswith((".safetensors", ".bin", ".pt", ".pth")):
         raise BadRequest(
-            f"{filename}: Corral imports GGUF files and ONNX model folders; convert it with llama.cpp's convert_hf_to_gguf.py"
+            f"{filename}: Corral imports GGUF files and ONNX model folders; "
+            "convert it with llama.cpp's convert_hf_to_gguf.py"
         )
     source = _blob_source(store, digest, filename)
     from corral.models.onnx_layer import is_onnx_tar
@@ -343,7 +344,7 @@ def _validate_weights(store: Store, source: _Source) -> str:
 def _relabel(message: str, source: _Source) -> str:
     """validate_gguf names the file by path; a blob's path means nothing to the user."""
     prefix = f"{source.path}: "
-    return f"{source.label}: {message[len(prefix):]}" if message.startswith(prefix) else message
+    return f"{source.label}: {message[len(prefix) :]}" if message.startswith(prefix) else message
 
 
 def _check_adapter(source: _Source) -> None:
@@ -422,7 +423,7 @@ def _convert_to_onnx(
     assert plan.to_onnx is not None
     src = weights.path if weights is not None else plan.base.model_path  # type: ignore[union-attr]
     store.root.mkdir(parents=True, exist_ok=True)
-    work = Path(cleanup.enter_context(tempfile.TemporaryDirectory(dir=store.root, prefix=".onnx-convert-")))
+    work = Path(cleanup.enter_context(store.temp_dir(store.root, "onnx-convert")))
     what = f"{plan.file_type.upper()} model to ONNX {plan.to_onnx.upper()}"
     _emit(progress, f"converting {what}")
     done = convert(src, work, plan.to_onnx)
@@ -436,7 +437,7 @@ def _onnx_layer_source(store: Store, weights: _Source, cleanup: contextlib.ExitS
         return weights
     from corral.models.onnx_layer import pack_to_temp
 
-    tar = pack_to_temp(weights.path, store.blobs)
+    tar = pack_to_temp(weights.path, store.blobs, store=store)
     cleanup.callback(_unlink, tar)
     return _Source(label=weights.label, path=tar, onnx=True)
 
@@ -445,6 +446,7 @@ def _write(
     store: Store, plan: Plan, weights: _Source | None, config_bytes: bytes | None, progress: Progress | None
 ) -> Manifest:
     created: list[str] = []
+    action = f"create {plan.name.display}"
 
     def note(digest: str, new: bool) -> None:
         if new:
@@ -459,14 +461,14 @@ def _write(
         if store.has_blob(digest):
             note(digest, False)
             return Layer(mediaType=media, digest=digest, size=store.blob_path(digest).stat().st_size)
-        layer = store.write_blob_file(source.path, media)
+        layer = store.write_blob_file(source.path, media, action=action)
         note(layer.digest, True)
         return layer
 
     def bytes_layer(data: bytes, media: str) -> Layer:
         digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
         existed = store.has_blob(digest)
-        layer = store.write_blob_bytes(data, media)
+        layer = store.write_blob_bytes(data, media, action=action)
         note(layer.digest, not existed)
         return layer
 
@@ -518,7 +520,7 @@ def _write(
             old = None
             with contextlib.suppress(ModelNotFound):
                 old = store.get(plan.name).manifest
-            store.write_manifest(plan.name, manifest)
+            store.write_manifest(plan.name, manifest, action=action)
         except BaseException:
             store.prune(set(created))
             raise
@@ -554,8 +556,7 @@ def quantize_file(store: Store, src: Path, quant: str) -> Path:
     from corral.engines.llamacpp.runner import _init_backend
 
     _init_backend(llama_cpp)  # routes llama.cpp's chatter through Corral's log filter
-    store.blobs.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=store.blobs, prefix=".quantize-", suffix=".tmp")
+    fd, tmp = store.temp_file(store.blobs, "quantize")
     os.close(fd)
     try:
         params = llama_cpp.llama_model_quantize_default_params()

@@ -72,3 +72,4 @@ class ModelName:
 
     def __str__(self) -> str:
         return self.display
+

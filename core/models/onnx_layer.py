@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -46,10 +47,14 @@ def pack(folder: Path, out: IO[bytes]) -> None:
                     tar.addfile(info, fh)
 
 
-def pack_to_temp(folder: Path, directory: Path) -> Path:
-    """``pack`` into a new temporary file in ``directory``; the caller removes it."""
+def pack_to_temp(folder: Path, directory: Path, *, store: Store | None = None) -> Path:
+    """``pack`` into a new temporary file in ``directory`` (named for its owner when it is in ``store``,
+    so a prune can remove it if this process dies); the caller removes it."""
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".onnx-", suffix=".tar.tmp")
+    if store is not None:
+        fd, tmp = store.temp_file(directory, "onnx-pack", ".tar.tmp")
+    else:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".onnx-", suffix=".tar.tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             pack(folder, fh)
@@ -86,7 +91,7 @@ def unpacked(store: Store, digest: str) -> Path:
     if (final / GENAI_CONFIG).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".unpack-") as tmp:
+    with store.temp_dir(final.parent, "unpack") as tmp:
         work = Path(tmp) / "model"
         blob = store.blob_path(digest)
         try:
@@ -94,7 +99,9 @@ def unpacked(store: Store, digest: str) -> Path:
                 # "data" refuses absolute names, "..", links out of the folder and device files.
                 tar.extractall(work, members=_members(tar, digest), filter="data")
         except (tarfile.TarError, OSError) as exc:
-            raise InvalidModelFile(f"the ONNX layer {digest} cannot be unpacked ({exc}): pull or create it again") from None
+            raise InvalidModelFile(
+                f"the ONNX layer {digest} cannot be unpacked ({exc}): pull or create it again"
+            ) from None
         _fsync_files(work)
         try:
             os.replace(work, final)
@@ -122,7 +129,7 @@ def _fsync_files(folder: Path) -> None:
     """On disk before the folder is renamed into place: a crash must not leave a complete-looking copy."""
     for path in folder.rglob("*"):
         if path.is_file():
-            with open(path, "rb") as fh:
+            with open(path, "r+b" if sys.platform == "win32" else "rb") as fh:  # Windows flushes only a writable handle
                 os.fsync(fh.fileno())
 
 

@@ -26,8 +26,10 @@ import numpy as np
 
 from corral.chat import prompting
 from corral.chat.reply import Reply
+from corral.chat.toolchoice import forced_tools, tool_call_grammar
 from corral.errors import BadRequest
 from corral.hookspecs import ModelInfo, Sampling
+from corral.models.recipes import Recipe
 from corral.runtime.scheduler import Scheduler, Ticket
 from corral.runtime.worker import Event
 from corral.types import Message, Options
@@ -53,6 +55,7 @@ class ChatPrompt:
     messages: list[Message]
     tools: list[dict[str, Any]] | None = None
     think: bool | str | None = None
+    tool_choice: str | dict[str, Any] | None = None  # "required" or a named function: decoding makes a call
 
 
 @dataclass(frozen=True)
@@ -96,14 +99,20 @@ class EmptyPrompt(BadRequest):
 
 def render(ticket: Ticket, info: ModelInfo, prompt: Prompt) -> tuple[str | list[int], Reply]:
     """The prompt as the model sees it, and the parser that splits its reply the way the request asked."""
-    recipe = ticket.loaded.recipe
+    return render_recipe(ticket.loaded.recipe, info, prompt)
+
+
+def render_recipe(recipe: Recipe, info: ModelInfo, prompt: Prompt) -> tuple[str | list[int], Reply]:
+    """``render`` for a model that need not be loaded (``info``: its template facts)."""
     name = recipe.name.display
     if isinstance(prompt, RawPrompt):
         if prompt.required and not prompt.prompt and not (isinstance(prompt.prompt, str) and info.add_bos):
             raise EmptyPrompt()
         return prompt.prompt, Reply()
     if isinstance(prompt, InsertPrompt):
-        return prompting.render_insert(recipe, prompt.prompt, prompt.suffix, template=prompt.template, model=name), Reply()
+        return prompting.render_insert(
+            recipe, prompt.prompt, prompt.suffix, template=prompt.template, model=name
+        ), Reply()
     if isinstance(prompt, ChatPrompt):
         messages = prompting.chat_messages(recipe, list(prompt.messages))
         tools, think, template = prompt.tools, prompt.think, None
@@ -112,8 +121,12 @@ def render(ticket: Ticket, info: ModelInfo, prompt: Prompt) -> tuple[str | list[
         tools, think, template = None, prompt.think, prompt.template
     text = prompting.render(recipe, info, messages, template=template, tools=tools, think=think)
     reply = Reply.for_request(
-        think=think, tools=tools, template=template or recipe.template, chat_template=info.chat_template,
-        prompt=text, model=name,
+        think=think,
+        tools=tools,
+        template=template or recipe.template,
+        chat_template=info.chat_template,
+        prompt=text,
+        model=name,
     )
     return text, reply
 
@@ -257,6 +270,16 @@ async def _close_events(events: AsyncIterator[Event]) -> None:
         pass
 
 
+def _grammar(prompt: Prompt, reply: Reply, format: str | dict[str, Any] | None) -> str | None:
+    """The GBNF decoding follows: a forced tool call's, or the output ``format``'s."""
+    forced = forced_tools(prompt.tools, prompt.tool_choice) if isinstance(prompt, ChatPrompt) else None
+    if not forced:
+        return prompting.grammar_for(format)
+    if format not in (None, ""):
+        raise BadRequest("a forced tool_choice cannot be combined with a response format")
+    return tool_call_grammar(forced, reply.tools.tag if reply.tools is not None else "{")
+
+
 async def generate(
     scheduler: Scheduler,
     target: Target,
@@ -276,7 +299,7 @@ async def generate(
         ticket = await exit_stack.enter_async_context(holding(scheduler, target))
         info = ticket.loaded.worker.wait_loaded().info  # acquire waited for the load: this returns at once
         text, reply = render(ticket, info, prompt)
-        sampling: Sampling = replace(ticket.options.sampling(), grammar=prompting.grammar_for(format))
+        sampling: Sampling = replace(ticket.options.sampling(), grammar=_grammar(prompt, reply, format))
         events = scheduler.stream(ticket, text, sampling=sampling, context=context or None)
         exit_stack.push_async_callback(_close_events, events)
     except BaseException:

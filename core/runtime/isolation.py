@@ -8,21 +8,24 @@ and relays jobs and events over a socket pair. The child is a fresh ``python -m 
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import logging
 import pickle
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, fields
 from multiprocessing.connection import Connection
 from typing import Any
 
 from corral.errors import RunnerCrashed
 from corral.hookspecs import LoadSpec, ModelInfo
-from corral.runtime.worker import Event, Job, ModelWorker
+from corral.runtime.worker import Event, Job, ModelWorker, WorkerUsage
 
 log = logging.getLogger("corral.runtime.isolation")
 
@@ -51,7 +54,10 @@ def _child_main(conn: Connection) -> None:
     def send(message: tuple[Any, ...]) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with send_lock:
-            conn.send_bytes(data)
+            try:
+                conn.send_bytes(data)
+            except OSError:  # the server has gone: nobody is left to tell, and the main loop will stop
+                pass
 
     def flush() -> None:
         if outbox:
@@ -86,9 +92,14 @@ def _child_main(conn: Connection) -> None:
                 else:
                     outbox.append((job_id, event))
 
-            job = Job(**data, emit=emit, on_result=lambda result, job_id=job_id: outbox.append((job_id, _Result(result))))
+            def on_result(result: Any, job_id: int = job_id) -> None:
+                outbox.append((job_id, _Result(result)))
+
+            job = Job(**data, emit=emit, on_result=on_result)
             jobs[job_id] = job
             worker.submit(job)
+        elif kind == "usage":
+            send(("usage", message[1], worker.usage()))
         elif kind == "cancel" and message[1] in jobs:
             jobs[message[1]].cancel()
         elif kind == "stop":
@@ -108,19 +119,64 @@ def _recv(conn: Connection) -> Any:
     return pickle.loads(conn.recv_bytes())
 
 
+def _start_child(transport: str) -> tuple[subprocess.Popen[bytes], Connection]:
+    """Start the runner process and connect to it.
+
+    ``socketpair`` (POSIX): the child inherits its end of a socket pair as a file descriptor.
+    ``loopback`` (Windows, which cannot pass a descriptor to a child): the child connects to a
+    one-shot listening socket on 127.0.0.1 and proves itself with a key it read from its stdin.
+    """
+    command = [sys.executable, "-m", "corral.runtime.isolation"]
+    if transport == "socketpair":
+        parent_sock, child_sock = socket.socketpair()
+        proc = subprocess.Popen(
+            [*command, str(child_sock.fileno())], pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL
+        )
+        child_sock.close()
+        return proc, Connection(parent_sock.detach())
+    key = secrets.token_hex(32)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        proc = subprocess.Popen([*command, "--connect", str(port)], stdin=subprocess.PIPE)
+        assert proc.stdin is not None
+        proc.stdin.write(key.encode() + b"\n")
+        proc.stdin.close()
+        server.settimeout(0.25)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                sock, _ = server.accept()
+            except TimeoutError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise RunnerCrashed(f"the model runner process did not connect (exit code {proc.poll()})") from None
+                continue
+            sock.settimeout(10)
+            try:
+                proof = sock.recv(len(key) + 1).decode(errors="replace").strip()
+            except OSError:
+                proof = ""
+            if hmac.compare_digest(proof, key):
+                sock.settimeout(None)
+                return proc, Connection(sock.detach())
+            sock.close()  # not our child: some other local program found the port
+
+
+def _child_connect(port: int) -> Connection:
+    key = sys.stdin.readline().strip()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(key.encode() + b"\n")
+    return Connection(sock.detach())
+
+
 class ProcessWorker:
     """A ModelWorker in a child process, seen from the server."""
 
-    def __init__(self, backend: str, spec: LoadSpec, name: str, prefix_cache: bool = True) -> None:
+    def __init__(
+        self, backend: str, spec: LoadSpec, name: str, prefix_cache: bool = True, transport: str | None = None
+    ) -> None:
         self.name = name
-        parent_sock, child_sock = socket.socketpair()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "corral.runtime.isolation", str(child_sock.fileno())],
-            pass_fds=(child_sock.fileno(),),
-            stdin=subprocess.DEVNULL,
-        )
-        child_sock.close()
-        self._conn = Connection(parent_sock.detach())
+        self._proc, self._conn = _start_child(transport or ("loopback" if sys.platform == "win32" else "socketpair"))
         self._send_lock = threading.Lock()
         self._send((backend, spec, name, prefix_cache))
         self._jobs: dict[int, Job] = {}
@@ -129,6 +185,8 @@ class ProcessWorker:
         self._load_error: BaseException | None = None
         self.runner: RemoteRunner | None = None
         self.load_seconds = 0.0
+        self._usage_replies: dict[int, WorkerUsage | None] = {}
+        self._usage_arrived = threading.Condition()
         self._reader = threading.Thread(target=self._read, name=f"corral-relay-{name}", daemon=True)
         self._reader.start()
 
@@ -150,7 +208,14 @@ class ProcessWorker:
             self._send(("job", job_id, {name: getattr(job, name) for name in _JOB_FIELDS}))
         except OSError:
             self._jobs.pop(job_id, None)
-            job.emit(Event(done=True, done_reason="error", error="the model runner has stopped", exception=RunnerCrashed("the model runner has stopped")))
+            job.emit(
+                Event(
+                    done=True,
+                    done_reason="error",
+                    error="the model runner has stopped",
+                    exception=RunnerCrashed("the model runner has stopped"),
+                )
+            )
             return
         job.on_cancel = lambda: self._cancel(job_id)
         if job.cancelled.is_set():  # cancelled before the hook was in place
@@ -167,6 +232,19 @@ class ProcessWorker:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with self._send_lock:
             self._conn.send_bytes(data)
+
+    def usage(self, timeout: float = 1.0) -> WorkerUsage | None:
+        """Asked of the child when wanted (a scrape), so an unwatched server pays nothing per step."""
+        if self.runner is None or not self.alive:
+            return None
+        request_id = next(self._ids)
+        try:
+            self._send(("usage", request_id))
+        except OSError:
+            return None
+        with self._usage_arrived:
+            self._usage_arrived.wait_for(lambda: request_id in self._usage_replies, timeout)
+            return self._usage_replies.pop(request_id, None)
 
     def stop(self) -> None:
         try:
@@ -208,6 +286,10 @@ class ProcessWorker:
                         if item.done:
                             self._jobs.pop(job_id, None)
                         job.emit(item)
+            elif kind == "usage":
+                with self._usage_arrived:
+                    self._usage_replies[message[1]] = message[2]
+                    self._usage_arrived.notify_all()
             elif kind == "loaded":
                 self.runner = RemoteRunner(message[1], self._proc.pid)
                 self.load_seconds = message[2]
@@ -227,7 +309,9 @@ class ProcessWorker:
             how = f"killed by signal {signal.Signals(-code).name}"
         else:
             how = f"exit code {code}"
-        error = RunnerCrashed(f"the model runner for '{self.name}' crashed ({how}); see the server log, or run with --debug")
+        error = RunnerCrashed(
+            f"the model runner for '{self.name}' crashed ({how}); see the server log, or run with --debug"
+        )
         if not self._ready.is_set():
             self._load_error = error
             self._ready.set()
@@ -237,9 +321,9 @@ class ProcessWorker:
                 job.emit(Event(done=True, done_reason="error", error=str(error), exception=error))
 
 
-
 if __name__ == "__main__":
     # Run the imported module's copy, so what crosses the pipe pickles as corral.runtime.isolation's, not __main__'s.
+    from corral.runtime.isolation import _child_connect as _connect
     from corral.runtime.isolation import _child_main as _main
 
-    _main(Connection(int(sys.argv[1])))
+    _main(_connect(int(sys.argv[2])) if sys.argv[1] == "--connect" else Connection(int(sys.argv[1])))

@@ -14,7 +14,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from corral.models.recipes import Recipe, refuse_unhonoured, resolve
 from corral.models.store import Store
 from corral.plugins import BackendEntry, Plugins
 from corral.runtime.isolation import ProcessWorker
+from corral.runtime.telemetry import Telemetry
 from corral.runtime.worker import Event, Job, ModelWorker
 from corral.types import Options
 
@@ -104,6 +105,7 @@ class Scheduler:
         self._queued = 0
         self._reaper: asyncio.Task[None] | None = None
         self._mailboxes: dict[asyncio.AbstractEventLoop, _Mailbox] = {}
+        self.telemetry = Telemetry()  # the server's /metrics listens here
 
     # ---- residency ---------------------------------------------------------------------------
     async def acquire(
@@ -139,7 +141,9 @@ class Scheduler:
                 if self.settings.isolate_runners:
                     worker = ProcessWorker(entry.name, load_spec, recipe.name.display, self.settings.prefix_cache)
                 else:
-                    worker = ModelWorker(lambda: entry.backend.load(load_spec), recipe.name.display, self.settings.prefix_cache)
+                    worker = ModelWorker(
+                        lambda: entry.backend.load(load_spec), recipe.name.display, self.settings.prefix_cache
+                    )
                 loaded = Loaded(recipe, entry.name, spec, worker, plan=plan)
                 self.loaded[key] = loaded
                 try:
@@ -147,10 +151,16 @@ class Scheduler:
                 except BaseException:
                     self.loaded.pop(key, None)
                     raise
+                self.telemetry.model_loaded(recipe.name.display, worker.load_seconds)
             loaded.inflight += 1
             loaded.expires_at = math.inf
             loaded.keep_alive = parse_keep_alive(keep_alive, self.default_keep_alive)
         return Ticket(loaded, merged, time.perf_counter() - t0)
+
+    @property
+    def queued(self) -> int:
+        """Jobs submitted to a model and not yet finished (running or waiting)."""
+        return self._queued
 
     @property
     def default_keep_alive(self) -> float:
@@ -263,7 +273,9 @@ class Scheduler:
             prompt=prompt,
             sampling=sampling or opts.sampling(),
             emit=lambda e: None,
-            num_predict=num_predict if num_predict is not None else (opts.num_predict if opts.num_predict is not None else -1),
+            num_predict=num_predict
+            if num_predict is not None
+            else (opts.num_predict if opts.num_predict is not None else -1),
             num_ctx=opts.num_ctx or None,
             stops=list(stops if stops is not None else (opts.stop or [])),
             add_bos=add_bos and not context,
@@ -277,7 +289,9 @@ class Scheduler:
     async def embed(self, ticket: Ticket, texts: list[str], *, truncate: bool = True) -> tuple[list[list[float]], int]:
         """One vector per text and the tokens read; ``truncate``: cut inputs longer than the context to fit."""
         result: list[list[list[float]]] = []
-        job = Job(prompt="", sampling=Sampling(), emit=lambda e: None, embed=texts, truncate=truncate, on_result=result.append)
+        job = Job(
+            prompt="", sampling=Sampling(), emit=lambda e: None, embed=texts, truncate=truncate, on_result=result.append
+        )
         count = 0
         async for event in self._run(ticket, job):
             if event.error:
@@ -286,18 +300,20 @@ class Scheduler:
                 count = event.stats.prompt_eval_count
         return result[0], count
 
-    async def _run(self, ticket: Ticket, job: Job) -> AsyncIterator[Event]:
+    async def _run(self, ticket: Ticket, job: Job) -> AsyncGenerator[Event, None]:
         if self._queued >= self.settings.max_queue:
             raise ServerBusy("server busy, please try again: the request queue is full (CORRAL_MAX_QUEUE)")
         mailbox = self._mailbox(asyncio.get_running_loop())
         events: asyncio.Queue[Event] = asyncio.Queue()
         job.emit = functools.partial(mailbox.post, job, events)
         self._queued += 1
+        timer = self.telemetry.track(ticket.loaded.recipe.name.display)
         ticket.loaded.worker.submit(job)
         finished = False
         try:
             while True:
                 event = await events.get()
+                timer.saw(event)
                 if event.done:
                     finished = True
                     if event.done_reason == "error":
@@ -307,6 +323,7 @@ class Scheduler:
                     return
         finally:
             self._queued -= 1
+            timer.close()
             if not finished:
                 job.cancel()
 
@@ -358,6 +375,7 @@ def _eviction_order(item: tuple[tuple[str, str], Loaded]) -> tuple[float, float]
 
 def _needs_reload(old: LoadSpec, new: LoadSpec) -> bool:
     """Per-request num_ctx never reloads (the KV pool is shared); thread/GPU/batch/mmap changes do."""
+
     def load_time(s: LoadSpec) -> tuple[object, ...]:
         return (s.num_thread, s.num_gpu, s.main_gpu, s.num_batch, s.use_mmap)
 

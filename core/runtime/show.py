@@ -12,24 +12,28 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from corral.chat.thinking import can_think
 from corral.errors import CorralError
 from corral.models.modelfile import ROLES, render_model
-from corral.models.recipes import Recipe, details_of, find, recipe_from
 from corral.models.names import ModelName
+from corral.models.recipes import Recipe, details_of, find, recipe_from
 from corral.models.store import MEDIA_PARAMS, Store
-from corral.chat.thinking import can_think
 from corral.types import ShowResponse
 
 PARAM_NAME_WIDTH = 30  # Ollama pads parameter names to 30 columns
 _TOKENIZER_ARRAYS = "tokenizer.ggml."
 
 
-def show_model(store: Store, model: str | ModelName, *, verbose: bool = False, system: str | None = None) -> ShowResponse:
+def show_model(
+    store: Store, model: str | ModelName, *, verbose: bool = False, system: str | None = None
+) -> ShowResponse:
     stored = find(store, model)
     recipe = recipe_from(store, stored)
     meta = gguf_metadata(recipe.metadata_path)
     chat_template = meta.get("tokenizer.chat_template")
-    template = recipe.template if recipe.template is not None else (chat_template if isinstance(chat_template, str) else "")
+    template = (
+        recipe.template if recipe.template is not None else (chat_template if isinstance(chat_template, str) else "")
+    )
     system_text = system if system is not None else recipe.system
     license_text = "\n".join(recipe.licenses) if recipe.licenses else None
     return ShowResponse(

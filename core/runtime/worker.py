@@ -31,6 +31,7 @@ class Stats:
     eval_count: int = 0
     eval_duration: int = 0
     cached_tokens: int = 0
+    queue_duration: int = 0  # waiting in this worker for a slot
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Job:
     on_result: Callable[[Any], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     on_cancel: Callable[[], None] | None = None  # told at once (a runner process forwards it down its pipe)
+    received_at: float = 0.0  # perf_counter when the owner thread took it in (its queue time starts)
 
     def cancel(self) -> None:
         if self.cancelled.is_set():
@@ -68,6 +70,16 @@ class Job:
         self.cancelled.set()
         if self.on_cancel is not None:
             self.on_cancel()
+
+
+@dataclass(frozen=True)
+class WorkerUsage:
+    """A model's load right now: what routers and autoscalers read from /metrics."""
+
+    running: int  # sequences in a slot (prefill or decode)
+    waiting: int  # jobs waiting for a slot or for room in the KV cache
+    kv_used: int  # KV cells held by running sequences (idle prefix caches are reclaimable, so free)
+    kv_total: int  # KV cells in the shared pool (context per slot x slots)
 
 
 @dataclass
@@ -129,6 +141,17 @@ class ModelWorker:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    def usage(self, timeout: float = 1.0) -> WorkerUsage | None:
+        """Read from another thread without a lock: a scrape may see a step half done, never a wrong type."""
+        slots = getattr(self, "slots", None)
+        if slots is None:
+            return None
+        running = [s for s in list(slots) if s.job is not None]
+        return WorkerUsage(
+            running=len(running), waiting=len(self._waiting) + self._inbox.qsize(),
+            kv_used=sum(len(s.cached) for s in running), kv_total=self.total_ctx,
+        )  # fmt: skip
+
     # ---- the owner thread -------------------------------------------------------------------
     def _main(self) -> None:
         t0 = time.perf_counter()
@@ -170,6 +193,7 @@ class ModelWorker:
             while True:
                 if item is None:
                     return not self._stopping
+                item.received_at = time.perf_counter()
                 self._waiting.append(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
@@ -286,8 +310,9 @@ class ModelWorker:
         slot.generated = 0
         slot.limit = min(num_ctx, self.total_ctx)
         slot.text = TextStream(job.stops)
-        slot.stats = Stats(cached_tokens=common)
         slot.t_start = time.perf_counter()
+        queued = int((slot.t_start - job.received_at) * 1e9) if job.received_at else 0
+        slot.stats = Stats(cached_tokens=common, queue_duration=queued)
         runner.set_sampling(slot.seq, job.sampling)
 
     def _step(self) -> None:
@@ -376,7 +401,14 @@ class ModelWorker:
         slot.t_first = 0.0
         exception = error if isinstance(error, CorralError) else (CorralError(error) if error else None)
         job.emit(
-            Event(done=True, done_reason=reason, error=str(error) if error else None, exception=exception, stats=stats, tokens=context)
+            Event(
+                done=True,
+                done_reason=reason,
+                error=str(error) if error else None,
+                exception=exception,
+                stats=stats,
+                tokens=context,
+            )
         )
 
 
@@ -386,4 +418,3 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-

@@ -18,6 +18,7 @@ from corral.runtime.scheduler import Scheduler
 from corral.server import model_routes, ollama, openai, webui
 from corral.server.http import install_openapi
 from corral.server.security import install_security
+from corral.server.service import install_service
 
 
 def create_app(settings: Settings | None = None, scheduler: Scheduler | None = None) -> FastAPI:
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
     app.state.scheduler = scheduler
     app.state.settings = settings
     install_security(app, settings)
+    install_service(app, settings, scheduler)  # probes, /metrics, draining: corral.server.service
     app.include_router(ollama.router)
     app.include_router(model_routes.router)
     app.include_router(openai.router)

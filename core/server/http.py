@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -29,7 +29,7 @@ _SCHEMAS_KEY = "x-corral-schemas"  # carries a body's schemas from a route to th
 
 
 def now_rfc3339(ts: float | None = None) -> str:
-    moment = datetime.fromtimestamp(ts, tz=timezone.utc) if ts is not None else datetime.now(timezone.utc)
+    moment = datetime.fromtimestamp(ts, tz=UTC) if ts is not None else datetime.now(UTC)
     return moment.isoformat().replace("+00:00", "Z")
 
 
@@ -37,11 +37,11 @@ def now_rfc3339(ts: float | None = None) -> str:
 
 
 def _scheduler(request: Request) -> Scheduler:
-    return request.app.state.scheduler  # type: ignore[no-any-return]
+    return request.app.state.scheduler
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 SchedulerDep = Annotated[Scheduler, Depends(_scheduler)]

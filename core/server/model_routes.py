@@ -9,8 +9,9 @@ resumable). Errors are answered as the rest of Ollama's API answers them (``olla
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -34,7 +35,12 @@ from corral.types import (
 )
 
 Job = Callable[[Callable[[dict[str, Any]], None], threading.Event], Any]
-BLOB_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+BLOB_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 class _Cancelled(Exception):
@@ -118,7 +124,13 @@ async def blob_upload(digest: str, request: Request, store: StoreDep) -> Respons
             if chunk:
                 yield chunk
 
-    await asyncio.to_thread(store.write_blob_stream, chunks(), checked)
+    length = request.headers.get("content-length", "")
+    await asyncio.to_thread(
+        functools.partial(
+            store.write_blob_stream, chunks(), checked,
+            size_hint=int(length) if length.isdigit() else None, action=f"store the uploaded blob {checked}",
+        )
+    )
     return Response(status_code=201)
 
 
@@ -176,12 +188,12 @@ def copy_model(store: Store, source: ModelName, destination: ModelName) -> None:
     stored = find(store, source)
     with store.lock():
         old = store.get(destination).manifest if store.exists(destination) else None
-        store.write_manifest(destination, stored.manifest)
+        store.write_manifest(destination, stored.manifest, action=f"copy {source.display} to {destination.display}")
         if old is not None:  # the destination's former layers that nothing else uses
             store.prune(old.digests() - stored.manifest.digests())
 
 
-async def _run_job(job: Job) -> AsyncIterator[ProgressResponse]:
+async def _run_job(job: Job) -> AsyncGenerator[ProgressResponse, None]:
     """Run ``job`` in a thread; yield its progress as it comes; raise its error at the end.
 
     Closing the iterator (the client went away) sets the job's cancel event, and its next progress

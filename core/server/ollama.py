@@ -19,6 +19,7 @@ from corral.errors import CorralError
 from corral.models.recipes import details_of
 from corral.runtime import generation
 from corral.runtime.generation import ChatPrompt, GeneratePrompt, Generation, InsertPrompt, RawPrompt, Target
+from corral.runtime.render_only import render_only
 from corral.runtime.worker import Event
 from corral.server.http import (
     CLIENT_CLOSED,
@@ -35,6 +36,7 @@ from corral.server.http import (
 from corral.types import (
     ChatRequest,
     ChatResponse,
+    DebugInfo,
     EmbeddingsRequest,
     EmbeddingsResponse,
     EmbedRequest,
@@ -80,7 +82,9 @@ def _done_fields(gen: Generation, event: Event) -> dict[str, Any]:
     }
     if stats is not None:
         fields.update(
-            prompt_eval_count=stats.prompt_eval_count,
+            # As Ollama: the whole prompt, of which prompt_eval_cached_count were read from the prefix cache.
+            prompt_eval_count=stats.prompt_eval_count + stats.cached_tokens,
+            prompt_eval_cached_count=stats.cached_tokens,
             prompt_eval_duration=stats.prompt_eval_duration,
             eval_count=stats.eval_count,
             eval_duration=stats.eval_duration,
@@ -88,10 +92,25 @@ def _done_fields(gen: Generation, event: Event) -> dict[str, Any]:
     return fields
 
 
-async def _loaded_only(scheduler: SchedulerDep, target: Target, response: type[GenerateResponse | ChatResponse]) -> Response:
+async def _loaded_only(
+    scheduler: SchedulerDep, target: Target, response: type[GenerateResponse | ChatResponse]
+) -> Response:
     loaded = await generation.load(scheduler, target)
-    answer = response(model=loaded.model, created_at=now_rfc3339(), done=True, done_reason="unload" if loaded.unloading else "load")
+    answer = response(
+        model=loaded.model, created_at=now_rfc3339(), done=True, done_reason="unload" if loaded.unloading else "load"
+    )
     return JSONResponse(answer.model_dump(exclude_none=True))
+
+
+async def _rendered_only(
+    scheduler: SchedulerDep, target: Target, prompt: generation.Prompt, response: type[GenerateResponse | ChatResponse],
+    image_count: int = 0,
+) -> Response:
+    """``_debug_render_only``: the rendered prompt in ``_debug_info``, and no model loaded to get it."""
+    rendered = await render_only(scheduler, target, prompt, image_count)
+    debug = DebugInfo(rendered_template=rendered.text, image_count=rendered.image_count)
+    answer = response(model=rendered.model, created_at=now_rfc3339(), done=True, debug_info=debug)
+    return JSONResponse(answer.model_dump(mode="json", exclude_none=True, by_alias=True))
 
 
 @router.post("/api/generate", response_model=GenerateResponse, openapi_extra=json_body(GenerateRequest))
@@ -107,6 +126,8 @@ async def generate(request: Request, scheduler: SchedulerDep) -> Response:
         prompt = InsertPrompt(req.prompt or "", req.suffix, template=req.template)
     else:
         prompt = GeneratePrompt(req.prompt or "", req.system, think=req.think, template=req.template)
+    if req.debug_render_only:
+        return await _rendered_only(scheduler, target, prompt, GenerateResponse, len(req.images or []))
     gen = await generation.generate(scheduler, target, prompt, format=req.format, context=req.context)
 
     async def chunks() -> AsyncGenerator[BaseModel, None]:
@@ -114,15 +135,23 @@ async def generate(request: Request, scheduler: SchedulerDep) -> Response:
             thinking = piece.thinking or None
             if piece.done:
                 yield GenerateResponse(
-                    model=gen.model, created_at=now_rfc3339(), response=piece.content, thinking=thinking, done=True,
-                    context=piece.event.tokens, **_done_fields(gen, piece.event),
+                    model=gen.model,
+                    created_at=now_rfc3339(),
+                    response=piece.content,
+                    thinking=thinking,
+                    done=True,
+                    context=piece.event.tokens,
+                    **_done_fields(gen, piece.event),
                 )
             elif piece.content or piece.thinking:
-                yield GenerateResponse(model=gen.model, created_at=now_rfc3339(), response=piece.content, thinking=thinking, done=False)
+                yield GenerateResponse(
+                    model=gen.model, created_at=now_rfc3339(), response=piece.content, thinking=thinking, done=False
+                )
 
     def merge(items: list[BaseModel]) -> BaseModel:
         thought = "".join(i.thinking or "" for i in items)  # type: ignore[attr-defined]
-        return items[-1].model_copy(update={"response": "".join(i.response for i in items), "thinking": thought or None})  # type: ignore[attr-defined]
+        text = "".join(i.response for i in items)  # type: ignore[attr-defined]
+        return items[-1].model_copy(update={"response": text, "thinking": thought or None})
 
     return await ndjson_or_single(chunks(), req.stream, merge, request, on_close=gen.close)
 
@@ -133,14 +162,28 @@ async def chat(request: Request, scheduler: SchedulerDep) -> Response:
     target = Target(req.model, req.options, req.keep_alive, req.backend)
     if not req.messages:
         return await _loaded_only(scheduler, target, ChatResponse)
-    prompt = ChatPrompt(list(req.messages), tools=req.tools, think=req.think)
+    tools = None if req.tool_choice == "none" else req.tools
+    prompt = ChatPrompt(list(req.messages), tools=tools, think=req.think, tool_choice=req.tool_choice)
+    if req.debug_render_only:
+        return await _rendered_only(scheduler, target, prompt, ChatResponse)
     gen = await generation.generate(scheduler, target, prompt, format=req.format)
 
     async def chunks() -> AsyncGenerator[BaseModel, None]:
         async for piece in gen.pieces():
-            message = Message(role="assistant", content=piece.content, thinking=piece.thinking or None, tool_calls=piece.tool_calls or None)
+            message = Message(
+                role="assistant",
+                content=piece.content,
+                thinking=piece.thinking or None,
+                tool_calls=piece.tool_calls or None,
+            )
             if piece.done:
-                yield ChatResponse(model=gen.model, created_at=now_rfc3339(), message=message, done=True, **_done_fields(gen, piece.event))
+                yield ChatResponse(
+                    model=gen.model,
+                    created_at=now_rfc3339(),
+                    message=message,
+                    done=True,
+                    **_done_fields(gen, piece.event),
+                )
             elif piece.content or piece.tool_calls or piece.thinking:
                 yield ChatResponse(model=gen.model, created_at=now_rfc3339(), message=message, done=False)
 
@@ -164,9 +207,11 @@ async def embed(request: Request, scheduler: SchedulerDep) -> Response:
     done = await generation.embed(scheduler, target, texts, truncate=truncate)
     return JSONResponse(
         EmbedResponse(
-            model=done.model, embeddings=[generation.normalise(v, req.dimensions) for v in done.vectors],
+            model=done.model,
+            embeddings=[generation.normalise(v, req.dimensions) for v in done.vectors],
             total_duration=int((time.perf_counter() - started) * 1e9),
-            load_duration=int(done.load_duration * 1e9), prompt_eval_count=done.prompt_tokens,
+            load_duration=int(done.load_duration * 1e9),
+            prompt_eval_count=done.prompt_tokens,
         ).model_dump()
     )
 
@@ -185,9 +230,11 @@ async def tags(scheduler: SchedulerDep) -> ListResponse:
     store = scheduler.store
     models = [
         ListModel(
-            name=stored.name.display, model=stored.name.display,
+            name=stored.name.display,
+            model=stored.name.display,
             modified_at=stored.modified_at.isoformat().replace("+00:00", "Z"),
-            size=stored.manifest.size, digest=stored.manifest_digest.removeprefix("sha256:"),
+            size=stored.manifest.size,
+            digest=stored.manifest_digest.removeprefix("sha256:"),
             details=details_of(store, stored.manifest),
         )
         for stored in await asyncio.to_thread(store.list)
@@ -204,11 +251,14 @@ async def ps(scheduler: SchedulerDep) -> ProcessResponse:
         size, vram = loaded.size, loaded.size_on_device
         out.append(
             ProcessModel(
-                name=loaded.recipe.name.display, model=loaded.recipe.name.display, size=size,
+                name=loaded.recipe.name.display,
+                model=loaded.recipe.name.display,
+                size=size,
                 digest=loaded.recipe.digest.removeprefix("sha256:"),
                 details=details_of(scheduler.store, loaded.recipe.manifest),
                 expires_at=now_rfc3339(expires) if expires is not None else "0001-01-01T00:00:00Z",
-                size_vram=vram, context_length=runner.info.n_ctx if runner else None,
+                size_vram=vram,
+                context_length=runner.info.n_ctx if runner else None,
                 processor=loaded.plan.processor_label if loaded.plan else processor_label(size, vram, loaded.backend),
             )
         )

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from corral.engines import dispatch
-from corral.hookspecs import Device, Estimate, LoadSpec, Probe, Runner, hookimpl
+from corral.hookspecs import Backend, Device, Estimate, LoadSpec, Probe, Runner, hookimpl
 
 
 class CpuBackend:
@@ -30,5 +30,5 @@ class CpuBackend:
 
 
 @hookimpl
-def corral_register_backends(register):  # type: ignore[no-untyped-def]
+def corral_register_backends(register: Callable[[Backend], None]) -> None:
     register(CpuBackend())

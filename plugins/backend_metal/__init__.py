@@ -70,7 +70,7 @@ class MetalBackend:
         if not probe.available:
             raise BackendUnavailable(f"the metal backend cannot run here: {probe.reason}")
         if dispatch.engine_for(spec.model_path) != "onnx" and _mlx_can_run(spec.model_path):
-            from .mlx_engine import MLXRunner
+            from corral_backend_metal.mlx_engine import MLXRunner
 
             return MLXRunner(spec, device="gpu")
         # onnxruntime-genai's Apple build runs an ONNX folder on the CPU.

@@ -33,7 +33,8 @@ import numpy as np
 
 from corral.errors import BadRequest, InvalidModelFile
 from corral.formats.gguf import data_offset, read_header
-from corral.formats.hfnames import LLAMA_LAYER_NAMES as _LAYER_NAMES, LLAMA_TOP_NAMES as _TOP_NAMES
+from corral.formats.hfnames import LLAMA_LAYER_NAMES as _LAYER_NAMES
+from corral.formats.hfnames import LLAMA_TOP_NAMES as _TOP_NAMES
 
 if TYPE_CHECKING:
     import mlx.core as mx

@@ -26,7 +26,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -34,10 +34,9 @@ from corral.engines.sampling import GrammarVocabulary, Sampler
 from corral.errors import BadRequest, CorralError
 from corral.formats.gguf import read_header, validate_gguf
 from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
-
-from .mlx_convert import derived_folder, ensure_mlx_folder, hf_name
-from .mlx_lora import EMBEDDINGS, LoraPair, load_adapters
-from .mlx_tokenizer import GGUFTokenizer
+from corral_backend_metal.mlx_convert import derived_folder, ensure_mlx_folder, hf_name
+from corral_backend_metal.mlx_lora import EMBEDDINGS, LoraPair, load_adapters
+from corral_backend_metal.mlx_tokenizer import GGUFTokenizer
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -224,7 +223,8 @@ class MLXRunner:
         self.max_tokens = self.n_ctx * spec.num_parallel
         self.n_batch = max(32, spec.num_batch)
         with mx.stream(self.device):
-            weights = mx.load(str(self.folder / "model.safetensors"))
+            # A .safetensors file loads as a dict of arrays (mx.load's type covers every format).
+            weights = cast("dict[str, mx.array]", mx.load(str(self.folder / "model.safetensors")))
             mx.eval(weights)
         lora = _lora_by_module(load_adapters(spec.adapters, tensors, "llama"), config["tie_word_embeddings"])
         self.model = _Llama(weights, config, self.max_tokens, lora)
@@ -332,6 +332,7 @@ class MLXRunner:
                 if len(tokens) > self.n_ctx:
                     raise BadRequest(f"input is {len(tokens)} tokens, more than the context of {self.n_ctx}")
                 hidden = self.model.forward([(_Cache(), tokens)], hidden=True)
+                assert hidden is not None  # hidden=True always returns the hidden states
                 out.append(np.array(hidden.mean(axis=0)).astype(float).tolist())
         return out
 

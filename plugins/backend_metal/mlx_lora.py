@@ -73,12 +73,12 @@ def _read_adapter(path: Path, base_shapes: dict[str, tuple[int, ...]], arch: str
     start, size = data_offset(path), path.stat().st_size
     pairs: dict[str, LoraPair] = {}
     with open(path, "rb") as fh:
-        for name, half in halves.items():
-            if set(half) != {"lora_a", "lora_b"}:
+        for name, pair_halves in halves.items():
+            if set(pair_halves) != {"lora_a", "lora_b"}:
                 raise refuse(f"the pair for {name!r} is missing one half")
             if name not in base_shapes:
                 raise refuse(f"the model has no tensor {name!r}")
-            a, b = (_float32(fh, half[h], start, size, path) for h in ("lora_a", "lora_b"))
+            a, b = (_float32(fh, pair_halves[h], start, size, path) for h in ("lora_a", "lora_b"))
             _check_shapes(name, base_shapes[name], a.shape, b.shape, refuse)
             rank = b.shape[1]
             pairs[name] = LoraPair(mx.array(a), mx.array(b), alpha / rank if alpha else 1.0)

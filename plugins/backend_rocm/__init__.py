@@ -9,6 +9,7 @@ and live VRAM use.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ class RocmBackend:
 
     def probe(self) -> Probe:
         topology = self.sysfs_root / "class/kfd/kfd/topology"
+        if self.sysfs_root == Path("/sys") and not sys.platform.startswith("linux"):
+            return Probe(available=False, reason=f"ROCm is supported on Linux only (this is {sys.platform})")
         if not topology.is_dir():
             return Probe(
                 available=False,

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
+import pytest
+
 import corral_backend_cuda
 import corral_backend_metal
 import corral_backend_rocm
-import pytest
 from corral.errors import BackendUnavailable, BadRequest
 from corral.hookspecs import LoadSpec, Probe
 from corral.plugins import Plugins
@@ -608,7 +609,11 @@ def test_load_with_a_gpu_build_offloads_the_planned_layers(
     backend, _ = available_backend
     fake_llama_cpp(monkeypatch, offload=True)
     calls: list[tuple[LoadSpec, int]] = []
-    monkeypatch.setattr(corral.engines.llamacpp.runner, "LlamaCppRunner", lambda spec, n_gpu_layers: calls.append((spec, n_gpu_layers)) or "runner")
+    monkeypatch.setattr(
+        corral.engines.llamacpp.runner,
+        "LlamaCppRunner",
+        lambda spec, n_gpu_layers: calls.append((spec, n_gpu_layers)) or "runner",
+    )
     assert backend.load(SPEC) == "runner"
     assert backend.load(dataclasses.replace(SPEC, num_gpu=12)) == "runner"
     assert [layers for _spec, layers in calls] == [-1, 12]
@@ -620,7 +625,9 @@ def fake_genai(monkeypatch: pytest.MonkeyPatch, *, cuda: bool) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime_genai", og)
 
 
-def test_cuda_runs_an_onnx_folder_on_onnxruntime_genais_cuda_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cuda_runs_an_onnx_folder_on_onnxruntime_genais_cuda_build(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import dataclasses
 
     import corral.engines.onnx.runner
@@ -631,7 +638,9 @@ def test_cuda_runs_an_onnx_folder_on_onnxruntime_genais_cuda_build(monkeypatch: 
     gpus = backend.probe().devices
     spec = dataclasses.replace(SPEC, model_path=tmp_path, devices=(gpus[1],))
     fake_genai(monkeypatch, cuda=False)  # the CPU build lists no CUDA; the GPU is real (NVML found it)
-    with pytest.raises(BackendUnavailable, match="onnxruntime-genai is a CPU build .pip install onnxruntime-genai-cuda"):
+    with pytest.raises(
+        BackendUnavailable, match="onnxruntime-genai is a CPU build .pip install onnxruntime-genai-cuda"
+    ):
         backend.load(spec)
     fake_genai(monkeypatch, cuda=True)
     calls: list[tuple[Path, str, int]] = []

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from bundled import smollm2_path
 from corral.config import Settings
 from corral.hookspecs import LoadSpec, Probe, Sampling, SequenceStep
-from corral.models.recipes import BUNDLED
-from corral.models.names import ModelName
 from corral.plugins import BackendEntry, Plugins
 from corral.runtime.scheduler import Scheduler
 
@@ -41,10 +40,7 @@ def usable(name: str) -> tuple[BackendEntry, Probe, Path]:
     probe = entry.probe()
     if not probe.available:
         pytest.skip(probe.reason)
-    model = BUNDLED[ModelName.parse(MODEL).key()]
-    path = model.path()
-    if path is None:
-        pytest.skip(f"the bundled model is not installed ({model.install})")
+    path = smollm2_path()
     import llama_cpp
 
     if not llama_cpp.llama_supports_gpu_offload():

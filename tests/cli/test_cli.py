@@ -17,10 +17,15 @@ MODEL = "smollm2:135m"
 SHORT = "smollm2-short"  # the same weights with short greedy answers, so the CLI tests stay quick
 
 
-def corral(*args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def corral(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "corral.cli.main", *args],
-        input=stdin if stdin is not None else "", capture_output=True, text=True, timeout=timeout,
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -61,7 +66,14 @@ class TestRunAgainstServer:
         corral("run", SHORT, "hi", env=self.env)
         r = corral("run", "--verbose", SHORT, "Say hello.", env=self.env)
         assert r.returncode == 0, r.stderr
-        for label in ("total duration:", "load duration:", "prompt eval count:", "prompt eval rate:", "eval count:", "eval rate:"):
+        for label in (
+            "total duration:",
+            "load duration:",
+            "prompt eval count:",
+            "prompt eval rate:",
+            "eval count:",
+            "eval rate:",
+        ):
             assert label in r.stderr
         load = re.search(r"load duration:\s+([\d.]+)(µs|ms|s)", r.stderr)
         assert load is not None
@@ -134,7 +146,11 @@ def _short_model(models: Path) -> None:
 
 @pytest.mark.slow
 def test_the_first_run_starts_a_server_and_the_second_reuses_it(tmp_path: Path) -> None:
-    env = {"CORRAL_HOST": f"127.0.0.1:{free_port()}", "CORRAL_HOME": str(tmp_path), "CORRAL_MODELS": str(tmp_path / "models")}
+    env = {
+        "CORRAL_HOST": f"127.0.0.1:{free_port()}",
+        "CORRAL_HOME": str(tmp_path),
+        "CORRAL_MODELS": str(tmp_path / "models"),
+    }
     _short_model(tmp_path / "models")
     try:
         first = corral("run", "--verbose", SHORT, "hi", env=env)

@@ -6,14 +6,16 @@ import asyncio
 import base64
 import hashlib
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import corral.client as client_module
 import httpx
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+import corral.client as client_module
 from corral.client import AsyncClient, Client, ResponseError
 from corral.types import (
     ChatResponse,
@@ -26,8 +28,7 @@ from corral.types import (
     ShowResponse,
     StatusResponse,
 )
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from serverproc import free_port
 
 HOST = "http://corral.test"
 KNOWN = {"tiny", "crashy"}
@@ -209,12 +210,6 @@ def client(app: FastAPI) -> Iterator[Client]:
 def last_body(app: FastAPI) -> dict[str, Any]:
     body: dict[str, Any] = app.state.seen[-1]["body"]
     return body
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---- request bodies ---------------------------------------------------------------------------------

@@ -44,8 +44,21 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp / "site"
     offline = ["--no-build-isolation", "--no-index"] if _can_build_wheels() else []
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *offline, "--target", str(target), str(source)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            *offline,
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert (target / "corral_backend_example" / "__init__.py").is_file()
@@ -134,5 +147,6 @@ def test_an_unavailable_forced_example_is_an_error_that_says_why(site: Path) -> 
     done = run_python(site, "-c", code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
-        "BackendUnavailable backend 'example' is unavailable: llama-cpp-python is not installed (pip install llama-cpp-python)"
+        "BackendUnavailable backend 'example' is unavailable: "
+        "llama-cpp-python is not installed (pip install llama-cpp-python)"
     )

@@ -44,7 +44,7 @@ def test_every_source_module_is_in_the_wheel(wheel_files: set[str]) -> None:
             relative = source.relative_to(ROOT / folder).as_posix()
             if f"{package}/{relative}" not in wheel_files:
                 missing.append(f"{folder}/{relative}")
-    assert missing == [], "add the package to [tool.setuptools] packages in pyproject.toml"
+    assert not missing, f"not in the wheel: {', '.join(missing)}; add their packages to [tool.setuptools] packages"
 
 
 def test_typed_marker_is_in_the_wheel(wheel_files: set[str]) -> None:
@@ -68,6 +68,9 @@ def test_backends_are_entry_points_in_the_wheel(wheel: zipfile.ZipFile) -> None:
     section = text.split("[corral]", 1)[1].split("[", 1)[0]
     pairs = {line.split("=")[0].strip(): line.split("=")[1].strip() for line in section.strip().splitlines()}
     assert pairs == {
-        "cpu": "corral_backend_cpu", "cuda": "corral_backend_cuda", "rocm": "corral_backend_rocm", "metal": "corral_backend_metal",
+        "cpu": "corral_backend_cpu",
+        "cuda": "corral_backend_cuda",
+        "rocm": "corral_backend_rocm",
+        "metal": "corral_backend_metal",
     }
     assert "corral = corral.cli.main:main" in text

@@ -63,9 +63,13 @@ def _install_dist(site: Path, dist: str, module: str, source: str) -> None:
     (info / "entry_points.txt").write_text(f"[corral]\n{dist} = {module}\n")
 
 
-def test_a_third_party_backend_is_discovered_without_touching_core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_third_party_backend_is_discovered_without_touching_core(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _install_dist(
-        tmp_path, "npu", "corral_npu_backend",
+        tmp_path,
+        "npu",
+        "corral_npu_backend",
         """
         from corral.hookspecs import Probe, hookimpl
 

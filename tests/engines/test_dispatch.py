@@ -62,14 +62,18 @@ def test_main_gpu_plans_for_that_gpu_alone(tiny_gguf: Path) -> None:
     ("main_gpu", "devices", "message"),
     [(5, [*GPUS, HOST], r"main_gpu=5 names no GPU here \(GPUs: 0, 1\)"), (0, [HOST], "main_gpu=0 needs a GPU")],
 )
-def test_a_main_gpu_that_is_not_there_is_refused(tiny_gguf: Path, main_gpu: int, devices: list[Device], message: str) -> None:
+def test_a_main_gpu_that_is_not_there_is_refused(
+    tiny_gguf: Path, main_gpu: int, devices: list[Device], message: str
+) -> None:
     with pytest.raises(BadRequest, match=message):
         estimate(spec(tiny_gguf, main_gpu=main_gpu), devices)
 
 
 def test_an_onnx_folder_is_checked_whole_and_has_no_figures(tmp_path: Path) -> None:
     decoder = {"num_hidden_layers": 2, "num_key_value_heads": 2, "head_size": 16}
-    (tmp_path / "genai_config.json").write_text(json.dumps({"model": {"context_length": 512, "vocab_size": 100, "decoder": decoder}}))
+    (tmp_path / "genai_config.json").write_text(
+        json.dumps({"model": {"context_length": 512, "vocab_size": 100, "decoder": decoder}})
+    )
     (tmp_path / "model.onnx").write_bytes(b"\0" * 1000)
     assert estimate(spec(tmp_path), [HOST]) is None
     with pytest.raises(InsufficientMemory, match="the model needs"):

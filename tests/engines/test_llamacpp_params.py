@@ -58,7 +58,9 @@ def test_defaults_leave_llama_cpp_to_decide(tiny_gguf: Path, monkeypatch: pytest
     assert seen == [Captured(0, defaults.split_mode, defaults.main_gpu, defaults.load_mode, defaults.lazy_mode, None)]
 
 
-def test_use_mmap_false_reads_the_file_in_and_the_model_still_answers(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_use_mmap_false_reads_the_file_in_and_the_model_still_answers(
+    tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen = capture_loads(monkeypatch, then_load=True)
     runner = LlamaCppRunner(spec(tiny_gguf, use_mmap=False))
     try:
@@ -74,7 +76,9 @@ def test_use_mmap_false_reads_the_file_in_and_the_model_still_answers(tiny_gguf:
     assert seen[1].load_mode == llama_cpp.LLAMA_LOAD_MODE_MMAP
 
 
-def test_tensor_split_arrives_as_a_float_array_of_llama_max_devices(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tensor_split_arrives_as_a_float_array_of_llama_max_devices(
+    tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen = capture_loads(monkeypatch, then_load=True)
     LlamaCppRunner(spec(tiny_gguf, tensor_split=(3.0, 1.0))).close()  # a CPU build loads it all the same
     assert seen[0].tensor_split == [3.0, 1.0] + [0.0] * (llama_cpp.LLAMA_MAX_DEVICES - 2)

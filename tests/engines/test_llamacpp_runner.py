@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from corral.engines.llamacpp.runner import LlamaCppRunner, physical_cores
 from corral.errors import InvalidModelFile
 from corral.hookspecs import LoadSpec
-from corral.engines.llamacpp.runner import LlamaCppRunner, physical_cores
 from corral.runtime.worker import ModelWorker
 from corral_backend_cpu import CpuBackend
 from ggufmaker import write_tiny_llama
@@ -108,7 +108,11 @@ def test_a_lora_adapter_changes_the_answer_and_a_zero_one_does_not(tiny_gguf: Pa
     from ggufmaker import write_tiny_lora
 
     answers = []
-    for adapters in ((), (write_tiny_lora(tmp_path / "lora.gguf"),), (write_tiny_lora(tmp_path / "zero.gguf", scale=0.0),)):
+    for adapters in (
+        (),
+        (write_tiny_lora(tmp_path / "lora.gguf"),),
+        (write_tiny_lora(tmp_path / "zero.gguf", scale=0.0),),
+    ):
         runner = load(tiny_gguf, parallel=1, adapters=adapters)
         try:
             answers.append(greedy(runner, "the cat sat on the mat", 12))
@@ -132,7 +136,9 @@ def test_an_adapter_is_stored_as_a_layer_and_applied(tiny_gguf: Path, tmp_path: 
     build(store, prepare(store, request, base_dir=tmp_path))
     recipe = resolve(store, "tuned")
     assert len(recipe.adapters) == 1 and recipe.adapters[0].read_bytes() == (tmp_path / "lora.gguf").read_bytes()
-    tuned = CpuBackend().load(LoadSpec(model_path=recipe.model_path, num_ctx=256, num_parallel=1, num_thread=2, adapters=recipe.adapters))
+    tuned = CpuBackend().load(
+        LoadSpec(model_path=recipe.model_path, num_ctx=256, num_parallel=1, num_thread=2, adapters=recipe.adapters)
+    )
     plain = load(tiny_gguf, parallel=1)
     try:
         assert greedy(tuned, "hello world", 12) != greedy(plain, "hello world", 12)

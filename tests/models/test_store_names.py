@@ -29,7 +29,10 @@ def test_names_fill_in_ollamas_defaults(text: str, parts: tuple[str, ...], displ
     assert name.display == display
 
 
-@pytest.mark.parametrize("bad", ["", "../etc/passwd", "a/../../b", "/abs/path", "x/y/z/w", "bad name", "a\\b", "-dash", "a:b:c/", "..", "ok:../x"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "../etc/passwd", "a/../../b", "/abs/path", "x/y/z/w", "bad name", "a\\b", "-dash", "a:b:c/", "..", "ok:../x"],
+)
 def test_names_that_could_escape_the_store_are_rejected(bad: str) -> None:
     with pytest.raises(InvalidName):
         ModelName.parse(bad)

@@ -10,12 +10,11 @@ import pytest
 
 from corral.config import Settings
 from corral.errors import BadRequest, ModelNotFound
-from corral.plugins import Plugins
 from corral.runtime import generation
 from corral.runtime.generation import ChatPrompt, EmptyPrompt, GeneratePrompt, InsertPrompt, RawPrompt, Target
 from corral.runtime.scheduler import Scheduler
 from corral.types import Message
-from fakes import FakeBackend, FakePlugin, write_fake_model
+from fakes import FakeBackend, fake_scheduler, write_fake_model
 
 # A reasoning model's Go template: it opens the trace itself when asked to think.
 THINKER = """{{- range .Messages }}<|im_start|>{{ .Role }}
@@ -31,7 +30,7 @@ def make(tmp_path: Path, backend: FakeBackend) -> Scheduler:
     write_fake_model(settings.models_dir, "plain:latest")
     write_fake_model(settings.models_dir, "thinker:latest", payload=b"thinker weights", template=THINKER)
     write_fake_model(settings.models_dir, "coder:latest", payload=b"coder weights", template=CODER)
-    return Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+    return fake_scheduler(settings, backend)
 
 
 def held(scheduler: Scheduler) -> int:
@@ -67,7 +66,9 @@ def test_a_chat_splits_the_trace_from_the_answer_and_releases_the_model(tmp_path
     assert holding == 0
 
 
-def test_generate_renders_the_model_template_with_the_request_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generate_renders_the_model_template_with_the_request_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[str | list[int]] = []
     render = generation.render
 
@@ -91,7 +92,12 @@ def test_generate_renders_the_model_template_with_the_request_system(tmp_path: P
     [
         ("plain", InsertPrompt("def f(", "return 1"), BadRequest, '"plain:latest" does not support insert'),
         ("plain", RawPrompt("", required=True), EmptyPrompt, "prompt is empty"),
-        ("plain", ChatPrompt([Message(role="user", content="hi")], think=True), BadRequest, "does not support thinking"),
+        (
+            "plain",
+            ChatPrompt([Message(role="user", content="hi")], think=True),
+            BadRequest,
+            "does not support thinking",
+        ),
     ],
 )
 def test_a_request_refused_after_the_load_releases_the_model(

@@ -12,9 +12,9 @@ import pytest
 from corral.config import Settings
 from corral.errors import RunnerCrashed
 from corral.models.recipes import store_gguf
+from corral.models.store import Store
 from corral.plugins import Plugins
 from corral.runtime.scheduler import Scheduler
-from corral.models.store import Store
 from fakes import write_fake_model
 
 CRASHY = """
@@ -60,7 +60,9 @@ def crashy_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
 
 
-def test_a_crashing_runner_fails_its_request_and_the_server_goes_on(tmp_path: Path, tiny_gguf: Path, crashy_plugin: None) -> None:
+def test_a_crashing_runner_fails_its_request_and_the_server_goes_on(
+    tmp_path: Path, tiny_gguf: Path, crashy_plugin: None
+) -> None:
     settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=True, num_ctx=128, num_parallel=1)
     write_fake_model(settings.models_dir, "doomed:latest")
     store_gguf(Store(settings.models_dir), "tiny", tiny_gguf)
@@ -94,10 +96,12 @@ def test_a_crashing_runner_fails_its_request_and_the_server_goes_on(tmp_path: Pa
 def test_an_isolated_runner_streams_like_an_in_process_one(tmp_path: Path, tiny_gguf: Path) -> None:
     results = []
     for isolate in (False, True):
-        settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=isolate, num_ctx=128, num_parallel=2)
+        settings = Settings(
+            home=tmp_path, models=tmp_path / "models", isolate_runners=isolate, num_ctx=128, num_parallel=2
+        )
         store_gguf(Store(settings.models_dir), "tiny", tiny_gguf)
 
-        async def main() -> list[str]:
+        async def main(settings: Settings = settings) -> list[str]:
             sched = Scheduler(settings, Plugins())
             try:
                 ticket = await sched.acquire("tiny", {"temperature": 0, "num_predict": 12, "repeat_penalty": 1.0})

@@ -10,9 +10,8 @@ import pytest
 
 from corral.config import Settings
 from corral.errors import InvalidModelFile, ServerBusy
-from corral.plugins import Plugins
 from corral.runtime.scheduler import Scheduler, parse_keep_alive
-from fakes import FakeBackend, FakePlugin, write_fake_model
+from fakes import FakeBackend, fake_scheduler, write_fake_model
 
 
 def make(tmp_path: Path, backend: FakeBackend, **settings: object) -> Scheduler:
@@ -20,8 +19,7 @@ def make(tmp_path: Path, backend: FakeBackend, **settings: object) -> Scheduler:
     s = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, **settings)  # type: ignore[arg-type]
     for name in ("a:latest", "b:latest", "c:latest"):
         write_fake_model(s.models_dir, name, payload=name.encode())
-    plugins = Plugins(load_entry_points=False, modules=[FakePlugin(backend)])  # type: ignore[list-item]
-    return Scheduler(s, plugins)
+    return fake_scheduler(s, backend)
 
 
 async def collect(sched: Scheduler, model: str, prompt: str = "hi", **acquire: object) -> str:
@@ -34,7 +32,17 @@ async def collect(sched: Scheduler, model: str, prompt: str = "hi", **acquire: o
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("5m", 300), ("1h30m", 5400), ("10s", 10), ("-1", -1), ("-1m", -60), (0, 0), (2.5, 2.5), ("300", 300), (None, 300)],
+    [
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("10s", 10),
+        ("-1", -1),
+        ("-1m", -60),
+        (0, 0),
+        (2.5, 2.5),
+        ("300", 300),
+        (None, 300),
+    ],
 )
 def test_keep_alive_accepts_ollama_durations(value: object, seconds: float) -> None:
     assert parse_keep_alive(value) == seconds  # type: ignore[arg-type]
@@ -236,11 +244,13 @@ def _need(tiny_gguf: Path) -> int:
 def test_memory_pressure_evicts_an_idle_model(tmp_path: Path, tiny_gguf: Path) -> None:
     need = _need(tiny_gguf)
     # Room for the estimate of one model plus a loaded one's footprint, not for two estimates.
-    backend = FakeBackend(memory=int(need * 1.5) + tiny_gguf.stat().st_size, memory_factor=int(need * 0.9 / tiny_gguf.stat().st_size) + 1)
+    backend = FakeBackend(
+        memory=int(need * 1.5) + tiny_gguf.stat().st_size, memory_factor=int(need * 0.9 / tiny_gguf.stat().st_size) + 1
+    )
     s = _gguf_models(tmp_path, tiny_gguf, ["a:latest", "b:latest"])
 
     async def main() -> list[str]:
-        sched = Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+        sched = fake_scheduler(s, backend)
         try:
             await collect(sched, "a", keep_alive="10m")
             assert [m.recipe.name.model for m in sched.ps()] == ["a"]
@@ -260,7 +270,7 @@ def test_a_model_that_cannot_fit_says_what_it_needs_and_what_is_free(tmp_path: P
     s = _gguf_models(tmp_path, tiny_gguf, ["a:latest"])
 
     async def main() -> None:
-        sched = Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+        sched = fake_scheduler(s, backend)
         try:
             await collect(sched, "a")
         finally:
@@ -275,11 +285,16 @@ def test_a_busy_model_is_not_evicted_for_memory(tmp_path: Path, tiny_gguf: Path)
     from corral.errors import InsufficientMemory
 
     need = _need(tiny_gguf)
-    backend = FakeBackend(memory=int(need * 1.5) + tiny_gguf.stat().st_size, memory_factor=int(need * 0.9 / tiny_gguf.stat().st_size) + 1, script=b"x" * 400, step_delay=0.002)
+    backend = FakeBackend(
+        memory=int(need * 1.5) + tiny_gguf.stat().st_size,
+        memory_factor=int(need * 0.9 / tiny_gguf.stat().st_size) + 1,
+        script=b"x" * 400,
+        step_delay=0.002,
+    )
     s = _gguf_models(tmp_path, tiny_gguf, ["a:latest", "b:latest"])
 
     async def main() -> None:
-        sched = Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+        sched = fake_scheduler(s, backend)
         try:
             ticket = await sched.acquire("a")
             try:
@@ -328,7 +343,7 @@ def test_an_onnx_model_is_checked_whole_against_the_device(tmp_path: Path, memor
     s = _onnx_model(tmp_path, weights=100_000)
 
     async def main() -> str:
-        sched = Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+        sched = fake_scheduler(s, backend)
         try:
             return await collect(sched, "onnx")
         finally:
@@ -338,7 +353,10 @@ def test_an_onnx_model_is_checked_whole_against_the_device(tmp_path: Path, memor
         assert asyncio.run(main()) == "ok"
         assert (backend.runners[0].spec.model_path / "genai_config.json").is_file()  # the unpacked folder
         return
-    message = r"needs 453.7 KiB on Fake Device \(weights 97.7 KiB, KV cache 256.0 KiB for 2 x 256 tokens, compute 100.0 KiB\) but only 453.7 KiB"
+    message = (
+        r"needs 453.7 KiB on Fake Device \(weights 97.7 KiB, KV cache 256.0 KiB for 2 x 256 tokens, "
+        r"compute 100.0 KiB\) but only 453.7 KiB"
+    )
     with pytest.raises(InsufficientMemory, match=message):
         asyncio.run(main())
     assert backend.loads == 0

@@ -14,16 +14,15 @@ import pytest
 from corral.config import Settings
 from corral.errors import BadRequest, InsufficientMemory
 from corral.hookspecs import Device, Estimate, LoadSpec, Probe
-from corral.plugins import Plugins
 from corral.runtime.scheduler import Scheduler
-from fakes import FakeBackend, FakePlugin, FakeRunner, write_fake_model
+from fakes import FakeBackend, FakeRunner, fake_scheduler, write_fake_model
 
 
 def scheduler(tmp_path: Path, backend: object, payload: bytes | None = None) -> Scheduler:
     s = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False)
     for name in ("a:latest", "b:latest"):
         write_fake_model(s.models_dir, name, payload=payload + name.encode() if payload else name.encode())
-    return Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[arg-type, list-item]
+    return fake_scheduler(s, backend)
 
 
 async def answer(sched: Scheduler, model: str, **acquire: object) -> str:

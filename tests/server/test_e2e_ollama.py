@@ -43,7 +43,9 @@ def test_chat_streaming_and_not_agree(client: ollama.Client) -> None:
     whole = client.chat(model=MODEL, messages=messages, options=GREEDY)
     assert whole["message"]["role"] == "assistant"
     assert "Paris" in whole["message"]["content"]
-    streamed = "".join(p.message.content or "" for p in client.chat(model=MODEL, messages=messages, options=GREEDY, stream=True))
+    streamed = "".join(
+        p.message.content or "" for p in client.chat(model=MODEL, messages=messages, options=GREEDY, stream=True)
+    )
     assert streamed == whole.message.content
 
 
@@ -88,7 +90,9 @@ def test_bad_requests_are_400_and_the_server_keeps_serving(client: ollama.Client
     assert bad.status_code == 400 and "invalid JSON" in bad.json()["error"]
     wrong = httpx.post(f"{corral_server}/api/generate", json={"model": MODEL, "prompt": 5})
     assert wrong.status_code == 400 and "prompt" in wrong.json()["error"]
-    negative = httpx.post(f"{corral_server}/api/generate", json={"model": MODEL, "prompt": "x", "options": {"num_predict": -5}})
+    negative = httpx.post(
+        f"{corral_server}/api/generate", json={"model": MODEL, "prompt": "x", "options": {"num_predict": -5}}
+    )
     assert negative.status_code == 400
     too_long = httpx.post(
         f"{corral_server}/api/generate",
@@ -99,7 +103,11 @@ def test_bad_requests_are_400_and_the_server_keeps_serving(client: ollama.Client
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_slot(client: ollama.Client, corral_server: str) -> None:
-    with httpx.stream("POST", f"{corral_server}/api/generate", json={"model": MODEL, "prompt": "Tell a very long story.", "options": {"num_predict": 2000}}) as r:
+    with httpx.stream(
+        "POST",
+        f"{corral_server}/api/generate",
+        json={"model": MODEL, "prompt": "Tell a very long story.", "options": {"num_predict": 2000}},
+    ) as r:
         next(r.iter_lines())
     r2 = client.generate(model=MODEL, prompt="What is the capital of France?", options=GREEDY)
     assert "Paris" in r2.response

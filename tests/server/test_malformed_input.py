@@ -12,10 +12,8 @@ import httpx
 import pytest
 
 from corral.config import Settings
-from corral.plugins import Plugins
-from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
-from fakes import FakeBackend, FakePlugin, write_fake_model
+from fakes import FakeBackend, fake_scheduler, write_fake_model
 
 # A body that routes would otherwise accept, to carry one bad value at a time.
 FIELDS = {"model": "fake", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}], "input": "hi"}
@@ -35,18 +33,29 @@ BAD_BODIES: dict[str, tuple[bytes, str]] = {
     "NUL in the model name": (json.dumps({**FIELDS, "model": "fa\u0000ke"}).encode(), "application/json"),
     "a form": (b"model=fake&prompt=hi", "application/x-www-form-urlencoded"),
     "plain text": (b"hello", "text/plain"),
-    "wrong shape": (b'{"model": ["fake"], "messages": "hi", "input": {"a": 1}, "prompt": {"x": 1}}', "application/json"),
+    "wrong shape": (
+        b'{"model": ["fake"], "messages": "hi", "input": {"a": 1}, "prompt": {"x": 1}}',
+        "application/json",
+    ),
     "wrong option type": (json.dumps({**FIELDS, "options": {"num_ctx": "big"}}).encode(), "application/json"),
 }
 OPTION_CASES = ("NaN", "Infinity", "huge float option", "huge int option", "wrong option type")
-TAKES_OPTIONS = ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+TAKES_OPTIONS = (
+    "/api/generate",
+    "/api/chat",
+    "/api/embed",
+    "/api/embeddings",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+)
 
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False)
     write_fake_model(settings.models_dir, "fake:latest")
-    scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(FakeBackend())]))  # type: ignore[list-item]
+    scheduler = fake_scheduler(settings, FakeBackend())
     app = create_app(settings, scheduler)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:11434") as c:
@@ -95,11 +104,16 @@ async def test_invalid_utf8_names_the_problem(client: httpx.AsyncClient) -> None
 
 
 @pytest.mark.anyio
-async def test_unknown_options_are_ignored_with_one_warning(client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+async def test_unknown_options_are_ignored_with_one_warning(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
     retired = {"mirostat": 2, "mirostat_eta": 0.1, "mirostat_tau": 5.0, "tfs_z": 1.0, "penalize_newline": True,
                "low_vram": False, "vocab_only": False, "numa": False, "made_up": [1]}  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="corral"):
-        r = await client.post("/api/generate", json={"model": "fake", "prompt": "hi", "stream": False, "options": {**retired, "num_predict": 3}})
+        r = await client.post(
+            "/api/generate",
+            json={"model": "fake", "prompt": "hi", "stream": False, "options": {**retired, "num_predict": 3}},
+        )
     assert r.status_code == 200 and r.json()["response"] == "hel" and r.json()["done_reason"] == "length"
     warnings = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
     assert warnings == ["ignoring unknown options: " + ", ".join(sorted(retired))]
@@ -107,23 +121,35 @@ async def test_unknown_options_are_ignored_with_one_warning(client: httpx.AsyncC
 
 @pytest.mark.anyio
 async def test_known_options_of_the_wrong_type_are_still_400(client: httpx.AsyncClient) -> None:
-    for route, body in (("/api/generate", {"prompt": "hi"}), ("/api/chat", {"messages": FIELDS["messages"]}), ("/api/embed", {"input": "hi"})):
+    for route, body in (
+        ("/api/generate", {"prompt": "hi"}),
+        ("/api/chat", {"messages": FIELDS["messages"]}),
+        ("/api/embed", {"input": "hi"}),
+    ):
         r = await client.post(route, json={"model": "fake", **body, "options": {"temperature": "warm", "mirostat": 1}})
-        assert r.status_code == 400 and r.json() == {"error": "invalid option 'temperature': Input should be a valid number, unable to parse string as a number"}
+        assert r.status_code == 400 and r.json() == {
+            "error": "invalid option 'temperature': Input should be a valid number, unable to parse string as a number"
+        }
 
 
 @pytest.mark.anyio
 async def test_unknown_top_level_fields_are_ignored_on_every_route(client: httpx.AsyncClient) -> None:
     extra = {"no_such_field": {"x": 1}, "format_version": 7}
     generate = await client.post("/api/generate", json={"model": "fake", "prompt": "hi", "stream": False, **extra})
-    chat = await client.post("/api/chat", json={"model": "fake", "messages": FIELDS["messages"], "stream": False, **extra})
+    chat = await client.post(
+        "/api/chat", json={"model": "fake", "messages": FIELDS["messages"], "stream": False, **extra}
+    )
     embed = await client.post("/api/embed", json={"model": "fake", "input": "hi", **extra})
     show = await client.post("/api/show", json={"model": "fake", **extra})
     openai = await client.post("/v1/chat/completions", json={"model": "fake", "messages": FIELDS["messages"], **extra})
     completion = await client.post("/v1/completions", json={"model": "fake", "prompt": "hi", **extra})
     assert generate.json()["response"] == chat.json()["message"]["content"] == "hello from fake"
     assert len(embed.json()["embeddings"]) == 1 and show.status_code == 200
-    assert openai.json()["choices"][0]["message"]["content"] == completion.json()["choices"][0]["text"] == "hello from fake"
+    assert (
+        openai.json()["choices"][0]["message"]["content"]
+        == completion.json()["choices"][0]["text"]
+        == "hello from fake"
+    )
 
 
 @pytest.fixture

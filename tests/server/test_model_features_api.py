@@ -8,8 +8,6 @@ template, and refused where it has none."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,14 +15,11 @@ from typing import Any
 import ollama
 import openai
 import pytest
-import uvicorn
 
 from corral.config import Settings
-from corral.plugins import Plugins
-from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
-from fakes import FakeBackend, FakePlugin, write_fake_model
-from serverproc import free_port
+from fakes import FakeBackend, fake_scheduler, write_fake_model
+from serverproc import app_in_thread
 
 # A Modelfile TEMPLATE in the shape of Ollama's qwen2.5 one: tools listed in the system turn, calls in <tool_call> tags.
 TEMPLATE = """{{- if .Tools }}<|im_start|>system
@@ -43,14 +38,17 @@ THINKER = """{{- range .Messages }}<|im_start|>{{ .Role }}
 {{ if .Think }}<think>
 {{ else }}<think></think>{{ end }}"""
 # One that leaves the opening tag to the model.
-SELF_OPENING = THINKER.replace("{{ if .Think }}<think>\n{{ else }}<think></think>{{ end }}", "{{ if not .Think }}<think></think>{{ end }}")
+SELF_OPENING = THINKER.replace(
+    "{{ if .Think }}<think>\n{{ else }}<think></think>{{ end }}", "{{ if not .Think }}<think></think>{{ end }}"
+)
 # Code Llama's fill-in-the-middle template, as Ollama ships it.
 CODER = "{{- if .Suffix }}<PRE> {{ .Prompt }} <SUF>{{ .Suffix }} <MID>{{- else }}{{ .Prompt }}{{- end }}"
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
 TWO_CALLS = CALL + '\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "Europe/Paris"}}\n</tool_call>'
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-     "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}}, "required": ["city"]}}},
+     "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+                    "required": ["city"]}}},
     {"type": "function", "function": {"name": "get_time", "description": "Time in a zone",
      "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}}},
 ]  # fmt: skip
@@ -78,16 +76,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     write_fake_model(settings.models_dir, "fake-thinks:latest", payload=b"third weights", template=SELF_OPENING)
     write_fake_model(settings.models_dir, "coder:latest", payload=b"coder weights", template=CODER)
     backend = FakeBackend()
-    scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, scheduler), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield Served(f"http://127.0.0.1:{port}", backend, settings.models_dir)
-    server.should_exit = True
-    thread.join(10)
+    with app_in_thread(create_app(settings, fake_scheduler(settings, backend))) as url:
+        yield Served(url, backend, settings.models_dir)
 
 
 def test_ollama_chat_returns_the_call(served: Served) -> None:
@@ -105,7 +95,8 @@ def test_ollama_chat_streams_the_calls(served: Served) -> None:
     assert "".join(p.message.content for p in parts) == "Checking. "
     calls = [c for p in parts for c in p.message.tool_calls or []]
     assert [(c.function.name, c.function.arguments) for c in calls] == [
-        ("get_weather", {"city": "Paris", "unit": "celsius"}), ("get_time", {"zone": "Europe/Paris"})
+        ("get_weather", {"city": "Paris", "unit": "celsius"}),
+        ("get_time", {"zone": "Europe/Paris"}),
     ]
     assert parts[-1].done
     # text before the tag streams as it comes; nothing is sent while a call is being written
@@ -114,7 +105,9 @@ def test_ollama_chat_streams_the_calls(served: Served) -> None:
 
 def test_a_call_and_its_result_can_be_sent_back(served: Served, tmp_path: Path) -> None:
     served.say("It is 18 degrees.")
-    history = [*ASK, {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    history = [*ASK,
+               {"role": "assistant", "content": "",
+                "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
                {"role": "tool", "content": "18 C", "tool_name": "get_weather"}]  # fmt: skip
     resp = served.ollama.chat(model="fake", messages=history, tools=TOOLS)
     assert resp.message.content == "It is 18 degrees." and not resp.message.tool_calls
@@ -149,7 +142,10 @@ def test_openai_returns_the_call(served: Served) -> None:
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     [call] = choice.message.tool_calls or []
     assert call.type == "function" and call.id.startswith("call_")
-    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris", "unit": "celsius"}
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {
+        "city": "Paris",
+        "unit": "celsius",
+    }
 
 
 def test_openai_streams_the_calls(served: Served) -> None:
@@ -162,7 +158,8 @@ def test_openai_streams_the_calls(served: Served) -> None:
             entry["name"] += tc.function.name or ""
             entry["arguments"] += tc.function.arguments or ""
     assert [(d["name"], json.loads(d["arguments"])) for _, d in sorted(deltas.items())] == [
-        ("get_weather", {"city": "Paris", "unit": "celsius"}), ("get_time", {"zone": "Europe/Paris"})
+        ("get_weather", {"city": "Paris", "unit": "celsius"}),
+        ("get_time", {"zone": "Europe/Paris"}),
     ]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == ""
@@ -213,7 +210,10 @@ def test_openai_reasoning_effort_thinks_and_none_does_not(served: Served) -> Non
     resp = served.openai.chat.completions.create(model="thinker", messages=ASK, reasoning_effort="high")  # type: ignore[arg-type]
     message = resp.choices[0].message
     assert message.content == "Paris." and message.model_extra == {"reasoning": "Weighing it."}
-    chunks = list(served.openai.chat.completions.create(model="thinker", messages=ASK, reasoning_effort="low", stream=True))  # type: ignore[arg-type]
+    stream = served.openai.chat.completions.create(
+        model="thinker", messages=ASK, reasoning_effort="low", stream=True  # type: ignore[arg-type]
+    )
+    chunks = list(stream)
     assert "".join((c.choices[0].delta.model_extra or {}).get("reasoning", "") for c in chunks) == "Weighing it."
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Paris."
     served.say("<think></think>Paris.")  # thinking off: nothing is taken out of the reply
@@ -232,7 +232,7 @@ def test_a_suffix_goes_through_the_fim_template(served: Served) -> None:
     assert resp.response == "x * 2"
     runner = next(r for r in served.backend.runners if r.spec.model_path.read_bytes() == b"coder weights")
     fed = runner.history[0][0][1]  # the fake's tokens are bytes: the first step is the whole prompt
-    assert fed == len("<PRE> def double(x):\n    return  <SUF>\n\nprint(double(2)) <MID>".encode())
+    assert fed == len(b"<PRE> def double(x):\n    return  <SUF>\n\nprint(double(2)) <MID>")
     done = served.openai.completions.create(model="coder", prompt="def double(x):\n    return ", suffix="\n")
     assert done.choices[0].text == "x * 2"
 

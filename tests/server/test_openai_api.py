@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import math
+import re
 import socket
 import threading
 import time
@@ -30,16 +30,17 @@ import numpy as np
 import openai
 import pytest
 import uvicorn
+from fastapi import FastAPI
+
 from corral.config import Settings
 from corral.errors import RunnerCrashed, ServerBusy
 from corral.hookspecs import Backend, Device, LoadSpec, Probe, Runner, hookimpl
 from corral.models.recipes import store_gguf
+from corral.models.store import Store
 from corral.plugins import Plugins
 from corral.runtime.scheduler import Scheduler
-from corral.server.app import create_app
-from corral.models.store import Store
 from corral.runtime.worker import Event
-from fastapi import FastAPI
+from corral.server.app import create_app
 
 USER = [{"role": "user", "content": "hello world"}]
 CHATML_PROMPT = "<|im_start|>user\nhello world<|im_end|>\n<|im_start|>assistant\n"
@@ -333,7 +334,8 @@ def test_options_extension(corral: Corral) -> None:
     body = corral.chat(max_tokens=4, options={"num_ctx": 256, "top_k": 5})
     assert body["choices"][0]["finish_reason"] == "length"
     # Unknown and retired Ollama options are ignored, as Ollama does; a known one of the wrong type is not.
-    unknown = corral.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "max_tokens": 2, "options": {"bogus": 1, "mirostat": 2}})
+    body = {"model": "tiny", "messages": USER, "max_tokens": 2, "options": {"bogus": 1, "mirostat": 2}}
+    unknown = corral.post("/v1/chat/completions", body)
     assert unknown.status_code == 200 and unknown.json()["usage"]["completion_tokens"] == 2
     wrong_type = corral.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "options": {"top_k": "many"}})
     assert "top_k" in assert_openai_error(wrong_type, 400, "invalid_request_error")["message"]
@@ -456,7 +458,8 @@ def test_error_mid_stream_is_a_final_event(corral: Corral, monkeypatch: pytest.M
 
 
 def test_completion_shape(corral: Corral) -> None:
-    response = corral.post("/v1/completions", {"model": "tiny", "prompt": "hello world", "max_tokens": 7, "temperature": 0})
+    body = {"model": "tiny", "prompt": "hello world", "max_tokens": 7, "temperature": 0}
+    response = corral.post("/v1/completions", body)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["object"] == "text_completion"
@@ -473,7 +476,9 @@ def test_completion_shape(corral: Corral) -> None:
 def test_completion_prompt_is_raw(corral: Corral) -> None:
     """The completions API applies no chat template: the ChatML text itself gives the chat's answer."""
     chat = corral.chat(max_tokens=12, temperature=0)
-    raw = corral.post("/v1/completions", {"model": "tiny", "prompt": CHATML_PROMPT, "max_tokens": 12, "temperature": 0}).json()
+    raw = corral.post(
+        "/v1/completions", {"model": "tiny", "prompt": CHATML_PROMPT, "max_tokens": 12, "temperature": 0}
+    ).json()
     assert raw["choices"][0]["text"] == chat["choices"][0]["message"]["content"]
     assert raw["usage"]["prompt_tokens"] == chat["usage"]["prompt_tokens"]
     plain = corral.post("/v1/completions", {"model": "tiny", "prompt": "hello world", "max_tokens": 1}).json()
@@ -638,9 +643,11 @@ def test_sdk_completions_and_embeddings(corral: Corral) -> None:
     completion = client.completions.create(model="tiny", prompt="hello", max_tokens=5, temperature=0)
     assert completion.object == "text_completion"
     assert completion.choices[0].finish_reason == "length"
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model="tiny", prompt="hello", max_tokens=5, temperature=0, stream=True
-    ) if c.choices)
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model="tiny", prompt="hello", max_tokens=5, temperature=0, stream=True)
+        if c.choices
+    )
     assert streamed == completion.choices[0].text
     # the client asks for base64 by default and decodes it itself
     vectors = client.embeddings.create(model="tiny", input=["hello world", "the cat"])
@@ -704,10 +711,12 @@ def test_client_disconnect_closes_the_job(corral: Corral, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(corral.scheduler, "stream", endless)
     with httpx.Client(base_url=corral.url, timeout=30) as client:
-        with client.stream("POST", "/v1/chat/completions", json={"model": "tiny", "messages": USER, "stream": True}) as r:
+        with client.stream(
+            "POST", "/v1/chat/completions", json={"model": "tiny", "messages": USER, "stream": True}
+        ) as r:
             assert r.status_code == 200
             lines = r.iter_lines()
-            seen = [line for _, line in zip(range(6), lines)]
+            seen = [line for _, line in zip(range(6), lines, strict=False)]
             assert any("chat.completion.chunk" in line for line in seen)
     assert closed.wait(10), "the event iterator was not closed after the client left"
     deadline = time.monotonic() + 5

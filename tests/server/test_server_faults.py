@@ -11,19 +11,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from corral.config import Settings
-from corral.plugins import Plugins
 from corral.runtime.scheduler import Scheduler
 from corral.server.app import create_app
-from fakes import FakeBackend, FakePlugin, write_fake_model
-from serverproc import free_port
+from fakes import FakeBackend, fake_scheduler, write_fake_model
+from serverproc import app_in_thread
 
 
 def _rss() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * 4096
+    import psutil  # the same number as /proc/self/statm's resident pages, on every system
+
+    return int(psutil.Process().memory_info().rss)
 
 
 @pytest.fixture
@@ -31,19 +30,14 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Scheduler, FakeBackend]]:
     settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, max_queue=64, num_parallel=4)
     write_fake_model(settings.models_dir, "fake:latest")
     backend = FakeBackend(script=b"abcdefghij" * 3, step_delay=0.0005)
-    scheduler = Scheduler(settings, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, scheduler), host="127.0.0.1", port=port, log_level="error", backlog=2048))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", scheduler, backend
-    server.should_exit = True
-    thread.join(10)
+    scheduler = fake_scheduler(settings, backend)
+    with app_in_thread(create_app(settings, scheduler), backlog=2048) as url:
+        yield url, scheduler, backend
 
 
-def test_a_flood_beyond_the_queue_gets_503_and_every_accepted_request_completes(served: tuple[str, Scheduler, FakeBackend]) -> None:
+def test_a_flood_beyond_the_queue_gets_503_and_every_accepted_request_completes(
+    served: tuple[str, Scheduler, FakeBackend],
+) -> None:
     url, scheduler, _backend = served
 
     async def flood() -> list[httpx.Response]:
@@ -68,11 +62,17 @@ def test_a_flood_beyond_the_queue_gets_503_and_every_accepted_request_completes(
 def test_clients_that_disconnect_mid_stream_leak_nothing(served: tuple[str, Scheduler, FakeBackend]) -> None:
     url, scheduler, backend = served
     backend.script = b"z" * 100_000  # longer than anyone will wait for
-    httpx.post(f"{url}/api/generate", json={"model": "fake", "prompt": "warm", "options": {"num_predict": 2}, "stream": False}, timeout=30)
+    httpx.post(
+        f"{url}/api/generate",
+        json={"model": "fake", "prompt": "warm", "options": {"num_predict": 2}, "stream": False},
+        timeout=30,
+    )
     backend.runners[0].script = backend.script
 
     def leave_early(i: int) -> None:
-        with httpx.stream("POST", f"{url}/api/generate", json={"model": "fake", "prompt": f"client {i}"}, timeout=30) as r:
+        with httpx.stream(
+            "POST", f"{url}/api/generate", json={"model": "fake", "prompt": f"client {i}"}, timeout=30
+        ) as r:
             next(r.iter_lines())
 
     def hundred_disconnects() -> int:
@@ -115,7 +115,10 @@ def test_a_client_that_leaves_a_non_streamed_answer_stops_its_job(
     served: tuple[str, Scheduler, FakeBackend], path: str, body: dict[str, object]
 ) -> None:
     url, scheduler, backend = served
-    backend.script, backend.step_delay = b"z" * 1_000_000, 0.005  # the context fills in 20 s: only a cancel ends it sooner
+    backend.script, backend.step_delay = (
+        b"z" * 1_000_000,
+        0.005,
+    )  # the context fills in 20 s: only a cancel ends it sooner
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{url}{path}", json=body, timeout=0.5)
     deadline = time.monotonic() + 2

@@ -133,7 +133,9 @@ def test_a_known_etag_is_answered_304(client: TestClient) -> None:
     assert client.get("/ui/app.js", headers={"If-None-Match": '"something-else"'}).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/ui/nothing.js", "/ui/webui.py", "/ui/..%2Fwebui.py", "/ui/%2e%2e%2fapp.py", "/ui/.hidden.js", "/ui/ui"])
+@pytest.mark.parametrize(
+    "path", ["/ui/nothing.js", "/ui/webui.py", "/ui/..%2Fwebui.py", "/ui/%2e%2e%2fapp.py", "/ui/.hidden.js", "/ui/ui"]
+)
 def test_names_outside_the_page_are_404(client: TestClient, path: str) -> None:
     r = client.get(path)
     assert r.status_code == 404
@@ -154,7 +156,16 @@ def test_the_scripts_never_turn_a_string_into_markup_or_code() -> None:
         if not name.endswith(".js"):
             continue
         source = UI.joinpath(name).read_text()
-        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "DOMParser", "createContextualFragment"):
+        for sink in (
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+            "DOMParser",
+            "createContextualFragment",
+        ):
             assert sink not in source, f"{name} uses {sink}"
 
 

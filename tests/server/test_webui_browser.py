@@ -52,7 +52,11 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = Path(os.environ["CORRAL_SCREENSHOTS"]) if os.environ.get("CORRAL_SCREENSHOTS") else tmp_path_factory.mktemp("screenshots")
+    folder = (
+        Path(os.environ["CORRAL_SCREENSHOTS"])
+        if os.environ.get("CORRAL_SCREENSHOTS")
+        else tmp_path_factory.mktemp("screenshots")
+    )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -259,11 +263,66 @@ def test_html_in_a_model_answer_is_shown_as_text(paris: dict[str, Any]) -> None:
     assert paris["session"].dialogs == []
 
 
-def test_screenshots_light_and_dark_desktop_and_phone(browser: Browser, server: str, paris: dict[str, Any], shots: Path) -> None:
+# A Go template that can think (so the model has the "thinking" capability) and two example turns that
+# show SmolLM2 the shape: it then writes a short trace, closes the tag and answers.
+THINKER_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}<|im_end|>
+{{ end }}<|im_start|>assistant
+{{ if .Think }}<think>{{ end }}"""
+THINKER_EXAMPLES = [
+    {"role": "user", "content": "What is 2+2?"},
+    {"role": "assistant", "content": "<think>Two plus two makes four.</think>The answer is 4."},
+    {"role": "user", "content": "What colour is the sky?"},
+    {"role": "assistant", "content": "<think>On a clear day the sky looks blue.</think>The sky is blue."},
+]
+
+
+def test_a_thinking_models_trace_is_folded_apart_from_its_answer(paris: dict[str, Any], server: str) -> None:
+    created = httpx.post(
+        f"{server}/api/create",
+        json={
+            "model": "thinker",
+            "from": MODEL,
+            "template": THINKER_TEMPLATE,
+            "messages": THINKER_EXAMPLES,
+            "stream": False,
+        },
+        timeout=300,
+    )
+    assert created.json() == {"status": "success"}
+    page = paris["session"].page
+    page.reload()
+    paris["session"].wait_ready()
+    page.get_by_role("button", name="New chat").click()
+    expect(model_picker(page).locator("option", has_text="thinker")).to_have_text(re.compile(r"completion, thinking$"))
+    model_picker(page).select_option("thinker:latest")
+    set_options(page, Temperature="0", **{"Max tokens": "60"})
+    expect(page.get_by_label("Let the model think first")).to_be_checked()
+    answer = ask(page, QUESTION)
+    wait_answered(page, answer)
+    trace = answer.locator("details.thinking")
+    expect(trace.locator("summary")).to_have_text("Thinking")
+    expect(trace).not_to_have_attribute("open", "")
+    expect(trace.locator(".md")).to_be_hidden()  # folded until asked for
+    expect(answer.locator(".content")).to_contain_text("Paris")
+    trace.locator("summary").click()
+    expect(trace.locator(".md")).to_be_visible()
+    expect(trace.locator(".md")).to_contain_text("Paris")
+    assert "<think>" not in (answer.locator(".content").text_content() or "")
+
+
+def test_screenshots_light_and_dark_desktop_and_phone(
+    browser: Browser, server: str, paris: dict[str, Any], shots: Path
+) -> None:
     for scheme, background in (("light", LIGHT_BG), ("dark", DARK_BG)):
         for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
             session = Session(
-                browser, server, viewport=viewport, color_scheme=scheme, reduced_motion="reduce", storage_state=paris["state"]
+                browser,
+                server,
+                viewport=viewport,
+                color_scheme=scheme,
+                reduced_motion="reduce",
+                storage_state=paris["state"],
             )
             page = session.page
             expect(page.locator("body")).to_have_css("background-color", background)
@@ -306,5 +365,7 @@ def test_the_page_weighs_little_over_the_wire(browser: Browser, server: str, sho
     names = sorted(url.rsplit("/", 1)[-1] or "/" for url in sizes)
     assert names == sorted(["/", "ui", "app.js", "markdown.js", "style.css", "icon.svg"])
     total = sum(sizes.values())
-    (shots / "page-size.txt").write_text("".join(f"{size:7d}  {url}\n" for url, size in sorted(sizes.items())) + f"{total:7d}  total\n")
+    (shots / "page-size.txt").write_text(
+        "".join(f"{size:7d}  {url}\n" for url, size in sorted(sizes.items())) + f"{total:7d}  total\n"
+    )
     assert total < 40_000, sizes

@@ -84,7 +84,11 @@ def test_html_in_the_text_stays_text(page: Page, attack: str) -> None:
 
 
 def test_only_http_and_mailto_links_become_links(page: Page) -> None:
-    out = render(page, "[site](https://example.com/a?b=1) [bad](javascript:alert(1)) [data](data:text/html,x) mail me@x.org <mailto:me@x.org>")
+    out = render(
+        page,
+        "[site](https://example.com/a?b=1) [bad](javascript:alert(1)) [data](data:text/html,x) "
+        "mail me@x.org <mailto:me@x.org>",
+    )
     hrefs = [a.removeprefix("href=") for a in out["attrs"] if a.startswith("href=")]
     assert hrefs == ["https://example.com/a?b=1", "mailto:me@x.org"]
     assert "rel=noopener noreferrer nofollow" in out["attrs"]
@@ -136,7 +140,10 @@ def test_the_browser_enforces_the_pages_policy(browser: Browser, server: str) ->
         with pytest.raises(Error, match="requires 'TrustedHTML' assignment"):
             page.evaluate("() => { document.getElementById('messages').innerHTML = '<img src=x>'; }")
         with pytest.raises(Error, match="requires 'TrustedScript' assignment"):
-            page.evaluate("() => { const s = document.createElement('script'); s.textContent = 'window.hit = 1'; document.body.append(s); }")
+            page.evaluate(
+                "() => { const s = document.createElement('script'); s.textContent = 'window.hit = 1'; "
+                "document.body.append(s); }"
+            )
         assert page.locator("#messages img").count() == 0
     finally:
         context.close()

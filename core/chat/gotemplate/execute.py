@@ -5,10 +5,32 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-
-from corral.chat.gotemplate.functions import _FUNCTIONS, _MAX_TEXT, GoStruct, _FuncError, _fail, _fmt_v, _go_type, _sorted_keys, _truth
-from corral.chat.gotemplate.parse import Action, Arg, Chain, Const, Control, Dot, Field, Function, Nil, Node, Pipe, Text, Variable
-
+from corral.chat.gotemplate.functions import (
+    _FUNCTIONS,
+    _MAX_TEXT,
+    GoStruct,
+    _fail,
+    _fmt_v,
+    _FuncError,
+    _go_type,
+    _sorted_keys,
+    _truth,
+)
+from corral.chat.gotemplate.parse import (
+    Action,
+    Arg,
+    Chain,
+    Const,
+    Control,
+    Dot,
+    Field,
+    Function,
+    Nil,
+    Node,
+    Pipe,
+    Text,
+    Variable,
+)
 
 _MAX_STEPS = 2_000_000  # nodes walked plus range iterations, per render
 
@@ -114,7 +136,7 @@ class _Exec:
                     ran = True
                     if decl:  # one variable gets the element; two get index/key and element
                         values = (key, elem) if len(decl) > 1 else (elem,)
-                        for k, (name, value) in enumerate(zip(decl, values)):
+                        for k, (name, value) in enumerate(zip(decl, values, strict=False)):
                             if assign:
                                 self.set_var(name, value)
                             else:

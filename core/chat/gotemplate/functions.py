@@ -13,7 +13,6 @@ from typing import Any, NoReturn
 
 from corral.errors import BadRequest
 
-
 _MAX_TEXT = 16 << 20  # characters in one rendering or one computed string
 _MAX_WIDTH = 10_000  # printf width and precision
 

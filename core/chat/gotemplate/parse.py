@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NoReturn
 
-from corral.errors import BadRequest
-
 from corral.chat.gotemplate.functions import _FUNCTION_NAMES
-
+from corral.errors import BadRequest
 
 _SPACE = " \t\r\n"
 _MAX_DEPTH = 64  # nesting of control structures and parenthesized pipelines

@@ -7,12 +7,10 @@ import json as _json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from corral.errors import BadRequest
-
 from corral.chat.gotemplate.execute import _execute
-from corral.chat.gotemplate.functions import _MAX_TEXT, GoStruct, _GoMap, _GoSlice, _PropertyType, _fail, _ts_type
+from corral.chat.gotemplate.functions import _MAX_TEXT, GoStruct, _fail, _GoMap, _GoSlice, _PropertyType, _ts_type
 from corral.chat.gotemplate.parse import Node, Template, parse_template
-
+from corral.errors import BadRequest
 
 # ---- Ollama's values --------------------------------------------------------------------------
 

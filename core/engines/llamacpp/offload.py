@@ -248,7 +248,8 @@ class Plan:
         parts = [f"{g.layers} on {g.label}" for g in self.gpus if g.layers or g.output]
         where = ", ".join(parts)
         text = f"{self.gpu_layers}/{n} layers on GPU ({where})"
-        text += ", output layer on " + (next(g.label for g in self.gpus if g.output) if self.output_offloaded else "CPU")
+        output = next(g.label for g in self.gpus if g.output) if self.output_offloaded else "CPU"
+        text += f", output layer on {output}"
         if self.cpu_layers:
             text += f", {self.cpu_layers} layers on CPU"
         return text
@@ -261,8 +262,7 @@ class Plan:
             f"Model:     {m.name} ({m.architecture}, {m.n_layer} layers, {human_bytes(m.weights_bytes)} of weights)",
             f"Context:   {self.num_ctx} tokens x {self.num_parallel} parallel = {self.n_ctx} tokens of "
             f"{kv_type} KV cache ({human_bytes(self.kv_cache_bytes)})",
-            f"Placement: {self.placement()} -> {self.processor_label}"
-            + (" (num_gpu forced)" if self.forced else ""),
+            f"Placement: {self.placement()} -> {self.processor_label}" + (" (num_gpu forced)" if self.forced else ""),
             f"llama.cpp: n_gpu_layers={self.n_gpu_layers}"
             + (f", tensor_split={_fmt_split(self.tensor_split)}" if len(self.gpus) > 1 else ""),
             "",
@@ -272,18 +272,39 @@ class Plan:
         for use in (*self.gpus, self.cpu):
             name = use.label if use.device is None else f"{use.label} {use.device.name}"
             layers = str(use.layers) + (" +out" if use.output else "")
-            rows.append([
-                name[:40], layers, human_bytes(use.weights), human_bytes(use.kv_cache), human_bytes(use.compute),
-                human_bytes(use.overhead), human_bytes(use.total),
-                "unknown" if use.free is None else human_bytes(use.free),
-                "yes" if use.fits else "NO",
-            ])
+            rows.append(
+                [
+                    name[:40],
+                    layers,
+                    human_bytes(use.weights),
+                    human_bytes(use.kv_cache),
+                    human_bytes(use.compute),
+                    human_bytes(use.overhead),
+                    human_bytes(use.total),
+                    "unknown" if use.free is None else human_bytes(use.free),
+                    "yes" if use.fits else "NO",
+                ]
+            )
         free_total = sum(u.free or 0 for u in (*self.gpus, self.cpu))
-        rows.append(["total", str(m.n_layer) + " +out", "", "", "", "", human_bytes(self.total_bytes),
-                     human_bytes(free_total), "yes" if self.fits else "NO"])
+        rows.append(
+            [
+                "total",
+                str(m.n_layer) + " +out",
+                "",
+                "",
+                "",
+                "",
+                human_bytes(self.total_bytes),
+                human_bytes(free_total),
+                "yes" if self.fits else "NO",
+            ]
+        )
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
-            lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+            cells = (
+                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+            lines.append("  ".join(cells).rstrip())
         lines += [f"Note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -333,7 +354,9 @@ def plan(
     if model.n_ctx_train and num_ctx > model.n_ctx_train:
         seq_ctx = model.n_ctx_train
         notes.append(f"num_ctx {num_ctx} is capped at the model's training context of {model.n_ctx_train} tokens")
-    costs = _costs(model, seq_ctx * num_parallel, num_parallel + 1, num_batch, KV_CACHE_BYTES[kv_cache_type], flash_attention)
+    costs = _costs(
+        model, seq_ctx * num_parallel, num_parallel + 1, num_batch, KV_CACHE_BYTES[kv_cache_type], flash_attention
+    )
 
     gpus = sorted((d for d in devices if d.kind == "gpu"), key=lambda d: d.index)
     cpus = [d for d in devices if d.kind == "cpu"]
@@ -359,8 +382,22 @@ def plan(
         split = _split(costs, n, capacities) if n else [0] * len(gpus)
     assert split is not None
 
-    result = _build(model, costs, gpus, cpu_device, split, n, gpu_overhead, seq_ctx, num_parallel, num_batch,
-                    kv_cache_type, flash_attention, forced, notes)
+    result = _build(
+        model,
+        costs,
+        gpus,
+        cpu_device,
+        split,
+        n,
+        gpu_overhead,
+        seq_ctx,
+        num_parallel,
+        num_batch,
+        kv_cache_type,
+        flash_attention,
+        forced,
+        notes,
+    )
     if not result.fits:
         raise InsufficientMemory(_no_fit_message(result, num_gpu if forced else None))
     return result
@@ -377,7 +414,7 @@ def _costs(model: ModelProfile, n_ctx: int, n_seq: int, n_batch: int, kv_bpe: fl
     graph_layers = activations + attention
     graph_logits = 4 * batch * (model.n_vocab + model.n_embd)
     return _Costs(
-        layer=tuple(w + k for w, k in zip(model.layer_bytes, kv)),
+        layer=tuple(w + k for w, k in zip(model.layer_bytes, kv, strict=False)),
         layer_weights=tuple(model.layer_bytes),
         layer_kv=kv,
         output_weights_gpu=model.output_bytes + model.tied_output_bytes,
@@ -393,13 +430,13 @@ def _slots(costs: _Costs, n: int) -> list[int]:
     """Bytes of the last ``n`` offloadable slots, in llama.cpp's order (the output layer last)."""
     n_layer = len(costs.layer)
     layers = min(n, n_layer)
-    slots = list(costs.layer[n_layer - layers:])
+    slots = list(costs.layer[n_layer - layers :])
     if n > n_layer:  # the output layer; its device also computes the logits
         slots.append(costs.output_weights_gpu + (costs.graph_output - costs.graph_layers))
     return slots
 
 
-def _fill(slots: list[int], budgets: list[float]) -> list[int] | None:
+def _fill(slots: list[int], budgets: Sequence[float]) -> list[int] | None:
     """Contiguous greedy fill: each device in order takes slots while they fit its budget."""
     counts = []
     i = 0
@@ -445,9 +482,20 @@ def _split(costs: _Costs, n: int, capacities: list[int], allow_overflow: bool = 
 
 
 def _build(
-    model: ModelProfile, costs: _Costs, gpus: list[Device], cpu_device: Device | None, split: list[int],
-    n: int, gpu_overhead: int, seq_ctx: int, num_parallel: int, num_batch: int, kv_cache_type: str,
-    flash_attention: bool, forced: bool, notes: list[str],
+    model: ModelProfile,
+    costs: _Costs,
+    gpus: list[Device],
+    cpu_device: Device | None,
+    split: list[int],
+    n: int,
+    gpu_overhead: int,
+    seq_ctx: int,
+    num_parallel: int,
+    num_batch: int,
+    kv_cache_type: str,
+    flash_attention: bool,
+    forced: bool,
+    notes: list[str],
 ) -> Plan:
     n_layer = model.n_layer
     output_on_gpu = n > n_layer
@@ -456,21 +504,29 @@ def _build(
     uses: list[DeviceUse] = []
     last_with_slots = max((i for i, c in enumerate(split) if c), default=-1)
     layer = first
-    for i, (device, count) in enumerate(zip(gpus, split)):
+    for i, (device, count) in enumerate(zip(gpus, split, strict=False)):
         has_output = output_on_gpu and i == last_with_slots
         layers = count - (1 if has_output else 0)
-        weights = sum(costs.layer_weights[layer:layer + layers])
-        kv = sum(costs.layer_kv[layer:layer + layers])
+        weights = sum(costs.layer_weights[layer : layer + layers])
+        kv = sum(costs.layer_kv[layer : layer + layers])
         compute = 0
         if layers:
             compute = costs.graph_layers
         if has_output:
             compute = costs.graph_output
             weights += costs.output_weights_gpu
-        uses.append(DeviceUse(
-            device=device, layers=layers, output=has_output, weights=weights, kv_cache=kv, compute=compute,
-            overhead=gpu_overhead if count else 0, first_layer=layer,
-        ))
+        uses.append(
+            DeviceUse(
+                device=device,
+                layers=layers,
+                output=has_output,
+                weights=weights,
+                kv_cache=kv,
+                compute=compute,
+                overhead=gpu_overhead if count else 0,
+                first_layer=layer,
+            )
+        )
         layer += layers
     cpu_weights = model.input_bytes + sum(costs.layer_weights[:first])
     cpu_kv = sum(costs.layer_kv[:first])
@@ -481,12 +537,25 @@ def _build(
     if not output_on_gpu:
         cpu_weights += costs.output_weights_cpu
     cpu = DeviceUse(
-        device=cpu_device, layers=first, output=not output_on_gpu, weights=cpu_weights, kv_cache=cpu_kv,
-        compute=cpu_compute + costs.host_output_buffer, first_layer=0,
+        device=cpu_device,
+        layers=first,
+        output=not output_on_gpu,
+        weights=cpu_weights,
+        kv_cache=cpu_kv,
+        compute=cpu_compute + costs.host_output_buffer,
+        first_layer=0,
     )
     return Plan(
-        model=model, num_ctx=seq_ctx, num_parallel=num_parallel, num_batch=num_batch, kv_cache_type=kv_cache_type,
-        flash_attention=flash_attention, gpus=tuple(uses), cpu=cpu, forced=forced, notes=tuple(notes),
+        model=model,
+        num_ctx=seq_ctx,
+        num_parallel=num_parallel,
+        num_batch=num_batch,
+        kv_cache_type=kv_cache_type,
+        flash_attention=flash_attention,
+        gpus=tuple(uses),
+        cpu=cpu,
+        forced=forced,
+        notes=tuple(notes),
     )
 
 
@@ -494,13 +563,19 @@ def _no_fit_message(p: Plan, num_gpu: int | None) -> str:
     free = [(u.label, u.free) for u in (*p.gpus, p.cpu) if u.free is not None]
     free_total = sum(f for _, f in free)
     where = ", ".join(f"{label}: {human_bytes(f)}" for label, f in free)
-    needs = (f"{p.model.name} needs {human_bytes(p.total_bytes)} (weights {human_bytes(p.model.weights_bytes)}, "
-             f"KV cache {human_bytes(p.kv_cache_bytes)} for {p.n_ctx} tokens)")
+    needs = (
+        f"{p.model.name} needs {human_bytes(p.total_bytes)} (weights {human_bytes(p.model.weights_bytes)}, "
+        f"KV cache {human_bytes(p.kv_cache_bytes)} for {p.n_ctx} tokens)"
+    )
     over = [u for u in (*p.gpus, p.cpu) if not u.fits]
-    detail = "; ".join(f"{u.label} would need {human_bytes(u.total)} with {human_bytes(u.free or 0)} free" for u in over)
+    detail = "; ".join(
+        f"{u.label} would need {human_bytes(u.total)} with {human_bytes(u.free or 0)} free" for u in over
+    )
     if num_gpu is not None:
-        return (f"num_gpu={num_gpu} does not fit: {detail} ({p.placement()}); "
-                "lower num_gpu or leave it unset to fit automatically")
+        return (
+            f"num_gpu={num_gpu} does not fit: {detail} ({p.placement()}); "
+            "lower num_gpu or leave it unset to fit automatically"
+        )
     if p.total_bytes > free_total:
         msg = f"{needs} but only {human_bytes(free_total)} is free ({where})"
     else:
@@ -543,7 +618,9 @@ def profile_from_gguf(path: Path | str) -> ModelProfile:
     if len(head_kv) == 1:
         head_kv = head_kv * n_layer
     if len(head_kv) != n_layer:
-        raise InvalidModelFile(f"{path}: {arch}.attention.head_count_kv has {len(head_kv)} entries for {n_layer} layers")
+        raise InvalidModelFile(
+            f"{path}: {arch}.attention.head_count_kv has {len(head_kv)} entries for {n_layer} layers"
+        )
     head_dim = n_embd // n_head if n_head else 0
     head_k = one(f"{arch}.attention.key_length", head_dim) or 0
     head_v = one(f"{arch}.attention.value_length", head_dim) or 0
@@ -596,7 +673,9 @@ def plan_for_gguf(
     **options: Any,
 ) -> Plan:
     """``plan`` for a GGUF file; ``options`` are plan()'s (num_batch, kv_cache_type, flash_attention, gpu_overhead)."""
-    return plan(profile_from_gguf(path), devices, num_ctx=num_ctx, num_parallel=num_parallel, num_gpu=num_gpu, **options)
+    return plan(
+        profile_from_gguf(path), devices, num_ctx=num_ctx, num_parallel=num_parallel, num_gpu=num_gpu, **options
+    )
 
 
 # ---- formatting ----------------------------------------------------------------------------------

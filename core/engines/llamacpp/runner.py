@@ -55,7 +55,9 @@ def model_params(llama: Any, spec: LoadSpec, n_gpu_layers: int) -> Any:
         mparams.main_gpu = spec.main_gpu
     if spec.tensor_split:
         if len(spec.tensor_split) > llama.LLAMA_MAX_DEVICES:
-            raise BadRequest(f"tensor_split has {len(spec.tensor_split)} entries; llama.cpp takes at most {llama.LLAMA_MAX_DEVICES}")
+            raise BadRequest(
+                f"tensor_split has {len(spec.tensor_split)} entries; llama.cpp takes at most {llama.LLAMA_MAX_DEVICES}"
+            )
         mparams.tensor_split = (ctypes.c_float * llama.LLAMA_MAX_DEVICES)(*spec.tensor_split)
     if spec.use_mmap is not None:
         mparams.load_mode = llama.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else llama.LLAMA_LOAD_MODE_NONE
@@ -301,12 +303,12 @@ class LlamaCppRunner:
             if rc != 0:
                 # Undo what this chunk may have written so the sequences stay consistent.
                 for s in set(flat_seq[lo:hi]):
-                    self.truncate(s, min(p for p, q in zip(flat_pos[lo:hi], flat_seq[lo:hi]) if q == s))
+                    self.truncate(s, min(p for p, q in zip(flat_pos[lo:hi], flat_seq[lo:hi], strict=True) if q == s))
                 if rc == 1:
                     raise CorralError("the context is full: no room left in the KV cache (raise num_ctx)")
                 raise CorralError(f"llama_decode failed with code {rc}")
             for s in set(flat_seq[lo:hi]):
-                self._pos[s] = max(p for p, q in zip(flat_pos[lo:hi], flat_seq[lo:hi]) if q == s) + 1
+                self._pos[s] = max(p for p, q in zip(flat_pos[lo:hi], flat_seq[lo:hi], strict=True) if q == s) + 1
             for local, s in sample_here:
                 results[s] = self._sample(s, local)
         return results
@@ -344,7 +346,9 @@ class LlamaCppRunner:
                 if pooled:
                     vec = np.ctypeslib.as_array(L.llama_get_embeddings_seq(self._ctx, seq), shape=(dim,)).copy()
                 else:  # generative models pool nothing themselves: mean over the tokens
-                    rows = [np.ctypeslib.as_array(L.llama_get_embeddings_ith(self._ctx, i), shape=(dim,)) for i in range(n)]
+                    rows = [
+                        np.ctypeslib.as_array(L.llama_get_embeddings_ith(self._ctx, i), shape=(dim,)) for i in range(n)
+                    ]
                     vec = np.mean(rows, axis=0)
                 out.append(vec.astype(float).tolist())
         finally:

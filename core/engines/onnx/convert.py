@@ -34,7 +34,8 @@ import numpy as np
 
 from corral.errors import BadRequest, CorralError, InvalidModelFile
 from corral.formats.gguf import read_metadata
-from corral.formats.hfnames import LLAMA_LAYER_NAMES as _LAYER_NAMES, LLAMA_TOP_NAMES as _TOP_NAMES
+from corral.formats.hfnames import LLAMA_LAYER_NAMES as _LAYER_NAMES
+from corral.formats.hfnames import LLAMA_TOP_NAMES as _TOP_NAMES
 
 CONVERTER_VERSION = 1
 # What onnxruntime-genai's builder accepts per execution provider.
@@ -86,7 +87,9 @@ def gguf_to_hf(gguf_path: Path, out: Path) -> Path:
 def _architecture(meta: dict[str, Any]) -> str:
     arch = str(meta.get("general.architecture", ""))
     if arch not in _ARCHITECTURES:
-        raise BadRequest(f"cannot convert a {arch or 'unknown'!r} GGUF to ONNX (supported: {', '.join(sorted(_ARCHITECTURES))})")
+        raise BadRequest(
+            f"cannot convert a {arch or 'unknown'!r} GGUF to ONNX (supported: {', '.join(sorted(_ARCHITECTURES))})"
+        )
     return arch
 
 
@@ -143,8 +146,6 @@ def _hf_tensors(path: Path, arch: str, config: dict[str, Any]) -> dict[str, np.n
     if "model.embed_tokens.weight" not in out:
         raise InvalidModelFile(f"{path.name}: no token_embd.weight tensor")
     return out
-
-
 
 
 def _hf_name(name: str) -> str:
@@ -275,7 +276,9 @@ def check_convertible(gguf_path: Path, precision: str | None, provider: str = "c
     precision = (precision or default_precision(gguf_path)).lower()
     allowed = PRECISIONS.get(provider, ())
     if precision not in allowed:
-        raise BadRequest(f"ONNX precision {precision!r} is not available for {provider!r} (choose from {', '.join(allowed)})")
+        raise BadRequest(
+            f"ONNX precision {precision!r} is not available for {provider!r} (choose from {', '.join(allowed)})"
+        )
     return precision
 
 

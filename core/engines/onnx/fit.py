@@ -41,7 +41,9 @@ def onnx_need(folder: Path, num_ctx: int, num_parallel: int, *, on_gpu: bool, nu
     try:
         model = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))["model"]
         decoder = model["decoder"]
-        per_token = 2 * int(decoder["num_hidden_layers"]) * int(decoder["num_key_value_heads"]) * int(decoder["head_size"])
+        per_token = (
+            2 * int(decoder["num_hidden_layers"]) * int(decoder["num_key_value_heads"]) * int(decoder["head_size"])
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InvalidModelFile(f"{folder}: genai_config.json does not describe the decoder ({exc})") from None
     weights = sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith((".onnx", ".onnx.data")))
@@ -64,6 +66,7 @@ def check_onnx_fit(
     if total > device.free_memory:
         raise InsufficientMemory(
             f"the model needs {human_bytes(total)} on {device.name} (weights {human_bytes(need.weights)}, KV cache "
-            f"{human_bytes(need.kv_cache)} for {num_parallel} x {need.seq_ctx} tokens, compute {human_bytes(need.compute)})"
-            f" but only {human_bytes(device.free_memory)} is free: lower num_ctx or CORRAL_NUM_PARALLEL, or stop other models"
+            f"{human_bytes(need.kv_cache)} for {num_parallel} x {need.seq_ctx} tokens, "
+            f"compute {human_bytes(need.compute)}) but only {human_bytes(device.free_memory)} is free: "
+            "lower num_ctx or CORRAL_NUM_PARALLEL, or stop other models"
         )

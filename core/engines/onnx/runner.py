@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from corral.engines.sampling import GrammarVocabulary, Sampler
 from corral.errors import BadRequest, CorralError, InvalidModelFile
-from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
 from corral.formats.hfnames import byte_decoder as _byte_decoder
 from corral.formats.onnx import PROVENANCE, VOCAB_GGUF, is_genai_folder, read_json
-from corral.engines.sampling import GrammarVocabulary, Sampler
+from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
 
 # Token texts llama.cpp treats as end of generation wherever a vocabulary has them, and the FIM
 # pad/repo/separator tokens it adds to that set (llama-vocab.cpp in llama-cpp-python 0.3.36).

@@ -118,9 +118,12 @@ class Registry:
             token = self._token
             if token:
                 hdrs["Authorization"] = f"Bearer {token}"
-            extra = {"timeout": timeout} if timeout is not None else {}
             request = self.client.build_request(
-                method, url, headers=hdrs, content=body() if body else None, **extra
+                method,
+                url,
+                headers=hdrs,
+                content=body() if body else None,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
             resp = self.client.send(request, stream=stream)
             if resp.status_code != 401:

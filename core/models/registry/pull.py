@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 from collections import deque
@@ -22,10 +23,10 @@ import httpx
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from corral.errors import CorralError, ModelNotFound
+from corral.errors import CorralError, ModelNotFound, StorageFull
 from corral.models.names import ModelName
 from corral.models.registry.http import RETRY_STATUSES, MiB, Progress, Registry, RegistryError, describe
-from corral.models.store import MANIFEST_MEDIA_TYPE, Manifest, Store, check_digest, fsync_dir
+from corral.models.store import MANIFEST_MEDIA_TYPE, Manifest, Store, check_digest, disk_full, fsync_dir, is_disk_full
 
 
 @dataclass
@@ -103,10 +104,15 @@ def _write_sidecar(dl: _BlobDownload, fd: int | None) -> None:
     """Record progress. The data it counts is fsynced first, so the record never runs ahead of the file."""
     state = dl.snapshot()  # taken before the sync: every byte it counts was already written
     if fd is not None:
-        os.fdatasync(fd)
+        _datasync(fd)
     tmp = dl.sidecar.with_name(dl.sidecar.name + ".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, dl.sidecar)
+    try:
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, dl.sidecar)
+    except BaseException:  # a full disk, say: no half-written record stays behind
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def _plan_parts(size: int, parts: int, part_size_min: int) -> list[_Part]:
@@ -122,8 +128,27 @@ def _sha256_file(path: Path) -> str:
         return f"sha256:{hashlib.file_digest(fh, 'sha256').hexdigest()}"
 
 
+# Portability: Windows has no pwrite and opens descriptors in text mode unless told O_BINARY; macOS
+# has no fdatasync; Windows flushes a file (FlushFileBuffers) only through a handle open for writing.
+_O_BINARY = getattr(os, "O_BINARY", 0)
+_seek_write_lock = threading.Lock()
+
+
+def _pwrite(fd: int, data: bytes, offset: int) -> None:
+    if hasattr(os, "pwrite"):
+        os.pwrite(fd, data, offset)
+        return
+    with _seek_write_lock:  # the parts' threads share one descriptor and so one file position
+        os.lseek(fd, offset, os.SEEK_SET)
+        os.write(fd, data)
+
+
+def _datasync(fd: int) -> None:
+    (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+
 def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, (os.O_RDWR if sys.platform == "win32" else os.O_RDONLY) | _O_BINARY)
     try:
         os.fsync(fd)
     finally:
@@ -208,7 +233,7 @@ class _Puller:
             dl.parts = _plan_parts(size, self.parts, self.part_size_min)
         else:
             self._count(bytes_resumed=dl.completed)
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o644)
         try:
             if not resumed:
                 os.ftruncate(fd, size)  # sparse: the parts fill it in at their offsets
@@ -369,14 +394,14 @@ class _Puller:
                     part.claimed += max(n, 0)
                 if n <= 0:
                     break  # an idle worker took over the rest of this part
-                os.pwrite(fd, chunk if n == len(chunk) else chunk[:n], pos)
+                _pwrite(fd, chunk if n == len(chunk) else chunk[:n], pos)
                 with dl.lock:
                     part.completed += n
                 got += n
                 if n < len(chunk):
                     break
         except (httpx.TransportError, _Retry) as exc:
-            exc.got = got  # type: ignore[attr-defined]
+            exc.got = got  # type: ignore[union-attr]  # an httpx error gets the count as a new attribute
             raise
         finally:
             resp.close()
@@ -430,10 +455,13 @@ def _check_disk(store: Store, needed: dict[str, int]) -> None:
     for digest in needed:
         partial, _ = _partial_paths(store, digest)
         with contextlib.suppress(OSError):
-            have += partial.stat().st_blocks * 512  # bytes an earlier pull already holds for this blob
+            info = partial.stat()  # bytes an earlier pull already holds for this blob (Windows: no st_blocks)
+            have += info.st_blocks * 512 if hasattr(info, "st_blocks") else info.st_size
     want = sum(needed.values())
     if want > have:
-        raise CorralError(f"not enough disk space to pull: {want} bytes needed in {store.blobs}, {have} free")
+        raise StorageFull(
+            f"not enough disk space to pull: {want} bytes needed in the store {store.root} ({have} bytes free)"
+        )
 
 
 def pull(
@@ -477,7 +505,7 @@ def pull(
     try:
         progress({"status": "pulling manifest"})
         manifest = puller.fetch_manifest()
-        layers = {}
+        layers: dict[str, int] = {}
         for layer in [*manifest.layers, manifest.config]:  # layers first, config last, as Ollama does
             layers.setdefault(layer.digest, layer.size)
         store.blobs.mkdir(parents=True, exist_ok=True)
@@ -502,37 +530,61 @@ def pull(
                         except LockTimeout:
                             continue
                 held.callback(lock.release)
-            downloads: list[_BlobDownload] = []
-            for digest, size in layers.items():
-                if store.has_blob(digest):  # was there, or another pull finished it while we waited
-                    if digest in missing:  # we hold its lock: a partial left beside it is stale
-                        for path in _partial_paths(store, digest):
-                            with contextlib.suppress(FileNotFoundError):
-                                path.unlink()
-                    stats.blobs_skipped += 1
-                    progress({"status": f"pulling {digest[7:19]}", "digest": digest, "total": size, "completed": size})
-                    continue
-                downloads.append(puller.download(digest, size))
-                stats.blobs_downloaded += 1
-
-            progress({"status": "verifying sha256 digest"})
-            for dl in downloads:
-                actual = _verify(dl.partial)
-                if actual != dl.digest:
-                    for path in (dl.partial, dl.sidecar):
+            try:
+                _fetch_and_commit(store, name, manifest, layers, missing, puller, stats, progress)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                for digest in missing:  # we hold their locks; a part that cannot finish only fills the disk
+                    for path in _partial_paths(store, digest):
                         with contextlib.suppress(FileNotFoundError):
                             path.unlink()
-                    raise RegistryError(
-                        f"digest mismatch pulling {name} from {reg.host}: blob {dl.digest} arrived as {actual}; "
-                        "the download was discarded, pull again"
-                    )
-
-            progress({"status": "writing manifest"})
-            _commit(store, name, manifest, downloads)
+                raise disk_full(store.root, f"pull {name}", sum(missing.values())) from None
         progress({"status": "success"})
         return stats
     finally:
         reg.close()
+
+
+def _fetch_and_commit(
+    store: Store,
+    name: ModelName,
+    manifest: Manifest,
+    layers: dict[str, int],
+    missing: dict[str, int],
+    puller: _Puller,
+    stats: PullStats,
+    progress: Progress,
+) -> None:
+    """Download what is missing, verify it, and commit it with the manifest. Caller holds the blob locks."""
+    reg = puller.reg
+    downloads: list[_BlobDownload] = []
+    for digest, size in layers.items():
+        if store.has_blob(digest):  # was there, or another pull finished it while we waited
+            if digest in missing:  # we hold its lock: a partial left beside it is stale
+                for path in _partial_paths(store, digest):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+            stats.blobs_skipped += 1
+            progress({"status": f"pulling {digest[7:19]}", "digest": digest, "total": size, "completed": size})
+            continue
+        downloads.append(puller.download(digest, size))
+        stats.blobs_downloaded += 1
+
+    progress({"status": "verifying sha256 digest"})
+    for dl in downloads:
+        actual = _verify(dl.partial)
+        if actual != dl.digest:
+            for path in (dl.partial, dl.sidecar):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            raise RegistryError(
+                f"digest mismatch pulling {name} from {reg.host}: blob {dl.digest} arrived as {actual}; "
+                "the download was discarded, pull again"
+            )
+
+    progress({"status": "writing manifest"})
+    _commit(store, name, manifest, downloads)
 
 
 def _commit(store: Store, name: ModelName, manifest: Manifest, downloads: list[_BlobDownload]) -> None:

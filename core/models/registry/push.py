@@ -47,7 +47,7 @@ def push(
         stats.retries += 1
 
     try:
-        layers = {}
+        layers: dict[str, int] = {}
         for layer in [*manifest.layers, manifest.config]:
             layers.setdefault(check_digest(layer.digest), layer.size)
         for digest, size in layers.items():

@@ -111,7 +111,8 @@ async def chat_completions(request: Request, scheduler: SchedulerDep) -> Respons
     target = Target(req.model, request_options(req, num_predict), req.keep_alive, req.backend)
     offered = req.tools if req.tool_choice != "none" else None
     effort = req.reasoning_effort or (req.reasoning or {}).get("effort")
-    gen = await generation.generate(scheduler, target, ChatPrompt(messages, tools=offered, think=effort), format=fmt)
+    prompt = ChatPrompt(messages, tools=offered, think=effort, tool_choice=req.tool_choice)
+    gen = await generation.generate(scheduler, target, prompt, format=fmt)
     cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -133,7 +134,12 @@ async def chat_completions(request: Request, scheduler: SchedulerDep) -> Respons
                 "model": gen.model,
                 "system_fingerprint": FINGERPRINT,
                 "choices": [
-                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(final, bool(called))}
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": None,
+                        "finish_reason": finish_reason(final, bool(called)),
+                    }
                 ],
                 "usage": usage_of(final.stats),
             }

@@ -15,7 +15,7 @@ from typing import Any
 
 from corral.models.store import StoredModel
 from corral.runtime.worker import Event, Stats
-from corral.server.openai.types import ChatMessageIn, InvalidParam, ResponseFormat, GeneratingRequest
+from corral.server.openai.types import ChatMessageIn, GeneratingRequest, InvalidParam, ResponseFormat
 from corral.types import Message, Options
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -98,7 +98,9 @@ def chat_messages(messages: list[ChatMessageIn]) -> list[Message]:
         if role == "tool":
             tool_name = msg.name or _tool_name(messages[:i], msg.tool_call_id)
         out.append(
-            Message(role=role, content="\n".join(texts), images=images or None, tool_calls=tool_calls, tool_name=tool_name)
+            Message(
+                role=role, content="\n".join(texts), images=images or None, tool_calls=tool_calls, tool_name=tool_name
+            )
         )
     return out
 
@@ -163,11 +165,16 @@ def completion_prompt(prompt: str | list[str] | list[int] | list[list[int]]) -> 
     raise InvalidParam("only one prompt per request is supported (send a string, not a list of several)", "prompt")
 
 
-def usage_of(stats: Stats | None) -> dict[str, int]:
-    # prompt_eval_count counts what was evaluated; prefix-cached tokens were part of the prompt too.
-    prompt = (stats.prompt_eval_count + stats.cached_tokens) if stats else 0
+def usage_of(stats: Stats | None) -> dict[str, Any]:
+    # prompt_eval_count counts what was evaluated; prefix-cached tokens were part of the prompt too,
+    # and OpenAI reports them apart as prompt_tokens_details.cached_tokens.
+    cached = stats.cached_tokens if stats else 0
+    prompt = (stats.prompt_eval_count + cached) if stats else 0
     completion = stats.eval_count if stats else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def finish_reason(event: Event, called: bool = False) -> str:
@@ -182,8 +189,9 @@ def openai_tool_calls(calls: list[dict[str, Any]], *, streaming: bool) -> list[d
     out = []
     for call in calls:
         fn = call["function"]
+        arguments = json.dumps(fn["arguments"], ensure_ascii=False)
         item = {"id": f"call_{secrets.token_hex(4)}", "type": "function",
-                "function": {"name": fn["name"], "arguments": json.dumps(fn["arguments"], ensure_ascii=False)}}  # fmt: skip
+                "function": {"name": fn["name"], "arguments": arguments}}  # fmt: skip
         out.append({"index": fn["index"], **item} if streaming else item)
     return out
 

@@ -78,7 +78,7 @@ class ChatCompletionRequest(GeneratingRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None  # "none" hides the tools; others let the model choose
+    tool_choice: str | dict[str, Any] | None = None  # "none" hides the tools; "required" or a function forces a call
     # Ollama's mapping to ``think``: "high", "medium", "low" think; "none" does not; absent leaves it to the model
     reasoning_effort: str | None = None
     reasoning: dict[str, Any] | None = None  # {"effort": ...}, the Responses API's spelling

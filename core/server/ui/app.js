@@ -235,6 +235,7 @@ function statsLine(msg) {
   if (s.eval_count && s.eval_duration) parts.push(`${(s.eval_count / (s.eval_duration / 1e9)).toFixed(1)} tokens/s`);
   if (s.eval_count) parts.push(`${s.eval_count} tokens`);
   if (s.ttft_ms != null) parts.push(`first token ${(s.ttft_ms / 1000).toFixed(2)} s`);
+  if (s.done_reason === "length") parts.push("cut at the token limit");
   return parts.join(" · ");
 }
 

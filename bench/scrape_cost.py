@@ -1,0 +1,141 @@
+"""What a /metrics scrape costs while a real `corral serve` (SmolLM2) answers a burst of 200 requests.
+
+Runs the same burst twice, without scraping and with a scraper polling /metrics every 0.1 s (150
+times Prometheus' default rate), and prints the burst's wall time and token rate for each, and the
+scrapes' latency. Also times the scrape's own work in-process. Prints a table; asserts nothing.
+
+    .venv/bin/python bench/scrape_cost.py [--requests 200] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from serverproc import free_port  # noqa: E402
+
+MODEL = "smollm2:135m"
+KEY = "bench-key"
+AUTH = {"authorization": f"Bearer {KEY}"}
+
+
+async def burst(url: str, requests: int, concurrency: int) -> tuple[float, int]:
+    """Wall seconds for ``requests`` short generations, ``concurrency`` at a time, and tokens made."""
+    limit = asyncio.Semaphore(concurrency)
+    tokens = 0
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        nonlocal tokens
+        async with limit:
+            body = {
+                "model": MODEL,
+                "prompt": f"Say a word about the number {i}.",
+                "stream": False,
+                "options": {"num_predict": 8, "temperature": 0},
+            }
+            r = await client.post("/api/generate", json=body)
+            r.raise_for_status()
+            tokens += r.json()["eval_count"]
+
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=600) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(client, i) for i in range(requests)))
+        return time.perf_counter() - t0, tokens
+
+
+async def scraper(url: str, stop: asyncio.Event, latencies: list[float]) -> None:
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=60) as client:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            r = await client.get("/metrics")
+            r.raise_for_status()
+            latencies.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.1)
+
+
+async def measure(url: str, requests: int, concurrency: int, scrape: bool) -> tuple[float, int, list[float]]:
+    latencies: list[float] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(scraper(url, stop, latencies)) if scrape else None
+    wall, tokens = await burst(url, requests, concurrency)
+    stop.set()
+    if task:
+        await task
+    return wall, tokens, latencies
+
+
+def in_process_cost(url: str, n: int = 200) -> float:
+    """Median seconds of one scrape seen from the client, the server otherwise idle."""
+    times = []
+    with httpx.Client(base_url=url, headers=AUTH) as client:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            client.get("/metrics").raise_for_status()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="corral-bench-"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "CORRAL_HOME": str(home),
+        "CORRAL_HOST": f"127.0.0.1:{port}",
+        "CORRAL_API_KEYS": KEY,
+        "CORRAL_PRELOAD": MODEL,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli.main", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        asyncio.run(burst(url, 16, args.concurrency))  # warm up
+        idle = in_process_cost(url)
+        rows = []
+        for scrape in (False, True, False, True):  # interleaved, so drift in machine load shows
+            wall, tokens, latencies = asyncio.run(measure(url, args.requests, args.concurrency, scrape))
+            rows.append((scrape, wall, tokens, latencies))
+        size = len(httpx.get(f"{url}/metrics", headers=AUTH).content)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    print(f"burst: {args.requests} requests x 8 tokens, {args.concurrency} at a time, SmolLM2-135M on CPU")
+    print(f"scrape on an idle server: median {idle * 1e3:.2f} ms, {size} bytes")
+    print("| scraping | wall s | tokens/s | scrapes | scrape median ms | scrape max ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for scrape, wall, tokens, latencies in rows:
+        med = f"{statistics.median(latencies) * 1e3:.1f}" if latencies else "-"
+        top = f"{max(latencies) * 1e3:.1f}" if latencies else "-"
+        print(
+            f"| {'every 0.1 s' if scrape else 'none'} | {wall:.1f} | {tokens / wall:.1f} | "
+            f"{len(latencies)} | {med} | {top} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

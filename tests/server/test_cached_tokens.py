@@ -1,0 +1,97 @@
+"""Prompt tokens read from the prefix cache are reported: ``prompt_eval_cached_count`` on Ollama's routes
+(``prompt_eval_count`` counting the whole prompt, as Ollama), ``usage.prompt_tokens_details.cached_tokens``
+on OpenAI's (a real llama.cpp runner over the tiny GGUF, in-process)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from corral.config import Settings
+from corral.models.recipes import store_gguf
+from corral.models.store import Store
+from corral.runtime.scheduler import Scheduler
+from corral.server.app import create_app
+
+HISTORY = [{"role": "system", "content": "You answer in one short sentence about the weather. " * 4}]
+
+
+@pytest.fixture
+async def client(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(
+        home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_parallel=2, num_ctx=512, backend="cpu"
+    )
+    store = Store(settings.models_dir)
+    store_gguf(store, "tiny:latest", tiny_gguf)
+    scheduler = Scheduler(settings, store=store)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(settings, scheduler)),
+        base_url="http://127.0.0.1:11434",
+        timeout=120,
+    ) as c:
+        yield c
+    await scheduler.close()
+
+
+@pytest.mark.anyio
+async def test_ollama_reports_the_cached_part_of_the_prompt(client: httpx.AsyncClient) -> None:
+    options = {"temperature": 0, "num_predict": 2}
+    first = (
+        await client.post(
+            "/api/chat",
+            json={
+                "model": "tiny",
+                "messages": [*HISTORY, {"role": "user", "content": "Monday?"}],
+                "stream": False,
+                "options": options,
+            },
+        )
+    ).json()
+    assert first["prompt_eval_cached_count"] == 0 and first["prompt_eval_count"] > 40
+    second = (
+        await client.post(
+            "/api/chat",
+            json={
+                "model": "tiny",
+                "messages": [*HISTORY, {"role": "user", "content": "Tuesday?"}],
+                "stream": False,
+                "options": options,
+            },
+        )
+    ).json()
+    assert 40 < second["prompt_eval_cached_count"] < second["prompt_eval_count"]
+    assert abs(second["prompt_eval_count"] - first["prompt_eval_count"]) <= 2  # the whole prompt, cached or not
+    streamed = [
+        line
+        for line in (
+            await client.post("/api/generate", json={"model": "tiny", "prompt": "x", "options": options})
+        ).text.splitlines()
+        if line
+    ]
+    assert '"prompt_eval_cached_count"' in streamed[-1]
+
+
+@pytest.mark.anyio
+async def test_openai_reports_cached_tokens(client: httpx.AsyncClient) -> None:
+    body = {"model": "tiny", "max_tokens": 2, "temperature": 0}
+    first = (
+        await client.post(
+            "/v1/chat/completions", json={**body, "messages": [*HISTORY, {"role": "user", "content": "Monday?"}]}
+        )
+    ).json()
+    second = (
+        await client.post(
+            "/v1/chat/completions", json={**body, "messages": [*HISTORY, {"role": "user", "content": "Friday?"}]}
+        )
+    ).json()
+    assert first["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert 40 < cached < second["usage"]["prompt_tokens"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
