@@ -170,3 +170,52 @@ def test_a_quantised_kv_cache_runs_where_the_heads_allow_it_and_falls_back_to_f1
     finally:
         for runner in (small_heads, plain, no_flash):
             runner.close()
+
+
+def test_prompts_that_arrive_together_are_prefilled_in_one_step_with_the_same_greedy_tokens(tiny_gguf: Path) -> None:
+    import queue
+    import threading
+
+    from corral.hookspecs import Sampling
+    from corral.runtime.worker import Event, Job
+
+    steps: list[list[tuple[int, int]]] = []  # (sequence, tokens fed) of each step
+    release = threading.Event()
+
+    def recording() -> LlamaCppRunner:
+        runner = load(tiny_gguf, parallel=4)
+        real_step = runner.step
+
+        def step(batch):  # type: ignore[no-untyped-def]
+            steps.append([(s.seq, len(s.tokens)) for s in batch])
+            return real_step(batch)
+
+        runner.step = step  # type: ignore[method-assign]
+        release.wait(30)  # the four jobs are queued before the owner thread takes its first turn
+        return runner
+
+    worker = ModelWorker(recording, "tiny")
+    outputs: list[queue.Queue[Event]] = [queue.Queue() for _ in PROMPTS]
+    try:
+        for prompt, out in zip(PROMPTS, outputs):
+            greedy_job = Sampling(temperature=0, repeat_penalty=1.0)
+            worker.submit(Job(prompt=prompt, sampling=greedy_job, emit=out.put, num_predict=10, add_bos=False))
+        release.set()
+        runner = worker.wait_loaded(30)
+        texts = []
+        for out in outputs:
+            events = [out.get(timeout=60)]
+            while not events[-1].done:
+                events.append(out.get(timeout=60))
+            texts.append("".join(e.text for e in events))
+        assert sorted(n for _seq, n in steps[0]) == sorted(len(runner.tokenize(p)) for p in PROMPTS)  # one prefill step
+        alone = load(tiny_gguf, parallel=1)
+        try:
+            for prompt, text in zip(PROMPTS, texts):
+                ids = greedy(alone, runner.tokenize(prompt), 10)
+                assert text == b"".join(alone.token_bytes(t) for t in ids).decode("utf-8", "replace")
+        finally:
+            alone.close()
+    finally:
+        worker.stop()
+        worker.join(10)
