@@ -29,6 +29,9 @@ KEY = "bench-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
 
 
+TOKENS = 8  # generated per request (--tokens)
+
+
 async def burst(url: str, requests: int, concurrency: int) -> tuple[float, int]:
     """Wall seconds for ``requests`` short generations, ``concurrency`` at a time, and tokens made."""
     limit = asyncio.Semaphore(concurrency)
@@ -41,7 +44,7 @@ async def burst(url: str, requests: int, concurrency: int) -> tuple[float, int]:
                 "model": MODEL,
                 "prompt": f"Say a word about the number {i}.",
                 "stream": False,
-                "options": {"num_predict": 8, "temperature": 0},
+                "options": {"num_predict": TOKENS, "temperature": 0},
             }
             r = await client.post("/api/generate", json=body)
             r.raise_for_status()
@@ -86,26 +89,22 @@ def in_process_cost(url: str, n: int = 200) -> float:
 
 
 def main() -> None:
+    global TOKENS
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=8, help="tokens generated per request")
+    parser.add_argument("--rounds", type=int, default=2, help="pairs of bursts (without, with scraping)")
     args = parser.parse_args()
+    TOKENS = args.tokens
     home = Path(tempfile.mkdtemp(prefix="corral-bench-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
-        **os.environ,
-        "CORRAL_HOME": str(home),
-        "CORRAL_HOST": f"127.0.0.1:{port}",
-        "CORRAL_API_KEYS": KEY,
-        "CORRAL_PRELOAD": MODEL,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli.main", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        **os.environ, "CORRAL_HOME": str(home), "CORRAL_HOST": f"127.0.0.1:{port}",
+        "CORRAL_API_KEYS": KEY, "CORRAL_PRELOAD": MODEL,
+    }  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "corral.cli.main", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while True:
             try:
@@ -116,25 +115,20 @@ def main() -> None:
             time.sleep(0.5)
         asyncio.run(burst(url, 16, args.concurrency))  # warm up
         idle = in_process_cost(url)
-        rows = []
-        for scrape in (False, True, False, True):  # interleaved, so drift in machine load shows
-            wall, tokens, latencies = asyncio.run(measure(url, args.requests, args.concurrency, scrape))
-            rows.append((scrape, wall, tokens, latencies))
         size = len(httpx.get(f"{url}/metrics", headers=AUTH).content)
+        print(f"burst: {args.requests} requests x {TOKENS} tokens, {args.concurrency} at a time, SmolLM2-135M on CPU")
+        print(f"scrape on an idle server: median {idle * 1e3:.2f} ms, {size} bytes")
+        print("| scraping | wall s | tokens/s | scrapes | scrape median ms | scrape max ms |")
+        print("| --- | --- | --- | --- | --- | --- |", flush=True)
+        for scrape in [False, True] * args.rounds:  # interleaved, so drift in machine load shows
+            wall, tokens, latencies = asyncio.run(measure(url, args.requests, args.concurrency, scrape))
+            med = f"{statistics.median(latencies) * 1e3:.1f}" if latencies else "-"
+            top = f"{max(latencies) * 1e3:.1f}" if latencies else "-"
+            label = "every 0.1 s" if scrape else "none"
+            print(f"| {label} | {wall:.1f} | {tokens / wall:.1f} | {len(latencies)} | {med} | {top} |", flush=True)
     finally:
         proc.terminate()
         proc.wait(60)
-    print(f"burst: {args.requests} requests x 8 tokens, {args.concurrency} at a time, SmolLM2-135M on CPU")
-    print(f"scrape on an idle server: median {idle * 1e3:.2f} ms, {size} bytes")
-    print("| scraping | wall s | tokens/s | scrapes | scrape median ms | scrape max ms |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for scrape, wall, tokens, latencies in rows:
-        med = f"{statistics.median(latencies) * 1e3:.1f}" if latencies else "-"
-        top = f"{max(latencies) * 1e3:.1f}" if latencies else "-"
-        print(
-            f"| {'every 0.1 s' if scrape else 'none'} | {wall:.1f} | {tokens / wall:.1f} | "
-            f"{len(latencies)} | {med} | {top} |"
-        )
 
 
 if __name__ == "__main__":

@@ -97,6 +97,17 @@ class Sampling:
     frequency_penalty: float = 0.0
     seed: int | None = None
     grammar: str | None = None  # GBNF, e.g. for format=json
+    logprobs: int | None = None  # report each sampled token's log-probability and this many alternatives (0-20)
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """A sampled token's log-probability and the most likely alternatives, under the model's own
+    distribution: a log-softmax of the raw logits, before penalties, grammar and temperature."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,10 @@ class Runner(Protocol):
 
     def cached(self, seq: int) -> int:
         """How many tokens ``seq``'s cache holds."""
+
+    # Optional: ``logprobs(seq) -> TokenLogprobs | None``, the last token sampled for a sequence whose
+    # Sampling asked for ``logprobs`` (see corral.engines.sampling.token_logprobs); a runner without it
+    # reports none.
 
     def truncate(self, seq: int, keep: int) -> int:
         """Forget ``seq``'s cache past its first ``keep`` tokens (0 clears it); return what is kept,

@@ -155,8 +155,10 @@ class GenerateRequest(_Request):
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive = None
     think: bool | str | None = None
+    logprobs: bool | None = None  # each token's log-probability in the answer
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # and this many likeliest alternatives
     backend: str | None = None
-    debug_render_only: bool = Field(False, alias="_debug_render_only")  # Ollama's: the prompt, not an answer
+    debug_render_only: bool | None = Field(None, alias="_debug_render_only")  # Ollama's: the prompt, not an answer
 
 
 class ChatRequest(_Request):
@@ -169,8 +171,15 @@ class ChatRequest(_Request):
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive = None
     think: bool | str | None = None
+    logprobs: bool | None = None  # each token's log-probability in the answer
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # and this many likeliest alternatives
     backend: str | None = None
-    debug_render_only: bool = Field(False, alias="_debug_render_only")
+    debug_render_only: bool | None = Field(None, alias="_debug_render_only")  # None: not sent by the client
+
+
+def logprobs_wanted(logprobs: bool | None, top_logprobs: int | None) -> int | None:
+    """How many alternatives to report per token, or None when no logprobs were asked for."""
+    return (top_logprobs or 0) if logprobs or top_logprobs else None
 
 
 class EmbedRequest(_Request):
@@ -252,6 +261,7 @@ class DebugInfo(_Response):
 class _Done(_Response):
     model: str = ""
     debug_info: DebugInfo | None = Field(None, alias="_debug_info")
+    logprobs: list[dict[str, Any]] | None = None  # per token: token, logprob, bytes, top_logprobs
     created_at: str | None = None
     done: bool | None = None
     done_reason: str | None = None

@@ -46,6 +46,9 @@ HOST_CA=/etc/ssl/certs/ca-certificates.crt
 if [ "$ENGINE" = podman ] && [ -s "$HOST_CA" ]; then
     BUILD_ARGS+=(-v "$HOST_CA:$HOST_CA:ro")
 fi
+if [ "$ENGINE" = podman ]; then
+    BUILD_ARGS+=(--format docker)  # OCI images have no HEALTHCHECK
+fi
 
 make_debian_base() {
     command -v mmdebstrap >/dev/null 2>&1 || { echo "error: no registry answers and mmdebstrap is not installed (apt-get install mmdebstrap)" >&2; exit 1; }

@@ -19,7 +19,9 @@ from corral.errors import BadRequest
 _ROOT = re.compile(r"^root ::=", re.M)
 
 
-def forced_tools(tools: list[dict[str, Any]] | None, choice: str | dict[str, Any] | None) -> list[dict[str, Any]] | None:
+def forced_tools(
+    tools: list[dict[str, Any]] | None, choice: str | dict[str, Any] | None
+) -> list[dict[str, Any]] | None:
     """The tools a call must be made from (None: the model may answer in text); a bad choice is a 400."""
     if choice is None or choice == "auto" or choice == "none":
         return None
@@ -35,7 +37,7 @@ def forced_tools(tools: list[dict[str, Any]] | None, choice: str | dict[str, Any
             raise BadRequest(f"tool_choice names the function '{name}', which is not in 'tools'")
         return named
     raise BadRequest(
-        "invalid tool_choice: use \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}"
+        'invalid tool_choice: use "auto", "none", "required" or {"type": "function", "function": {"name": ...}}'
     )
 
 

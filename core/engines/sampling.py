@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from corral.errors import BadRequest, CorralError, InvalidModelFile
-from corral.hookspecs import Sampling
+from corral.hookspecs import Sampling, TokenLogprobs
 
 
 class Grammar:
@@ -73,9 +73,9 @@ class GrammarVocabulary:
                 import llama_cpp as L
             except ImportError:
                 raise BadRequest("grammars (format/JSON mode) need llama-cpp-python, which is not installed") from None
-            from corral.engines.llamacpp.runner import _init_backend
+            from corral.engines.llamacpp.backend import init_backend
 
-            _init_backend(L)
+            init_backend(L)
             params = L.llama_model_default_params()
             params.vocab_only = True
             self._model = L.llama_model_load_from_file(str(self.path).encode(), params)
@@ -101,6 +101,7 @@ class Sampler:
         # llama.cpp's penalty window: -1 is the whole context (every generated token), 0 is off.
         window = None if sampling.repeat_last_n == -1 else max(0, sampling.repeat_last_n)
         self.recent: deque[int] = deque(maxlen=window)
+        self.last_logprobs: TokenLogprobs | None = None  # of the last pick, when the settings ask for them
 
     @property
     def penalised(self) -> bool:
@@ -110,9 +111,11 @@ class Sampler:
     @property
     def plain_greedy(self) -> bool:
         """The answer is the argmax of the raw logits, so an engine may take it without calling pick."""
-        return self.sampling.temperature <= 0 and self.grammar is None and not self.penalised
+        s = self.sampling
+        return s.temperature <= 0 and self.grammar is None and not self.penalised and s.logprobs is None
 
     def pick(self, logits: np.ndarray) -> int:
+        raw = logits
         logits = logits.astype(np.float32, copy=True)
         if self.grammar is not None:
             self.grammar.mask(logits)
@@ -124,6 +127,8 @@ class Sampler:
         if self.grammar is not None:
             self.grammar.accept(token)
         self.recent.append(token)
+        if self.sampling.logprobs is not None:
+            self.last_logprobs = token_logprobs(raw, token, self.sampling.logprobs)
         return token
 
     def _penalise(self, logits: np.ndarray) -> None:
@@ -161,6 +166,21 @@ class Sampler:
         if self.grammar is not None:
             self.grammar.close()
             self.grammar = None
+
+
+def token_logprobs(logits: np.ndarray, token: int, top: int) -> TokenLogprobs:
+    """``token``'s log-probability and the ``top`` most likely tokens', from one row of raw logits
+    (a log-softmax over the model's distribution: before penalties, grammar and temperature)."""
+    row = np.asarray(logits, dtype=np.float64)
+    shifted = row - row.max()
+    logp = shifted - np.log(np.exp(shifted).sum())
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        k = min(top, row.size)
+        ids = np.argpartition(-logp, k - 1)[:k]
+        ids = ids[np.argsort(-logp[ids], kind="stable")]
+        best = tuple((int(i), float(logp[i])) for i in ids)
+    return TokenLogprobs(int(token), float(logp[token]), best)
 
 
 def _softmax(vals: np.ndarray) -> np.ndarray:

@@ -553,9 +553,9 @@ def quantize_file(store: Store, src: Path, quant: str) -> Path:
     import llama_cpp
 
     from corral.engines.host import physical_cores
-    from corral.engines.llamacpp.runner import _init_backend
+    from corral.engines.llamacpp.backend import init_backend
 
-    _init_backend(llama_cpp)  # routes llama.cpp's chatter through Corral's log filter
+    init_backend(llama_cpp)  # routes llama.cpp's chatter through Corral's log filter
     fd, tmp = store.temp_file(store.blobs, "quantize")
     os.close(fd)
     try:

@@ -287,11 +287,13 @@ async def generate(
     *,
     format: str | dict[str, Any] | None = None,
     context: list[int] | None = None,
+    logprobs: int | None = None,
 ) -> Generation:
     """Acquire the model, render the prompt, start the job and wait for its first event.
 
     ``format``: Ollama's output constraint ("json" or a JSON schema); ``context``: earlier tokens to
-    continue from (Ollama's /api/generate). On any error the model is released before it propagates.
+    continue from (Ollama's /api/generate); ``logprobs``: report each token's log-probability and this
+    many alternatives (None: none). On any error the model is released before it propagates.
     """
     started = time.perf_counter()
     exit_stack = contextlib.AsyncExitStack()  # owned by the Generation once it exists
@@ -299,7 +301,7 @@ async def generate(
         ticket = await exit_stack.enter_async_context(holding(scheduler, target))
         info = ticket.loaded.worker.wait_loaded().info  # acquire waited for the load: this returns at once
         text, reply = render(ticket, info, prompt)
-        sampling: Sampling = replace(ticket.options.sampling(), grammar=_grammar(prompt, reply, format))
+        sampling: Sampling = replace(ticket.options.sampling(), grammar=_grammar(prompt, reply, format), logprobs=logprobs)
         events = scheduler.stream(ticket, text, sampling=sampling, context=context or None)
         exit_stack.push_async_callback(_close_events, events)
     except BaseException:

@@ -24,7 +24,7 @@ class RequestRecord:
     queue_seconds: float | None  # waiting in the worker for a slot (None when it never got one)
     ttft_seconds: float | None  # submitted -> first text (None for embeddings and empty answers)
     token_gaps: list[float] = field(default_factory=list)  # seconds between successive pieces of text
-    prompt_tokens: int = 0  # the whole prompt: evaluated (prompt_eval_count) + cached_tokens, as OpenAI's usage says
+    prompt_tokens: int = 0  # the whole prompt, evaluated + cached, as the responses' prompt_eval_count says
     generated_tokens: int = 0  # as the response's eval_count says
     cached_tokens: int = 0  # prompt tokens the prefix cache supplied
 

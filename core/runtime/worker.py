@@ -43,6 +43,9 @@ class Event:
     exception: CorralError | None = None  # the error itself, so the server can pick the status
     stats: Stats | None = None
     tokens: list[int] | None = None  # the whole context on the final event (Ollama's "context")
+    # The tokens sampled since the last event, when the job's Sampling asked for logprobs: Ollama's and
+    # OpenAI's shape, {"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -96,6 +99,7 @@ class _Slot:
     t_start: float = 0.0
     t_first: float = 0.0
     last_used: float = 0.0
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # not yet sent with an event
 
 
 class ModelWorker:
@@ -313,6 +317,7 @@ class ModelWorker:
         slot.t_start = time.perf_counter()
         queued = int((slot.t_start - job.received_at) * 1e9) if job.received_at else 0
         slot.stats = Stats(cached_tokens=common, queue_duration=queued)
+        slot.logprobs = []
         runner.set_sampling(slot.seq, job.sampling)
 
     def _step(self) -> None:
@@ -372,9 +377,11 @@ class ModelWorker:
             return
         slot.generated += 1
         slot.next_token = token
+        if job.sampling.logprobs is not None:
+            self._note_logprobs(slot, token)
         text = slot.text.feed(runner.token_bytes(token))
         if text:
-            job.emit(Event(text=text))
+            job.emit(Event(text=text, logprobs=self._take_logprobs(slot, job)))
         if slot.text.stopped:
             self._finish(slot, "stop")
         elif job.num_predict >= 0 and slot.generated >= job.num_predict:
@@ -382,13 +389,32 @@ class ModelWorker:
         elif len(slot.cached) + 1 >= slot.limit:
             self._finish(slot, "length")
 
+    def _note_logprobs(self, slot: _Slot, token: int) -> None:
+        found = getattr(self.runner, "logprobs", None)
+        lp = found(slot.seq) if found is not None else None
+        if lp is None or lp.token != token:
+            return
+        top = [self._token_entry(t, v) for t, v in lp.top]
+        slot.logprobs.append({**self._token_entry(token, lp.logprob), "top_logprobs": top})
+
+    def _token_entry(self, token: int, logprob: float) -> dict[str, Any]:
+        assert self.runner is not None
+        data = self.runner.token_bytes(token)
+        return {"token": data.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(data)}
+
+    def _take_logprobs(self, slot: _Slot, job: Job) -> list[dict[str, Any]] | None:
+        if job.sampling.logprobs is None:
+            return None
+        taken, slot.logprobs = slot.logprobs, []
+        return taken
+
     def _finish(self, slot: _Slot, reason: str, error: CorralError | str | None = None) -> None:
         job = slot.job
         assert job is not None
         if reason != "error" and slot.text is not None:
             tail = slot.text.flush()
             if tail:
-                job.emit(Event(text=tail))
+                job.emit(Event(text=tail, logprobs=self._take_logprobs(slot, job)))
         now = time.perf_counter()
         stats = slot.stats
         stats.eval_count = slot.generated
@@ -408,6 +434,7 @@ class ModelWorker:
                 exception=exception,
                 stats=stats,
                 tokens=context,
+                logprobs=self._take_logprobs(slot, job),
             )
         )
 

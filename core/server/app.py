@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from corral import __version__
 from corral.config import Settings
 from corral.runtime.scheduler import Scheduler
-from corral.server import model_routes, ollama, openai, webui
+from corral.server import anthropic, model_routes, ollama, openai, webui
 from corral.server.http import install_openapi
 from corral.server.security import install_security
 from corral.server.service import install_service
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
     app.include_router(ollama.router)
     app.include_router(model_routes.router)
     app.include_router(openai.router)
+    app.include_router(anthropic.router)
     app.include_router(webui.router)  # `/` and the chat page at /ui
     install_openapi(app)
     return app

@@ -20,6 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.config import Settings
 from corral.errors import CorralError, ModelNotFound
+from corral.runtime import generation
+from corral.runtime.generation import Target
 from corral.runtime.scheduler import Scheduler
 
 log = logging.getLogger("corral.server.health")
@@ -101,11 +103,10 @@ async def preload(scheduler: Scheduler, lifecycle: Lifecycle) -> None:
         t0 = time.perf_counter()
         try:
             try:
-                ticket = await scheduler.acquire(model, keep_alive=-1)
+                await generation.load(scheduler, Target(model, keep_alive=-1))
             except ModelNotFound:
                 await asyncio.to_thread(_pull, scheduler, model)
-                ticket = await scheduler.acquire(model, keep_alive=-1)
-            scheduler.release(ticket)
+                await generation.load(scheduler, Target(model, keep_alive=-1))
             log.warning("preloaded %s in %.1f s", model, time.perf_counter() - t0)
         except CorralError as exc:
             lifecycle.preload_error = f"preloading {model} failed: {exc}"

@@ -42,7 +42,7 @@ class _Series:
 # Counters and histograms fed by the runtime's per-request records.
 TOKENS_PROMPT = _Series(
     "prompt_tokens",
-    "Prompt tokens, cached ones included (OpenAI's usage.prompt_tokens; Ollama's prompt_eval_count + cache hits).",
+    "Prompt tokens, cached ones included (the responses' prompt_eval_count and usage.prompt_tokens).",
     ("prompt_tokens",),
 )  # fmt: skip
 TOKENS_GENERATED = _Series("generation_tokens", "Tokens generated (the responses' eval_count).", ("generation_tokens",))

@@ -48,6 +48,7 @@ from corral.types import (
     Message,
     ProcessModel,
     ProcessResponse,
+    logprobs_wanted,
 )
 
 log = logging.getLogger("corral.server.ollama")
@@ -113,6 +114,29 @@ async def _rendered_only(
     return JSONResponse(answer.model_dump(mode="json", exclude_none=True, by_alias=True))
 
 
+class _PendingLogprobs:
+    """Token logprobs not yet sent: a line goes out only with text, so tokens held back (a tool call
+    being read, a possible stop sequence) bring theirs in a later line."""
+
+    def __init__(self, wanted: int | None) -> None:
+        self.items: list[dict[str, Any]] | None = [] if wanted is not None else None
+
+    def add(self, event: Event) -> None:
+        if self.items is not None and event.logprobs:
+            self.items.extend(event.logprobs)
+
+    def take(self) -> list[dict[str, Any]] | None:
+        taken = self.items
+        if taken is not None:
+            self.items = []
+        return taken
+
+
+def _joined(items: list[BaseModel]) -> list[dict[str, Any]] | None:
+    found = [i.logprobs for i in items if i.logprobs is not None]  # type: ignore[attr-defined]
+    return [entry for part in found for entry in part] if found else None
+
+
 @router.post("/api/generate", response_model=GenerateResponse, openapi_extra=json_body(GenerateRequest))
 async def generate(request: Request, scheduler: SchedulerDep) -> Response:
     req = await parse_body(request, GenerateRequest)
@@ -128,11 +152,14 @@ async def generate(request: Request, scheduler: SchedulerDep) -> Response:
         prompt = GeneratePrompt(req.prompt or "", req.system, think=req.think, template=req.template)
     if req.debug_render_only:
         return await _rendered_only(scheduler, target, prompt, GenerateResponse, len(req.images or []))
-    gen = await generation.generate(scheduler, target, prompt, format=req.format, context=req.context)
+    wanted = logprobs_wanted(req.logprobs, req.top_logprobs)
+    gen = await generation.generate(scheduler, target, prompt, format=req.format, context=req.context, logprobs=wanted)
+    pending = _PendingLogprobs(wanted)
 
     async def chunks() -> AsyncGenerator[BaseModel, None]:
         async for piece in gen.pieces():
             thinking = piece.thinking or None
+            pending.add(piece.event)
             if piece.done:
                 yield GenerateResponse(
                     model=gen.model,
@@ -141,17 +168,19 @@ async def generate(request: Request, scheduler: SchedulerDep) -> Response:
                     thinking=thinking,
                     done=True,
                     context=piece.event.tokens,
+                    logprobs=pending.take(),
                     **_done_fields(gen, piece.event),
                 )
             elif piece.content or piece.thinking:
                 yield GenerateResponse(
-                    model=gen.model, created_at=now_rfc3339(), response=piece.content, thinking=thinking, done=False
+                    model=gen.model, created_at=now_rfc3339(), response=piece.content, thinking=thinking, done=False,
+                    logprobs=pending.take(),
                 )
 
     def merge(items: list[BaseModel]) -> BaseModel:
         thought = "".join(i.thinking or "" for i in items)  # type: ignore[attr-defined]
         text = "".join(i.response for i in items)  # type: ignore[attr-defined]
-        return items[-1].model_copy(update={"response": text, "thinking": thought or None})
+        return items[-1].model_copy(update={"response": text, "thinking": thought or None, "logprobs": _joined(items)})
 
     return await ndjson_or_single(chunks(), req.stream, merge, request, on_close=gen.close)
 
@@ -166,10 +195,13 @@ async def chat(request: Request, scheduler: SchedulerDep) -> Response:
     prompt = ChatPrompt(list(req.messages), tools=tools, think=req.think, tool_choice=req.tool_choice)
     if req.debug_render_only:
         return await _rendered_only(scheduler, target, prompt, ChatResponse)
-    gen = await generation.generate(scheduler, target, prompt, format=req.format)
+    wanted = logprobs_wanted(req.logprobs, req.top_logprobs)
+    gen = await generation.generate(scheduler, target, prompt, format=req.format, logprobs=wanted)
+    pending = _PendingLogprobs(wanted)
 
     async def chunks() -> AsyncGenerator[BaseModel, None]:
         async for piece in gen.pieces():
+            pending.add(piece.event)
             message = Message(
                 role="assistant",
                 content=piece.content,
@@ -182,17 +214,18 @@ async def chat(request: Request, scheduler: SchedulerDep) -> Response:
                     created_at=now_rfc3339(),
                     message=message,
                     done=True,
+                    logprobs=pending.take(),
                     **_done_fields(gen, piece.event),
                 )
             elif piece.content or piece.tool_calls or piece.thinking:
-                yield ChatResponse(model=gen.model, created_at=now_rfc3339(), message=message, done=False)
+                yield ChatResponse(model=gen.model, created_at=now_rfc3339(), message=message, done=False, logprobs=pending.take())
 
     def merge(items: list[BaseModel]) -> BaseModel:
         text = "".join(i.message.content for i in items)  # type: ignore[attr-defined]
         calls = [c for i in items for c in i.message.tool_calls or []]  # type: ignore[attr-defined]
         thought = "".join(i.message.thinking or "" for i in items)  # type: ignore[attr-defined]
         message = Message(role="assistant", content=text, thinking=thought or None, tool_calls=calls or None)
-        return items[-1].model_copy(update={"message": message})
+        return items[-1].model_copy(update={"message": message, "logprobs": _joined(items)})
 
     return await ndjson_or_single(chunks(), req.stream, merge, request, on_close=gen.close)
 

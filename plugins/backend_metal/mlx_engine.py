@@ -33,7 +33,7 @@ import numpy as np
 from corral.engines.sampling import GrammarVocabulary, Sampler
 from corral.errors import BadRequest, CorralError
 from corral.formats.gguf import read_header, validate_gguf
-from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
+from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep, TokenLogprobs
 from corral_backend_metal.mlx_convert import derived_folder, ensure_mlx_folder, hf_name
 from corral_backend_metal.mlx_lora import EMBEDDINGS, LoraPair, load_adapters
 from corral_backend_metal.mlx_tokenizer import GGUFTokenizer
@@ -272,6 +272,10 @@ class MLXRunner:
     def cached(self, seq: int) -> int:
         cache = self._caches.get(seq)
         return cache.offset if cache else 0
+
+    def logprobs(self, seq: int) -> TokenLogprobs | None:
+        sampler = self._samplers.get(seq)
+        return sampler.last_logprobs if sampler is not None else None
 
     def step(self, batch: Sequence[SequenceStep]) -> dict[int, int]:
         """Every listed sequence's new tokens go through the model together, ``n_batch`` tokens per

@@ -53,12 +53,8 @@ def snapshot(store: Store) -> dict[str, str]:
     files = {}
     for path in sorted(store.root.rglob("*")):
         rel = path.relative_to(store.root).as_posix()
-        if (
-            path.is_file()
-            and "-partial" not in path.name
-            and not rel.startswith((".pulls/", ".owners/"))
-            and rel != ".lock"
-        ):
+        bookkeeping = "-partial" in path.name or rel.startswith((".pulls/", ".owners/")) or rel == ".lock"
+        if path.is_file() and not bookkeeping:
             files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return files
 

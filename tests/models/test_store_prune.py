@@ -249,7 +249,9 @@ def test_blob_pruning_waits_for_no_writer(tmp_path: Path) -> None:
     orphan = store.write_blob_bytes(b"about to be referenced by a manifest", "")
     old = time.time() - BLOB_GRACE - 60
     os.utime(store.blob_path(orphan.digest), (old, old))
-    writer = subprocess.Popen([sys.executable, "-c", HOLD_THE_STORE_LOCK, str(store.root)], stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_STORE_LOCK, str(store.root)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert writer.stdout.readline().strip() == "held"  # type: ignore[union-attr]
         report = prune_store(store)

@@ -22,7 +22,9 @@ MiB = 1 << 20
 def corral(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CORRAL_HOME": str(home)}
     env.pop("CORRAL_MODELS", None)
-    return subprocess.run([sys.executable, "-m", "corral.cli.main", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "corral.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def flip_a_byte(path: Path, offset: int) -> None:
@@ -56,7 +58,9 @@ def test_flipped_byte_found_repaired_and_pulled_again(registry: str, tmp_path: P
 
     found = corral(home, "verify")
     assert found.returncode == 1
-    assert found.stdout.splitlines()[0].startswith(f"{name.display}: blob {weights.digest} is corrupt (its content hashes to sha256:")
+    assert found.stdout.splitlines()[0].startswith(
+        f"{name.display}: blob {weights.digest} is corrupt (its content hashes to sha256:"
+    )
     assert "untouched" not in found.stdout
     assert found.stderr.strip().splitlines()[-1] == (
         f"Error: 1 of 2 model(s) damaged ({name.display}): `corral verify --repair`, then pull (or create) them again"
@@ -79,8 +83,11 @@ def test_flipped_byte_found_repaired_and_pulled_again(registry: str, tmp_path: P
     whole = corral(home, "verify")
     assert whole.returncode == 0 and whole.stdout == clean.stdout, whole
     assert store.blob_path(weights.digest).read_bytes() == source.blob_path(weights.digest).read_bytes()
-    print(f"\nverify (clean): {clean.stdout.strip()}\nverify (flipped byte): {found.stdout.strip()} | {found.stderr.strip()}"
-          f"\nverify --repair: {repaired.stdout.strip()} | {repaired.stderr.strip()}\nafter pull: {whole.stdout.strip()}")
+    print(
+        f"\nverify (clean): {clean.stdout.strip()}"
+        f"\nverify (flipped byte): {found.stdout.strip()} | {found.stderr.strip()}"
+        f"\nverify --repair: {repaired.stdout.strip()} | {repaired.stderr.strip()}\nafter pull: {whole.stdout.strip()}"
+    )
 
 
 def test_unknown_model_and_unreadable_manifest(tmp_path: Path) -> None:

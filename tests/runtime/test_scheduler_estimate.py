@@ -177,7 +177,7 @@ def test_the_kv_cache_type_reaches_the_load_and_the_size_in_ps(tmp_path: Path) -
         backend = FakeBackend(script=b"ok")
 
         async def main(s: Settings = s, backend: FakeBackend = backend) -> int:
-            sched = Scheduler(s, Plugins(load_entry_points=False, modules=[FakePlugin(backend)]))  # type: ignore[list-item]
+            sched = fake_scheduler(s, backend)
             try:
                 assert await answer(sched, "a") == "ok"
                 return sched.ps()[0].size

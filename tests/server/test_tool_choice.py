@@ -36,7 +36,11 @@ ALARM = {
     "type": "function",
     "function": {
         "name": "set_alarm",
-        "parameters": {"type": "object", "properties": {"hour": {"type": "integer"}, "loud": {"type": "boolean"}}, "required": ["hour", "loud"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"hour": {"type": "integer"}, "loud": {"type": "boolean"}},
+            "required": ["hour", "loud"],
+        },
     },
 }
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (FORECAST, ALARM)}
@@ -93,7 +97,8 @@ async def test_random_weights_still_make_valid_calls_when_required(client: httpx
 async def test_a_named_function_is_the_one_called(client: httpx.AsyncClient) -> None:
     named = {"type": "function", "function": {"name": "set_alarm"}}
     for seed in range(4):
-        calls = (await client.post("/v1/chat/completions", json=_chat("tiny", named, seed))).json()["choices"][0]["message"]["tool_calls"]
+        reply = await client.post("/v1/chat/completions", json=_chat("tiny", named, seed))
+        calls = reply.json()["choices"][0]["message"]["tool_calls"]
         assert_valid_calls(calls, {"set_alarm"})
     streamed = await client.post("/v1/chat/completions", json=_chat("tagged", named, 9, stream=True))
     events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
@@ -120,7 +125,16 @@ async def test_bad_choices_are_400(client: httpx.AsyncClient) -> None:
         assert r.status_code == 400 and words in r.json()["error"]["message"]
     no_tools = await client.post("/v1/chat/completions", json={**_chat("tiny", "required", 1), "tools": []})
     assert no_tools.status_code == 400 and "at least one tool" in no_tools.json()["error"]["message"]
-    with_format = await client.post("/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tools": [FORECAST], "tool_choice": "required", "format": "json"})
+    with_format = await client.post(
+        "/api/chat",
+        json={
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": [FORECAST],
+            "tool_choice": "required",
+            "format": "json",
+        },
+    )
     assert with_format.status_code == 400 and "format" in with_format.json()["error"]
 
 
@@ -138,8 +152,13 @@ def test_smollm2_makes_50_valid_calls_of_50_when_required(corral_server: str) ->
     valid = 0
     for i in range(50):
         completion = client.chat.completions.create(
-            model="smollm2:135m", messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], tools=[FORECAST],  # type: ignore[list-item]
-            tool_choice="required", max_tokens=40, seed=i, temperature=0.9,
+            model="smollm2:135m",
+            messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            tools=[FORECAST],  # type: ignore[list-item]
+            tool_choice="required",
+            max_tokens=40,
+            seed=i,
+            temperature=0.9,
         )
         calls = completion.choices[0].message.tool_calls or []
         assert completion.choices[0].finish_reason == "tool_calls", completion

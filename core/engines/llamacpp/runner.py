@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,32 +16,14 @@ from typing import Any
 import numpy as np
 
 from corral.engines.host import physical_cores
+from corral.engines.llamacpp.backend import init_backend
 from corral.engines.llamacpp.offload import kv_cache_type_for
+from corral.engines.sampling import token_logprobs
 from corral.errors import BadRequest, CorralError, InvalidModelFile
 from corral.formats.gguf import validate_gguf
-from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
+from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep, TokenLogprobs
 
 log = logging.getLogger("corral.engines.llamacpp")
-_backend_ready = False
-_log_callback: Any = None  # keeps the ctypes callback alive for the process
-
-
-def _init_backend(llama: Any) -> None:
-    global _backend_ready, _log_callback
-    if _backend_ready:
-        return
-    verbose = os.environ.get("CORRAL_DEBUG", "") not in ("", "0", "false")
-
-    @llama.llama_log_callback
-    def log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-        # llama.cpp chatters on stderr during every load; keep errors, and all of it with --debug.
-        if verbose or level == 4:  # ggml: 3 is WARN, 4 is ERROR
-            os.write(2, text)
-
-    _log_callback = log
-    llama.llama_log_set(log, ctypes.c_void_p(0))
-    llama.llama_backend_init()
-    _backend_ready = True
 
 
 def model_params(llama: Any, spec: LoadSpec, n_gpu_layers: int) -> Any:
@@ -73,7 +54,7 @@ class LlamaCppRunner:
         import llama_cpp as llama
 
         self._L = llama
-        _init_backend(llama)
+        init_backend(llama)
         path = Path(spec.model_path)
         # Some malformed files make llama.cpp abort the whole process: refuse them before it sees them.
         validate_gguf(path)
@@ -142,6 +123,7 @@ class LlamaCppRunner:
         self.total_ctx = int(llama.llama_n_ctx(self._ctx))
         self._pos: dict[int, int] = {}  # tokens cached per sequence
         self._samplers: dict[int, tuple[Sampling, Any]] = {}
+        self._logprobs: dict[int, TokenLogprobs] = {}  # the last sampled token's, where asked for
         self._pieces: dict[int, bytes] = {}
         self._init_batch(self.n_batch)
 
@@ -223,6 +205,7 @@ class LlamaCppRunner:
         if old and old[1]:
             self._L.llama_sampler_free(old[1])
         self._samplers[seq] = (sampling, None if _is_plain_greedy(sampling) else self._make_chain(sampling))
+        self._logprobs.pop(seq, None)
 
     def _make_chain(self, s: Sampling) -> Any:
         L = self._L
@@ -258,12 +241,21 @@ class LlamaCppRunner:
         return chain
 
     def _sample(self, seq: int, index: int) -> int:
-        _sampling, chain = self._samplers.get(seq) or (None, None)
+        sampling, chain = self._samplers.get(seq) or (None, None)
         if chain is None:
             # numpy's argmax beats the sampler chain for plain greedy decoding (big vocabularies).
-            logits = self._L.llama_get_logits_ith(self._ctx, index)
-            return int(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
-        return int(self._L.llama_sampler_sample(chain, self._ctx, index))
+            row = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+            token = int(row.argmax())
+        else:
+            token = int(self._L.llama_sampler_sample(chain, self._ctx, index))
+        if sampling is not None and sampling.logprobs is not None:
+            # the raw logits row, which the sampler chain read into its own copy and left as it was
+            row = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+            self._logprobs[seq] = token_logprobs(row, token, sampling.logprobs)
+        return token
+
+    def logprobs(self, seq: int) -> TokenLogprobs | None:
+        return self._logprobs.get(seq)
 
     # ---- Runner: decoding ---------------------------------------------------------------------
     def cached(self, seq: int) -> int:

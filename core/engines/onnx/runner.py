@@ -32,7 +32,7 @@ from corral.engines.sampling import GrammarVocabulary, Sampler
 from corral.errors import BadRequest, CorralError, InvalidModelFile
 from corral.formats.hfnames import byte_decoder as _byte_decoder
 from corral.formats.onnx import PROVENANCE, VOCAB_GGUF, is_genai_folder, read_json
-from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep
+from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep, TokenLogprobs
 
 # Token texts llama.cpp treats as end of generation wherever a vocabulary has them, and the FIM
 # pad/repo/separator tokens it adds to that set (llama-vocab.cpp in llama-cpp-python 0.3.36).
@@ -213,6 +213,10 @@ class OnnxRunner:
             raise BadRequest("this ONNX model has no vocab.gguf, so it cannot follow a grammar (format/JSON mode)")
         grammar = self._grammar_vocab.grammar(sampling.grammar) if sampling.grammar else None
         self._samplers[seq] = Sampler(sampling, grammar)
+
+    def logprobs(self, seq: int) -> TokenLogprobs | None:
+        sampler = self._samplers.get(seq)
+        return sampler.last_logprobs if sampler is not None else None
 
     # ---- decoding ------------------------------------------------------------------------------------------
     def _generator(self, seq: int) -> Any:

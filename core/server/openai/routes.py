@@ -57,7 +57,7 @@ from corral.server.openai.types import (
     error_object,
     error_of,
 )
-from corral.types import Options
+from corral.types import Options, logprobs_wanted
 
 log = logging.getLogger("corral.openai")
 
@@ -97,6 +97,28 @@ def _event_stream(body: AsyncIterator[bytes], gen: Generation, what: str) -> Res
     return event_stream(_sse_stream(body, what), gen.close)
 
 
+def _chat_logprobs(pieces: list[Piece], wanted: int | None) -> dict[str, Any] | None:
+    """Chat's ``choice.logprobs``: ``{"content": [{token, logprob, bytes, top_logprobs}, ...]}``."""
+    if wanted is None:
+        return None
+    return {"content": [entry for piece in pieces for entry in piece.event.logprobs or []], "refusal": None}
+
+
+def _completion_logprobs(pieces: list[Piece], offset: int) -> dict[str, Any]:
+    """The legacy completions shape: parallel lists, alternatives as ``{token: logprob}``."""
+    entries = [entry for piece in pieces for entry in piece.event.logprobs or []]
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+        "text_offset": offsets,
+    }
+
+
 def _final(pieces: list[Piece]) -> Event:
     return pieces[-1].event if pieces and pieces[-1].done else Event(done=True, done_reason="stop")
 
@@ -112,7 +134,8 @@ async def chat_completions(request: Request, scheduler: SchedulerDep) -> Respons
     offered = req.tools if req.tool_choice != "none" else None
     effort = req.reasoning_effort or (req.reasoning or {}).get("effort")
     prompt = ChatPrompt(messages, tools=offered, think=effort, tool_choice=req.tool_choice)
-    gen = await generation.generate(scheduler, target, prompt, format=fmt)
+    wanted = logprobs_wanted(req.logprobs, req.top_logprobs)
+    gen = await generation.generate(scheduler, target, prompt, format=fmt, logprobs=wanted)
     cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -137,7 +160,7 @@ async def chat_completions(request: Request, scheduler: SchedulerDep) -> Respons
                     {
                         "index": 0,
                         "message": message,
-                        "logprobs": None,
+                        "logprobs": _chat_logprobs(pieces, wanted),
                         "finish_reason": finish_reason(final, bool(called)),
                     }
                 ],
@@ -145,14 +168,19 @@ async def chat_completions(request: Request, scheduler: SchedulerDep) -> Respons
             }
         )
 
+    held: list[Piece] = []  # pieces whose token logprobs have not gone out yet
+
     def chunk(delta: dict[str, Any], finish: str | None, usage: dict[str, int] | None = None) -> bytes:
+        logprobs = _chat_logprobs(held, wanted) if delta.get("content") or finish else None
+        if logprobs is not None:
+            held.clear()
         obj: dict[str, Any] = {
             "id": cid,
             "object": "chat.completion.chunk",
             "created": created,
             "model": gen.model,
             "system_fingerprint": FINGERPRINT,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
         }
         if include_usage:
             obj["usage"] = None
@@ -164,6 +192,7 @@ async def chat_completions(request: Request, scheduler: SchedulerDep) -> Respons
         yield chunk({"role": "assistant", "content": ""}, None)
         called = False
         async for piece in gen.pieces():
+            held.append(piece)
             if piece.thinking:
                 yield chunk({"reasoning": piece.thinking}, None)
             if piece.content:
@@ -193,19 +222,22 @@ async def completions(request: Request, scheduler: SchedulerDep) -> Response:
             raise InvalidParam("suffix needs a text prompt, not token ids", "suffix")
         what = InsertPrompt(prompt, req.suffix)
     target = Target(req.model, request_options(req, req.max_tokens), req.keep_alive, req.backend)
-    gen = await generation.generate(scheduler, target, what)
+    gen = await generation.generate(scheduler, target, what, logprobs=req.logprobs)
     cid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     prefix = prompt if echo and isinstance(prompt, str) else ""
 
-    def completion(text: str, finish: str | None, usage: dict[str, int] | None = None) -> dict[str, Any]:
+    def completion(
+        text: str, finish: str | None, usage: dict[str, int] | None = None, pieces: list[Piece] | None = None, offset: int = 0,
+    ) -> dict[str, Any]:
+        logprobs = _completion_logprobs(pieces or [], offset) if req.logprobs is not None else None
         obj: dict[str, Any] = {
             "id": cid,
             "object": "text_completion",
             "created": created,
             "model": gen.model,
             "system_fingerprint": FINGERPRINT,
-            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+            "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}],
         }
         if usage is not None:
             obj["usage"] = usage
@@ -215,10 +247,13 @@ async def completions(request: Request, scheduler: SchedulerDep) -> Response:
         pieces = await unless_disconnected(request, gen.collect())
         final = _final(pieces)
         text = prefix + "".join(piece.content for piece in pieces)
-        return JSONResponse(completion(text, finish_reason(final), usage_of(final.stats)))
+        return JSONResponse(completion(text, finish_reason(final), usage_of(final.stats), pieces, len(prefix)))
 
-    def chunk(text: str, finish: str | None) -> bytes:
-        obj = completion(text, finish)
+    sent = [len(prefix)]  # characters streamed so far, for text_offset
+
+    def chunk(text: str, finish: str | None, piece: Piece | None = None) -> bytes:
+        obj = completion(text, finish, pieces=[piece] if piece else [], offset=sent[0])
+        sent[0] += len(text)
         if include_usage:
             obj["usage"] = None
         return sse(obj)
@@ -227,10 +262,10 @@ async def completions(request: Request, scheduler: SchedulerDep) -> Response:
         if prefix:
             yield chunk(prefix, None)
         async for piece in gen.pieces():
-            if piece.content:
-                yield chunk(piece.content, None)
+            if piece.content or (piece.event.logprobs and not piece.done):
+                yield chunk(piece.content, None, piece)
             if piece.done:
-                yield chunk("", finish_reason(piece.event))
+                yield chunk("", finish_reason(piece.event), piece if not piece.content else None)
                 if include_usage:
                     usage_chunk = completion("", None, usage_of(piece.event.stats))
                     usage_chunk["choices"] = []

@@ -82,6 +82,8 @@ class ChatCompletionRequest(GeneratingRequest):
     # Ollama's mapping to ``think``: "high", "medium", "low" think; "none" does not; absent leaves it to the model
     reasoning_effort: str | None = None
     reasoning: dict[str, Any] | None = None  # {"effort": ...}, the Responses API's spelling
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
 class CompletionRequest(GeneratingRequest):
@@ -89,6 +91,7 @@ class CompletionRequest(GeneratingRequest):
     suffix: str | None = None
     echo: bool | None = False
     best_of: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)  # the legacy API's: this many alternatives per token
 
 
 class EmbeddingRequest(_Body):
