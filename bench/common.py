@@ -81,14 +81,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def corral_server(**env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A real `corral serve` with its own home under the bench cache."""
+def corral_server(python: str = sys.executable, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real `corral serve` with its own home under the bench cache; ``python`` picks whose Corral."""
     home = CACHE / "home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     environment = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_HOST": f"127.0.0.1:{port}", **env}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli.main", "serve"],
+        [python, "-m", "corral.cli.main", "serve"],
         env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

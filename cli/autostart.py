@@ -11,9 +11,8 @@ from typing import Any
 
 import httpx
 
-from corral.config import Settings
+from corral.config import Settings, bound_to_loopback
 from corral.errors import CorralError
-from corral.server.security import bound_to_loopback
 
 
 def server_answers(base_url: str, timeout: float = 0.5) -> bool:

@@ -7,12 +7,14 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from corral.config import Settings
 from corral.errors import CorralError
+
+if TYPE_CHECKING:  # pydantic is most of a cold start: `corral --help` must not import it
+    from corral.config import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,6 +64,7 @@ def client_for(settings: Settings | None = None) -> Any:
     """A Client for the configured host, starting a local server first if none answers."""
     from corral.cli.autostart import ensure_server
     from corral.client import Client
+    from corral.config import Settings
 
     settings = settings or Settings()
     return Client(host=ensure_server(settings))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from corral.cli.base import cli, client_for, debug_enabled, friendly_errors
-from corral.config import Settings
 from corral.errors import CorralError
+
+if TYPE_CHECKING:  # pydantic is most of a cold start: `corral --help` must not import it
+    from corral.config import Settings
 
 
 def human_size(n: int) -> str:
@@ -229,6 +231,7 @@ def cp(source: str, destination: str) -> None:
 @friendly_errors
 def serve(host: str | None, backend: str | None, insecure_no_auth: bool | None) -> None:
     """Serve Ollama's and OpenAI's APIs over HTTP."""
+    from corral.config import Settings
     from corral.server.app import create_app
     from corral.server.service import check_exposure, run_server
 

@@ -244,6 +244,7 @@ def fit_report(model: str, backend: str | None, num_ctx: int | None) -> str:
             devices,
             options.num_gpu,
             flash_attention=settings.flash_attention,
+            kv_cache_type=settings.kv_cache_type,
         )
     except InsufficientMemory as exc:
         return f"Backend:   {entry.name}\nDoes not fit: {exc}"

@@ -5,8 +5,10 @@ Precedence: environment > ``$CORRAL_CONFIG`` (default ``~/.corral/config.toml``)
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -55,6 +57,11 @@ class Settings(BaseSettings):
         "mlx", description="On Apple Silicon: mlx (for llama-architecture models) or llama.cpp (its Metal build)."
     )
     flash_attention: bool = Field(True, description="Use flash attention where the engine supports it.")
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = Field(
+        "f16",
+        description="llama.cpp's KV cache type, as Ollama's OLLAMA_KV_CACHE_TYPE: f16, q8_0 (about half the memory) or q4_0 "
+        "(about a quarter). The quantised ones need flash attention; without it f16 is used.",
+    )
     nohistory: bool = Field(False, description="Do not keep the REPL's history file.")
     noprune: bool = Field(
         False,
@@ -119,6 +126,17 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file()))
+
+
+def bound_to_loopback(settings: Settings) -> bool:
+    """Whether the server listens on this machine only (the CLI may start one; Host headers are checked)."""
+    host = settings.base_url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def host_to_url(host: str) -> str:

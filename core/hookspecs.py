@@ -59,6 +59,7 @@ class LoadSpec:
     adapters: tuple[Path, ...] = ()
     embedding: bool = False
     flash_attention: bool = True
+    kv_cache_type: str = "f16"  # llama.cpp's K and V cache type: f16, q8_0, q4_0 (the quantised ones need flash attention)
     devices: tuple[Device, ...] = ()
 
 

@@ -78,7 +78,7 @@ def estimate(spec: LoadSpec, devices: Sequence[Device], *, onnx_on_gpu: bool = F
         devices = [*chosen, *(d for d in devices if d.kind != "gpu")]
     plan = plan_for_gguf(
         spec.model_path, spec.num_ctx, spec.num_parallel, devices, num_gpu=spec.num_gpu,
-        flash_attention=spec.flash_attention,
+        flash_attention=spec.flash_attention, kv_cache_type=spec.kv_cache_type,
     )  # fmt: skip
     if plan.gpus:
         if spec.num_gpu is None:

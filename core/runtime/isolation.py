@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hmac
 import itertools
+import logging
+import pickle
 import secrets
 import signal
 import socket
@@ -25,8 +27,10 @@ from corral.errors import RunnerCrashed
 from corral.hookspecs import LoadSpec, ModelInfo
 from corral.runtime.worker import Event, Job, ModelWorker, WorkerUsage
 
+log = logging.getLogger("corral.runtime.isolation")
+
 # The parts of a Job that cross the pipe; callbacks and the cancel flag stay on their own side.
-_JOB_FIELDS = [f.name for f in fields(Job) if f.name not in ("emit", "on_result", "cancelled")]
+_JOB_FIELDS = [f.name for f in fields(Job) if f.name not in ("emit", "on_result", "cancelled", "on_cancel")]
 
 
 @dataclass(frozen=True)
@@ -42,20 +46,28 @@ def _child_main(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the terminal is the server's to handle
     from corral.plugins import Plugins
 
-    backend, spec, name, prefix_cache = conn.recv()
+    backend, spec, name, prefix_cache = _recv(conn)
 
     send_lock = threading.Lock()
+    outbox: list[tuple[Any, ...]] = []  # this step's events, sent together by flush (owner thread only)
 
     def send(message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with send_lock:
             try:
-                conn.send(message)
+                conn.send_bytes(data)
             except OSError:  # the server has gone: nobody is left to tell, and the main loop will stop
                 pass
 
+    def flush() -> None:
+        if outbox:
+            batch = outbox[:]
+            outbox.clear()
+            send(("batch", batch))
+
     try:
         entry = Plugins().get(backend)
-        worker = ModelWorker(lambda: entry.backend.load(spec), name, prefix_cache=prefix_cache)
+        worker = ModelWorker(lambda: entry.backend.load(spec), name, prefix_cache=prefix_cache, flush=flush)
         runner = worker.wait_loaded()
     except BaseException as exc:  # reported to the parent, which raises it for the request
         send(("load_error", exc))
@@ -64,7 +76,7 @@ def _child_main(conn: Connection) -> None:
     jobs: dict[int, Job] = {}
     while True:
         try:
-            message = conn.recv()
+            message = _recv(conn)
         except (EOFError, OSError):  # the server went away: nothing left to serve
             break
         kind = message[0]
@@ -74,10 +86,14 @@ def _child_main(conn: Connection) -> None:
             def emit(event: Event, job_id: int = job_id) -> None:
                 if event.done:
                     jobs.pop(job_id, None)
-                send(("event", job_id, event))
+                    outbox.append((job_id, event))
+                elif event == Event(text=event.text):  # most events are a token's text: send just that
+                    outbox.append((job_id, event.text))
+                else:
+                    outbox.append((job_id, event))
 
             def on_result(result: Any, job_id: int = job_id) -> None:
-                send(("result", job_id, result))
+                outbox.append((job_id, _Result(result)))
 
             job = Job(**data, emit=emit, on_result=on_result)
             jobs[job_id] = job
@@ -90,6 +106,17 @@ def _child_main(conn: Connection) -> None:
             break
     worker.stop()
     worker.join(30)
+
+
+@dataclass(frozen=True)
+class _Result:
+    """An embedding job's vectors, as they cross the pipe."""
+
+    value: Any
+
+
+def _recv(conn: Connection) -> Any:
+    return pickle.loads(conn.recv_bytes())
 
 
 def _start_child(transport: str) -> tuple[subprocess.Popen[bytes], Connection]:
@@ -150,10 +177,10 @@ class ProcessWorker:
     ) -> None:
         self.name = name
         self._proc, self._conn = _start_child(transport or ("loopback" if sys.platform == "win32" else "socketpair"))
-        self._conn.send((backend, spec, name, prefix_cache))
+        self._send_lock = threading.Lock()
+        self._send((backend, spec, name, prefix_cache))
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count()
-        self._send_lock = threading.Lock()
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
         self.runner: RemoteRunner | None = None
@@ -189,10 +216,22 @@ class ProcessWorker:
                     exception=RunnerCrashed("the model runner has stopped"),
                 )
             )
+            return
+        job.on_cancel = lambda: self._cancel(job_id)
+        if job.cancelled.is_set():  # cancelled before the hook was in place
+            self._cancel(job_id)
+
+    def _cancel(self, job_id: int) -> None:
+        if job_id in self._jobs:
+            try:
+                self._send(("cancel", job_id))
+            except OSError:  # the runner is gone; the relay fails the job
+                pass
 
     def _send(self, message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with self._send_lock:
-            self._conn.send(message)
+            self._conn.send_bytes(data)
 
     def usage(self, timeout: float = 1.0) -> WorkerUsage | None:
         """Asked of the child when wanted (a scrape), so an unwatched server pays nothing per step."""
@@ -223,31 +262,34 @@ class ProcessWorker:
 
     # ---- the relay thread ------------------------------------------------------------------
     def _read(self) -> None:
-        cancelled: set[int] = set()
         while True:
             try:
-                if not self._conn.poll(0.02):
-                    self._forward_cancellations(cancelled)
-                    continue
-                message = self._conn.recv()
+                message = _recv(self._conn)
             except (EOFError, OSError):
                 break
-            self._forward_cancellations(cancelled)
+            except Exception:  # a message that cannot be read: the runner is no use any more
+                log.exception("unreadable message from the runner for %s", self.name)
+                self._proc.kill()
+                break
             kind = message[0]
-            if kind == "event":
-                job = self._jobs.get(message[1])
-                if job is not None:
-                    if message[2].done:
-                        self._jobs.pop(message[1], None)
-                    job.emit(message[2])
+            if kind == "batch":  # one step's events, in the order they happened
+                for job_id, item in message[1]:
+                    job = self._jobs.get(job_id)
+                    if job is None:
+                        continue
+                    if isinstance(item, str):
+                        job.emit(Event(text=item))
+                    elif isinstance(item, _Result):
+                        if job.on_result is not None:
+                            job.on_result(item.value)
+                    else:
+                        if item.done:
+                            self._jobs.pop(job_id, None)
+                        job.emit(item)
             elif kind == "usage":
                 with self._usage_arrived:
                     self._usage_replies[message[1]] = message[2]
                     self._usage_arrived.notify_all()
-            elif kind == "result":
-                job = self._jobs.get(message[1])
-                if job is not None and job.on_result is not None:
-                    job.on_result(message[2])
             elif kind == "loaded":
                 self.runner = RemoteRunner(message[1], self._proc.pid)
                 self.load_seconds = message[2]
@@ -256,15 +298,6 @@ class ProcessWorker:
                 self._load_error = message[1]
                 self._ready.set()
         self._crashed()
-
-    def _forward_cancellations(self, already: set[int]) -> None:
-        for job_id, job in list(self._jobs.items()):
-            if job.cancelled.is_set() and job_id not in already:
-                already.add(job_id)
-                try:
-                    self._send(("cancel", job_id))
-                except OSError:
-                    return
 
     def _crashed(self) -> None:
         """The pipe closed: fail whatever was waiting on this runner, saying how it died."""
@@ -289,4 +322,8 @@ class ProcessWorker:
 
 
 if __name__ == "__main__":
-    _child_main(_child_connect(int(sys.argv[2])) if sys.argv[1] == "--connect" else Connection(int(sys.argv[1])))
+    # Run the imported module's copy, so what crosses the pipe pickles as corral.runtime.isolation's, not __main__'s.
+    from corral.runtime.isolation import _child_connect as _connect
+    from corral.runtime.isolation import _child_main as _main
+
+    _main(_connect(int(sys.argv[2])) if sys.argv[1] == "--connect" else Connection(int(sys.argv[1])))

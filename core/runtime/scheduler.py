@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import re
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -102,6 +104,7 @@ class Scheduler:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._queued = 0
         self._reaper: asyncio.Task[None] | None = None
+        self._mailboxes: dict[asyncio.AbstractEventLoop, _Mailbox] = {}
         self.telemetry = Telemetry()  # the server's /metrics listens here
 
     # ---- residency ---------------------------------------------------------------------------
@@ -183,6 +186,7 @@ class Scheduler:
             use_mmap=options.use_mmap,
             adapters=recipe.adapters,
             flash_attention=self.settings.flash_attention,
+            kv_cache_type=self.settings.kv_cache_type,
             devices=tuple(devices),
         )
 
@@ -299,16 +303,9 @@ class Scheduler:
     async def _run(self, ticket: Ticket, job: Job) -> AsyncGenerator[Event, None]:
         if self._queued >= self.settings.max_queue:
             raise ServerBusy("server busy, please try again: the request queue is full (CORRAL_MAX_QUEUE)")
-        loop = asyncio.get_running_loop()
+        mailbox = self._mailbox(asyncio.get_running_loop())
         events: asyncio.Queue[Event] = asyncio.Queue()
-
-        def emit(event: Event) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the request's loop has closed; nobody is listening any more
-                job.cancel()
-
-        job.emit = emit
+        job.emit = functools.partial(mailbox.post, job, events)
         self._queued += 1
         timer = self.telemetry.track(ticket.loaded.recipe.name.display)
         ticket.loaded.worker.submit(job)
@@ -330,8 +327,44 @@ class Scheduler:
             if not finished:
                 job.cancel()
 
+    def _mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
+        mailbox = self._mailboxes.get(loop)
+        if mailbox is None:
+            self._mailboxes = {lp: mb for lp, mb in self._mailboxes.items() if not lp.is_closed()}
+            mailbox = self._mailboxes[loop] = _Mailbox(loop)
+        return mailbox
+
     def ps(self) -> list[Loaded]:
         return sorted(self.loaded.values(), key=lambda m: m.loaded_at, reverse=True)
+
+
+class _Mailbox:
+    """Events from the model threads into one asyncio loop, which is woken once per burst (a decode
+    step's tokens for every stream) rather than once per token."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._items: list[tuple[Job, asyncio.Queue[Event], Event]] = []
+
+    def post(self, job: Job, queue: asyncio.Queue[Event], event: Event) -> None:
+        with self._lock:
+            self._items.append((job, queue, event))
+            if len(self._items) > 1:
+                return  # a wake-up is already on its way
+        try:
+            self._loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the loop has closed: nobody is listening any more
+            with self._lock:
+                items, self._items = self._items, []
+            for waiting, _queue, _event in items:
+                waiting.cancel()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for _job, queue, event in items:
+            queue.put_nowait(event)
 
 
 def _eviction_order(item: tuple[tuple[str, str], Loaded]) -> tuple[float, float]:

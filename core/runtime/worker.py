@@ -64,10 +64,15 @@ class Job:
     truncate: bool = True  # an input longer than the context is cut to fit (Ollama's default), else refused
     on_result: Callable[[Any], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    on_cancel: Callable[[], None] | None = None  # told at once (a runner process forwards it down its pipe)
     received_at: float = 0.0  # perf_counter when the owner thread took it in (its queue time starts)
 
     def cancel(self) -> None:
+        if self.cancelled.is_set():
+            return
         self.cancelled.set()
+        if self.on_cancel is not None:
+            self.on_cancel()
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,14 @@ class _Slot:
 class ModelWorker:
     """Owns one Runner on one thread. ``submit`` is thread-safe; everything else runs on the thread."""
 
-    def __init__(self, load: Callable[[], Runner], name: str, prefix_cache: bool = True) -> None:
+    def __init__(
+        self, load: Callable[[], Runner], name: str, prefix_cache: bool = True, flush: Callable[[], None] | None = None
+    ) -> None:
         self.name = name
         self.prefix_cache = prefix_cache
         self._load = load
+        # Called after each turn of the loop: whoever buffers this turn's events sends them as one.
+        self._flush = flush or (lambda: None)
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._waiting: list[Job] = []
         self._ready = threading.Event()
@@ -171,12 +180,14 @@ class ModelWorker:
                     self._step()
                 elif self._waiting:
                     time.sleep(0.001)  # jobs wait for room that only a finishing job frees
+                self._flush()
         finally:
             for job in self._waiting:
                 job.emit(Event(done=True, done_reason="error", error="the model was unloaded"))
             for slot in self.slots:
                 if slot.job:
                     self._finish(slot, "error", error="the model was unloaded")
+            self._flush()
             runner.close()
 
     def _drain_inbox(self, block: bool) -> bool:

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from corral.config import Settings
+from corral.config import Settings, bound_to_loopback
 
 log = logging.getLogger("corral.server.security")
 
@@ -30,16 +30,6 @@ def _host_only(host_header: str) -> str:
     if host.startswith("["):
         return host.split("]", 1)[0] + "]"
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def bound_to_loopback(settings: Settings) -> bool:
-    host = settings.base_url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def host_allowed(host_header: str) -> bool:

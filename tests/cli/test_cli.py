@@ -174,3 +174,18 @@ def test_show_fit_explains_where_the_model_goes() -> None:
     assert re.search(r"^total\s.*\syes$", r.stdout, re.M)
     cuda = corral("show", "--fit", "--backend", "cuda", MODEL)
     assert cuda.returncode == 1 and "backend 'cuda' is unavailable" in cuda.stderr
+
+
+@pytest.mark.slow
+def test_show_fit_follows_the_kv_cache_type() -> None:
+    sizes = {}
+    for kv in ("f16", "q8_0", "q4_0"):
+        r = corral("show", "--fit", MODEL, env={"CORRAL_KV_CACHE_TYPE": kv})
+        assert r.returncode == 0, r.stderr
+        match = re.search(rf"tokens of {kv} KV cache \(([\d.]+) MiB\)", r.stdout)
+        assert match, r.stdout
+        sizes[kv] = float(match.group(1))
+    assert sizes["q8_0"] == pytest.approx(sizes["f16"] * 34 / 64, rel=0.01)
+    assert sizes["q4_0"] == pytest.approx(sizes["f16"] * 18 / 64, rel=0.01)
+    off = corral("show", "--fit", MODEL, env={"CORRAL_KV_CACHE_TYPE": "q8_0", "CORRAL_FLASH_ATTENTION": "false"})
+    assert "tokens of f16 KV cache" in off.stdout and "Note: the q8_0 KV cache needs flash attention, which is off: f16 is used" in off.stdout

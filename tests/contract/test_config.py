@@ -40,3 +40,12 @@ def test_host_is_read_as_ollama_reads_ollama_host(host: str, url: str) -> None:
 def test_the_docs_table_is_generated_from_the_settings() -> None:
     docs = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     assert docs.read_text() == settings_markdown(), "regenerate: python -m corral.config > docs/configuration.md"
+
+
+def test_the_kv_cache_type_is_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().kv_cache_type == "f16"
+    monkeypatch.setenv("CORRAL_KV_CACHE_TYPE", "q8_0")
+    assert Settings().kv_cache_type == "q8_0"
+    monkeypatch.setenv("CORRAL_KV_CACHE_TYPE", "q3_k")
+    with pytest.raises(ValueError, match="kv_cache_type"):
+        Settings()

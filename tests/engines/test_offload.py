@@ -267,6 +267,18 @@ def test_kv_cache_type_and_flash_attention_change_the_estimate() -> None:
         plan(LLAMA_8B, [RYZEN_64G], num_ctx=8192, kv_cache_type="q3")
 
 
+def test_a_quantised_kv_cache_falls_back_to_f16_where_llama_cpp_cannot_use_it() -> None:
+    f16 = plan(LLAMA_8B, [RYZEN_64G], num_ctx=8192)
+    q4 = plan(LLAMA_8B, [RYZEN_64G], num_ctx=8192, kv_cache_type="q4_0")
+    assert (q4.kv_cache_type, q4.kv_cache_bytes, q4.notes) == ("q4_0", f16.kv_cache_bytes * 18 // 64, ())
+    no_fa = plan(LLAMA_8B, [RYZEN_64G], num_ctx=8192, kv_cache_type="q8_0", flash_attention=False)
+    assert no_fa.kv_cache_type == "f16" and no_fa.kv_cache_bytes == f16.kv_cache_bytes
+    assert "the q8_0 KV cache needs flash attention, which is off: f16 is used" in no_fa.notes
+    small_heads = replace(LLAMA_8B, head_dim_k=16, head_dim_v=16)
+    odd = plan(small_heads, [RYZEN_64G], num_ctx=8192, kv_cache_type="q8_0")
+    assert odd.kv_cache_type == "f16" and any("multiple of 32" in n for n in odd.notes)
+
+
 def test_the_gpu_overhead_is_configurable() -> None:
     a = plan(LLAMA_8B, [RTX_4090, RYZEN_64G], num_ctx=4096, gpu_overhead=0)
     b = plan(LLAMA_8B, [RTX_4090, RYZEN_64G], num_ctx=4096, gpu_overhead=1 * GiB)

@@ -164,3 +164,27 @@ def test_num_keep_is_refused_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(BadRequest, match="num_keep is not supported: Corral never shifts the context"):
         asyncio.run(main())
     assert backend.loads == 0
+
+
+def test_the_kv_cache_type_reaches_the_load_and_the_size_in_ps(tmp_path: Path) -> None:
+    from ggufmaker import write_tiny_llama
+
+    gguf = write_tiny_llama(tmp_path / "heads32.gguf", vocab="gpt2", n_head=2, n_head_kv=2)  # 32-value heads
+    sizes, specs = {}, {}
+    for kv in ("f16", "q8_0", "q4_0"):
+        s = Settings(home=tmp_path, models=tmp_path / kv, isolate_runners=False, kv_cache_type=kv, num_ctx=4096)
+        write_fake_model(s.models_dir, "a:latest", payload=gguf.read_bytes())
+        backend = FakeBackend(script=b"ok")
+
+        async def main(s: Settings = s, backend: FakeBackend = backend) -> int:
+            sched = fake_scheduler(s, backend)
+            try:
+                assert await answer(sched, "a") == "ok"
+                return sched.ps()[0].size
+            finally:
+                await sched.close()
+
+        sizes[kv] = asyncio.run(main())
+        specs[kv] = backend.runners[0].spec.kv_cache_type
+    assert specs == {"f16": "f16", "q8_0": "q8_0", "q4_0": "q4_0"}
+    assert sizes["f16"] > sizes["q8_0"] > sizes["q4_0"]

@@ -46,6 +46,25 @@ GPU_OVERHEAD = 512 * MiB  # CUDA/HIP context, cuBLAS/hipBLAS workspace, allocato
 # Bytes per KV-cache element for llama.cpp's cache types (quantised types: block bytes / block size).
 KV_CACHE_BYTES: dict[str, float] = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
+_QUANTISED_KV = {"q8_0": 32, "q4_0": 32}  # block sizes: a head's K and V rows must hold whole blocks
+
+
+def kv_cache_type_for(requested: str, flash_attention: bool, head_dims: Sequence[int] = ()) -> tuple[str, str]:
+    """The KV cache type llama.cpp is given, and why it is not the one asked for ("" when it is).
+
+    As Ollama does with OLLAMA_KV_CACHE_TYPE, a quantised cache falls back to f16 where llama.cpp
+    cannot use it: without flash attention (which the quantised V cache needs), or for heads whose
+    size is not a whole number of blocks. The memory estimate and the runner both call this."""
+    if requested not in KV_CACHE_BYTES:
+        raise ValueError(f"unknown KV cache type {requested!r} (one of {', '.join(KV_CACHE_BYTES)})")
+    block = _QUANTISED_KV.get(requested)
+    if block is None:
+        return requested, ""
+    if not flash_attention:
+        return "f16", f"the {requested} KV cache needs flash attention, which is off: f16 is used"
+    if any(d % block for d in head_dims):
+        return "f16", f"the {requested} KV cache needs heads of a multiple of {block} values, and this model's are {max(head_dims)}: f16 is used"
+    return requested, ""
 
 
 @dataclass(frozen=True)
@@ -286,9 +305,10 @@ def plan(
     """
     if num_ctx < 1 or num_parallel < 1 or num_batch < 1:
         raise ValueError("num_ctx, num_parallel and num_batch must be positive")
-    if kv_cache_type not in KV_CACHE_BYTES:
-        raise ValueError(f"unknown KV cache type {kv_cache_type!r} (one of {', '.join(KV_CACHE_BYTES)})")
     notes: list[str] = []
+    kv_cache_type, why = kv_cache_type_for(kv_cache_type, flash_attention, (model.head_dim_k, model.head_dim_v))
+    if why:
+        notes.append(why)
     seq_ctx = num_ctx
     if model.n_ctx_train and num_ctx > model.n_ctx_train:
         seq_ctx = model.n_ctx_train

@@ -8,6 +8,7 @@ prefix cache. Backends differ only in how many layers they offload (``n_gpu_laye
 from __future__ import annotations
 
 import ctypes
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,13 @@ import numpy as np
 
 from corral.engines.host import physical_cores
 from corral.engines.llamacpp.backend import init_backend
+from corral.engines.llamacpp.offload import kv_cache_type_for
 from corral.engines.logprobs import token_logprobs
 from corral.errors import BadRequest, CorralError, InvalidModelFile
 from corral.formats.gguf import validate_gguf
 from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep, TokenLogprobs
+
+log = logging.getLogger("corral.engines.llamacpp")
 
 
 def model_params(llama: Any, spec: LoadSpec, n_gpu_layers: int) -> Any:
@@ -78,6 +82,11 @@ class LlamaCppRunner:
         cparams.n_threads_batch = self.threads
         cparams.kv_unified = True  # one pool: a sequence may use more than its share (per-request num_ctx)
         cparams.no_perf = True
+        kv_type, why = kv_cache_type_for(spec.kv_cache_type, spec.flash_attention, self._head_dims())
+        if why:
+            log.warning("%s", why)
+        self.kv_cache_type = kv_type
+        cparams.type_k = cparams.type_v = getattr(llama, f"GGML_TYPE_{kv_type.upper()}")
         cparams.flash_attn_type = (
             llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if spec.flash_attention else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
@@ -119,6 +128,13 @@ class LlamaCppRunner:
         self._init_batch(self.n_batch)
 
     # ---- setup helpers ---------------------------------------------------------------------
+    def _head_dims(self) -> tuple[int, int]:
+        """One attention head's K and V sizes (what a quantised KV cache's blocks must divide)."""
+        L, arch = self._L, self._meta("general.architecture")
+        n_head = int(L.llama_model_n_head(self._model))
+        dim = int(L.llama_model_n_embd(self._model)) // n_head if n_head > 0 else 0
+        return (int(self._meta(f"{arch}.attention.key_length") or dim), int(self._meta(f"{arch}.attention.value_length") or dim))
+
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(256)
         n = self._L.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
