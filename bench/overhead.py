@@ -153,7 +153,7 @@ def main() -> None:
                     got = [0] * n
                     c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
 
-                    def run(i: int, r: int = r) -> None:
+                    def run(i: int, r: int = r, got: list[int] = got) -> None:
                         got[i] = one_stream(url, args.api, f"{r}-{i}. Once upon a time", args.tokens)
 
                     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
@@ -166,8 +166,12 @@ def main() -> None:
                     server.append((c1[0] - c0[0]) / tokens * 1e3)
                     runner.append((c1[1] - c0[1]) / tokens * 1e3)
                     per_token.append(server[-1] + runner[-1])
-                rows.append(f"| {n} | {spread(per_token)} | {spread(server)} | {spread(runner)} | {sum(got) / wall:.0f} |")
-    print(f"\nCorral's own CPU per generated token ({args.api} API, isolate={args.isolate}, simulated {args.step_ms} ms steps)")
+                rows.append(
+                    f"| {n} | {spread(per_token)} | {spread(server)} | {spread(runner)} | {sum(got) / wall:.0f} |"
+                )
+    print(
+        f"\nCorral's own CPU per generated token ({args.api} API, isolate={args.isolate}, simulated {args.step_ms} ms steps)"
+    )
     print(f"corral: {args.corral_python}\n")
     print("| streams | CPU ms/token, median (min–max) | server process | runner process | tokens/s (last round) |")
     print("|---|---|---|---|---|")

@@ -104,7 +104,12 @@ def main() -> None:
         **os.environ, "CORRAL_HOME": str(home), "CORRAL_HOST": f"127.0.0.1:{port}",
         "CORRAL_API_KEYS": KEY, "CORRAL_PRELOAD": MODEL,
     }  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "corral.cli.main", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli.main", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while True:
             try:

@@ -34,12 +34,25 @@ from pathlib import Path
 
 import httpx
 
-from common import CACHE, MAX_FOREIGN, THREADS, Disturbance, corral_server, ensure_in_store, free_port, models_dir, smollm2, wait_ready
+from common import (
+    CACHE,
+    MAX_FOREIGN,
+    THREADS,
+    Disturbance,
+    corral_server,
+    ensure_in_store,
+    free_port,
+    models_dir,
+    smollm2,
+    wait_ready,
+)
 
 LLAMA_CPP_PYTHON = "0.3.36"
 SLOTS = 4
 NUM_CTX = 4096  # per slot, on both sides
-OPENING = "Once upon a time, in a quiet harbour town at the edge of a great grey sea, there lived an old clockmaker named"
+OPENING = (
+    "Once upon a time, in a quiet harbour town at the edge of a great grey sea, there lived an old clockmaker named"
+)
 
 
 # ---- llama-server ------------------------------------------------------------------------------
@@ -51,7 +64,9 @@ def ensure_llama_server() -> Path:
     if binary.exists():
         return binary
     root.mkdir(parents=True, exist_ok=True)
-    print(f"building llama-server from llama-cpp-python {LLAMA_CPP_PYTHON}'s sources (about 5 minutes)…", file=sys.stderr)
+    print(
+        f"building llama-server from llama-cpp-python {LLAMA_CPP_PYTHON}'s sources (about 5 minutes)…", file=sys.stderr
+    )
     sdist = root / "sdist" / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
     if not sdist.exists():
         subprocess.run(
@@ -65,7 +80,11 @@ def ensure_llama_server() -> Path:
     nice = ["nice", "-n", "10"]
     subprocess.run([*nice, "cmake", "-B", "build", "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
                     "-DCMAKE_BUILD_TYPE=Release"], cwd=source, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-    subprocess.run([*nice, "cmake", "--build", "build", "--target", "llama-server", f"-j{os.cpu_count() or 2}"], cwd=source, check=True)
+    subprocess.run(
+        [*nice, "cmake", "--build", "build", "--target", "llama-server", f"-j{os.cpu_count() or 2}"],
+        cwd=source,
+        check=True,
+    )
     return binary
 
 
@@ -263,7 +282,12 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--kv-cache-type", default="f16", choices=["f16", "q8_0", "q4_0"])
     parser.add_argument("--max-foreign", type=float, default=MAX_FOREIGN)
-    parser.add_argument("--tries", type=int, default=3, help="attempts at an undisturbed round of a measure before keeping a disturbed one")
+    parser.add_argument(
+        "--tries",
+        type=int,
+        default=3,
+        help="attempts at an undisturbed round of a measure before keeping a disturbed one",
+    )
     args = parser.parse_args()
     counts = [int(x) for x in args.streams.split(",")]
     corrals: dict[str, str] = {}
@@ -290,15 +314,20 @@ def main() -> None:
         for label, python in corrals.items():
             url, proc = stack.enter_context(corral_server(python=python, **env))
             sides[label], pids[label] = url, proc.pid
-        sides["llama-server"], pids["llama-server"] = stack.enter_context(llama_server(binary, model.path, model.name, args.kv_cache_type, log))
+        sides["llama-server"], pids["llama-server"] = stack.enter_context(
+            llama_server(binary, model.path, model.name, args.kv_cache_type, log)
+        )
         for url in sides.values():  # load the model and touch every path once
             streams_trial(url, model.name, 4, 8, -1)
             prefill_trial(url, model.name, prompt_2k(-1))
 
         measures: list[tuple[str, Callable[[str, int], Trial]]] = [
-            (f"{n} stream{'s' if n > 1 else ''}", lambda url, k, n=n: streams_trial(url, model.name, n, args.tokens, k)) for n in counts
+            (f"{n} stream{'s' if n > 1 else ''}", lambda url, k, n=n: streams_trial(url, model.name, n, args.tokens, k))
+            for n in counts
         ]
-        measures.append((f"prefill {args.prefill_tokens} tokens", lambda url, k: prefill_trial(url, model.name, prompt_2k(k))))
+        measures.append(
+            (f"prefill {args.prefill_tokens} tokens", lambda url, k: prefill_trial(url, model.name, prompt_2k(k)))
+        )
         results: dict[str, dict[str, list[Trial]]] = {name: {s: [] for s in sides} for name, _ in measures}
         disturbed: dict[str, int] = {name: 0 for name, _ in measures}
         k = 0
@@ -330,14 +359,14 @@ def main() -> None:
         unit = "prompt tok/s" if name.startswith("prefill") else "tok/s"
         rows.append([
             f"{name}, {unit}", *(spread([t.value for t in results[name][c]]) for c in corral_sides), spread([t.value for t in ref]),
-            *(spread([a.value / b.value for a, b in zip(results[name][c], ref)], "{:.2f}") for c in corral_sides),
+            *(spread([a.value / b.value for a, b in zip(results[name][c], ref, strict=False)], "{:.2f}") for c in corral_sides),
             f"{disturbed[name]}/{args.rounds}",
         ])  # fmt: skip
         if name == "4 streams":
             worst = {side: [t.extra["worst_ttft_ms"] for t in results[name][side]] for side in sides}
             rows.append([
                 "4 streams, worst TTFT ms", *(spread(worst[c], "{:.0f}") for c in corral_sides), spread(worst["llama-server"], "{:.0f}"),
-                *(spread([a - b for a, b in zip(worst[c], worst["llama-server"])], "{:+.0f}") + " ms" for c in corral_sides),
+                *(spread([a - b for a, b in zip(worst[c], worst["llama-server"], strict=False)], "{:+.0f}") + " ms" for c in corral_sides),
                 f"{disturbed[name]}/{args.rounds}",
             ])  # fmt: skip
     lm = memory["llama-server"]
@@ -362,10 +391,10 @@ def main() -> None:
         print(f"  {label}: {python}")
     print()
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
-        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + " |")
 
 
 def _vocab_only(llama_cpp: object, gguf: Path) -> object:

@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     flash_attention: bool = Field(True, description="Use flash attention where the engine supports it.")
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = Field(
         "f16",
-        description="llama.cpp's KV cache type, as Ollama's OLLAMA_KV_CACHE_TYPE: f16, q8_0 (about half the memory) or q4_0 "
+        description="llama.cpp's KV cache type, as Ollama's OLLAMA_KV_CACHE_TYPE: f16, q8_0 (about half the memory) "
+        "or q4_0 "
         "(about a quarter). The quantised ones need flash attention; without it f16 is used.",
     )
     nohistory: bool = Field(False, description="Do not keep the REPL's history file.")

@@ -59,7 +59,8 @@ class LoadSpec:
     adapters: tuple[Path, ...] = ()
     embedding: bool = False
     flash_attention: bool = True
-    kv_cache_type: str = "f16"  # llama.cpp's K and V cache type: f16, q8_0, q4_0 (the quantised ones need flash attention)
+    # llama.cpp's K and V cache type: f16, q8_0, q4_0 (the quantised ones need flash attention)
+    kv_cache_type: str = "f16"
     devices: tuple[Device, ...] = ()
 
 

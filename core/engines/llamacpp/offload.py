@@ -63,7 +63,10 @@ def kv_cache_type_for(requested: str, flash_attention: bool, head_dims: Sequence
     if not flash_attention:
         return "f16", f"the {requested} KV cache needs flash attention, which is off: f16 is used"
     if any(d % block for d in head_dims):
-        return "f16", f"the {requested} KV cache needs heads of a multiple of {block} values, and this model's are {max(head_dims)}: f16 is used"
+        return "f16", (
+            f"the {requested} KV cache needs heads of a multiple of {block} values, "
+            f"and this model's are {max(head_dims)}: f16 is used"
+        )
     return requested, ""
 
 

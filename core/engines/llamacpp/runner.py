@@ -133,7 +133,8 @@ class LlamaCppRunner:
         L, arch = self._L, self._meta("general.architecture")
         n_head = int(L.llama_model_n_head(self._model))
         dim = int(L.llama_model_n_embd(self._model)) // n_head if n_head > 0 else 0
-        return (int(self._meta(f"{arch}.attention.key_length") or dim), int(self._meta(f"{arch}.attention.value_length") or dim))
+        key = int(self._meta(f"{arch}.attention.key_length") or dim)
+        return (key, int(self._meta(f"{arch}.attention.value_length") or dim))
 
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(256)
