@@ -268,8 +268,12 @@ class ModelWorker:
     def _tokens(self, job: Job) -> list[int]:
         runner = self.runner
         assert runner is not None
+        given = job.context + (list(job.prompt) if isinstance(job.prompt, list) else [])
+        n_vocab = runner.info.n_vocab
+        if any(not 0 <= t < n_vocab for t in given):  # the engine would fail mid-decode on an unknown id
+            raise BadRequest(f"token ids in the prompt or context must be between 0 and {n_vocab - 1}")
         if isinstance(job.prompt, list):
-            return job.context + list(job.prompt)
+            return given
         tokens = job.context + runner.tokenize(job.prompt, special=True, add_bos=job.add_bos and runner.info.add_bos)
         bos = runner.info.bos_token
         if not job.context and len(tokens) > 1 and tokens[0] == bos and tokens[1] == bos:  # template wrote BOS too
