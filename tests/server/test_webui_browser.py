@@ -239,7 +239,7 @@ def test_stop_ends_a_long_answer_and_the_servers_job(paris: dict[str, Any], serv
     assert content.text_content() == shown  # and no token came after Stop
     assert "500" not in (shown or "")
     # Esc stops too.
-    answer = ask(page, "Go on counting.")
+    answer = ask(page, "Now count from 1 to 500 again, one number per line.")  # long enough to stop mid-way
     expect(answer.locator(".content")).not_to_have_text("", timeout=ANSWER_WAIT_MS)
     page.keyboard.press("Escape")
     expect(answer.locator(".stats")).to_have_text(re.compile(r"^Stopped"))
