@@ -70,8 +70,9 @@ def test_list_and_ps(client: ollama.Client) -> None:
     client.generate(model=MODEL, prompt="hi", options={"num_predict": 1})
     names = [m.model for m in client.list().models]
     assert MODEL in names
-    loaded = client.ps().models
-    assert [m.model for m in loaded] == [MODEL]
+    # The session's server is shared: a model another test used may still be loaded beside it.
+    loaded = [m for m in client.ps().models if m.model == MODEL]
+    assert len(loaded) == 1
     assert loaded[0].size > 50_000_000 and loaded[0].expires_at is not None
 
 
