@@ -7,14 +7,18 @@ when the server already has it), then sent by digest in ``files``/``adapters``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from corral.cli.base import cli, client_for, friendly_errors
 from corral.errors import BadRequest, CorralError, ModelfileError
+
+if TYPE_CHECKING:  # pluggy and the contract are imported only by the commands that need them
+    from corral.hookspecs import Backend, Device, Estimate, LoadSpec
+    from corral.plugins import Plugins
 
 _CHUNK = 1 << 20
 
@@ -210,66 +214,52 @@ def show(
     click.echo(info_block(resp, verbose=verbose), nl=False)
 
 
-def fit_report(model: str, backend: str | None, num_ctx: int | None) -> str:
-    """Where the model's layers would go on this machine and why: the planner's estimate against
-    the free memory the backends report now (Ollama only says that a model did not fit)."""
+def fit_report(model: str, backend: str | None, num_ctx: int | None, *, plugins: Plugins | None = None) -> str:
+    """Where the model would go on this machine and why, as the backend estimates it against the free
+    memory its devices report now (Ollama only says that a model did not fit). ``plugins``: the
+    backends to choose from (default: the installed ones)."""
     from corral.config import Settings
-    from corral.engines.llamacpp.offload import plan_for_gguf
-    from corral.errors import InsufficientMemory
+    from corral.hookspecs import LoadSpec
     from corral.models.recipes import resolve
     from corral.models.store import Store
     from corral.plugins import Plugins
 
     settings = Settings()
     recipe = resolve(Store(settings.models_dir), model)
-    plugins = Plugins()
-    entry = plugins.select(backend or settings.backend)
-    devices = list(entry.probe().devices)
-    if entry.name != "cpu":
-        devices += list(plugins.get("cpu").probe().devices)
-    options = recipe.options
-    if recipe.is_onnx:
-        return f"Backend:   {entry.name}\n" + onnx_fit_report(
-            recipe.model_path,
-            num_ctx or options.num_ctx or settings.num_ctx,
-            settings.num_parallel,
-            devices,
-            on_gpu=entry.name == "cuda",
-        )
-    try:
-        plan = plan_for_gguf(
-            recipe.model_path,
-            num_ctx or options.num_ctx or settings.num_ctx,
-            settings.num_parallel,
-            devices,
-            options.num_gpu,
-            flash_attention=settings.flash_attention,
-            kv_cache_type=settings.kv_cache_type,
-        )
-    except InsufficientMemory as exc:
-        return f"Backend:   {entry.name}\nDoes not fit: {exc}"
-    return f"Backend:   {entry.name}\n{plan.explain()}"
+    entry = (plugins or Plugins()).select(backend or settings.backend)
+    devices = entry.probe().devices
+    spec = LoadSpec(
+        model_path=recipe.model_path,
+        num_ctx=num_ctx or recipe.options.num_ctx or settings.num_ctx,
+        num_parallel=settings.num_parallel,
+        num_gpu=recipe.options.num_gpu,
+        adapters=recipe.adapters,
+        flash_attention=settings.flash_attention,
+        kv_cache_type=settings.kv_cache_type,
+        devices=devices,
+    )
+    return f"Backend:   {entry.name}\n{explain_fit(entry.backend, spec, devices)}"
 
 
-def onnx_fit_report(folder: Path, num_ctx: int, num_parallel: int, devices: list[Any], *, on_gpu: bool) -> str:
-    from corral.engines.onnx.fit import check_onnx_fit, onnx_need
+def explain_fit(backend: Backend, spec: LoadSpec, devices: Sequence[Device]) -> str:
+    """The backend's own account (``Backend.explain``), else the sizes of its ``estimate``."""
     from corral.errors import InsufficientMemory
     from corral.formats.units import human_bytes
 
-    need = onnx_need(folder, num_ctx, num_parallel, on_gpu=on_gpu)
-    lines = [
-        "ONNX model: onnxruntime runs it whole on one device (no layer split)",
-        f"Weights:   {human_bytes(need.weights)}",
-        f"KV cache:  {human_bytes(need.kv_cache)} ({num_parallel} x {need.seq_ctx} tokens)",
-        f"Compute:   {human_bytes(need.compute)} (the logits of one 512-token prefill chunk)",
-    ]
+    explain = getattr(backend, "explain", None)
+    if explain is not None:
+        return str(explain(spec, devices))
+    estimate = getattr(backend, "estimate", None)
     try:
-        check_onnx_fit(folder, num_ctx, num_parallel, devices, on_gpu=on_gpu)
+        result: Estimate | None = estimate(spec, devices) if estimate is not None else None
     except InsufficientMemory as exc:
-        return "\n".join([*lines, f"Does not fit: {exc}"])
-    device = next((d for d in devices if (d.kind == "gpu") == on_gpu), None)
-    free = f"{human_bytes(device.free_memory)} free on {device.name}" if device else "no device to check"
-    return "\n".join([*lines, f"Fits:      {free}"])
+        return f"Does not fit: {exc}"
+    if result is None:
+        return "Estimate:  none (this backend loads models without a memory check)"
+    return (
+        f"Estimate:  {human_bytes(result.size_bytes)} in all, {human_bytes(result.size_on_device)} on accelerators"
+        f" -> {result.processor_label}"
+    )
 
 
 def info_block(resp: Any, *, verbose: bool = False) -> str:

@@ -197,6 +197,9 @@ class Backend(Protocol):
     # What ``spec`` would take on ``devices`` (this backend's, probed just now, free memory as it is);
     # raise ``corral.errors.InsufficientMemory`` when it cannot fit, and the scheduler unloads idle
     # models and asks again. None: nothing to report. Without it, models load unchecked.
+    # Optional: ``explain(self, spec: LoadSpec, devices: Sequence[Device]) -> str``, how ``estimate``
+    # sees it, device by device, for ``corral show --fit`` (a model that cannot fit is explained, not
+    # raised). Without it, ``--fit`` shows the estimate's sizes.
 
 
 class HookSpecs:

@@ -1,7 +1,11 @@
-"""List import circles among Corral's own modules (core/, cli/, plugins/), counting imports inside
-functions too: a function-level import hides a circle from Python but not from a reader.
+"""Import circles import-linter cannot see: a package's __init__ and a module inside it that import each other.
 
-Prints each strongly connected group of modules and exits 1 when there is one. Usage:
+pyproject's acyclic_siblings contract compares sibling modules only, so it passes a package whose
+__init__ imports a module that imports the package back (planted: corral.client <-> corral.client.base,
+kept by lint-imports, found here). This walks every import of Corral's own modules (core/, cli/,
+plugins/), those inside functions too (a function-level import hides a circle from Python, not from a
+reader), and lists every strongly connected group, sibling circles included; exit 1 when there is one.
+Run by scripts/check.sh. Usage:
     python scripts/import_cycles.py
 """
 

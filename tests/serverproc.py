@@ -1,4 +1,5 @@
-"""Servers for tests on free loopback ports: a real ``corral serve`` process, or an app in a thread."""
+"""Servers for tests: a real ``corral serve`` process or an app in a thread, on free loopback ports; or
+the app in this process behind httpx's ASGI transport."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,28 @@ def app_in_thread(app: Any, port: int | None = None, **config: Any) -> Iterator[
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@asynccontextmanager
+async def tiny_app_client(home: Path, tiny_gguf: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in this process, reached through httpx's ASGI transport, over a store in ``home`` holding
+    ``tiny_gguf`` as tiny:latest; a real llama.cpp runner on the CPU backend, in this process too.
+    ``settings`` override Settings fields (num_ctx, num_parallel...). The scheduler is closed after."""
+    from corral.config import Settings
+    from corral.models.recipes import store_gguf
+    from corral.models.store import Store
+    from corral.runtime.scheduler import Scheduler
+    from corral.server.app import create_app
+
+    config = Settings(
+        **{"home": home, "models": home / "models", "isolate_runners": False, "backend": "cpu", **settings}
+    )
+    store = Store(config.models_dir)
+    store_gguf(store, "tiny:latest", tiny_gguf)
+    scheduler = Scheduler(config, store=store)
+    transport = httpx.ASGITransport(app=create_app(config, scheduler))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:11434", timeout=120) as client:
+            yield client
+    finally:
+        await scheduler.close()

@@ -21,28 +21,24 @@ from corral.client.base import (
     Think,
     ToolArg,
     _BaseClient,
+    _chat_request,
     _create_request,
     _dump,
-    _images,
-    _messages,
-    _options,
+    _embed_request,
+    _embeddings_request,
+    _generate_request,
     _parse_body,
     _parse_line,
     _raise_for_status,
     _sha256_file,
-    _tools,
     _transport_error,
 )
 from corral.types import (
-    ChatRequest,
     ChatResponse,
     CopyRequest,
     DeleteRequest,
-    EmbeddingsRequest,
     EmbeddingsResponse,
-    EmbedRequest,
     EmbedResponse,
-    GenerateRequest,
     GenerateResponse,
     ListResponse,
     ProcessResponse,
@@ -120,10 +116,9 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         format: Format | None = None, images: Sequence[ImageArg] | None = None, options: OptionsArg | None = None,
         keep_alive: KeepAlive | None = None, backend: str | None = None,
     ) -> GenerateResponse | AsyncIterator[GenerateResponse]:
-        body = GenerateRequest(
-            model=model, prompt=prompt, suffix=suffix, system=system, template=template,
-            context=[*context] if context is not None else None, stream=stream, think=think, raw=raw,
-            format=format, images=_images(images), options=_options(options), keep_alive=keep_alive, backend=backend,
+        body = _generate_request(
+            model, prompt, suffix, system, template, context, stream, think, raw, format, images, options,
+            keep_alive, backend,
         )
         return await self._post(GenerateResponse, "/api/generate", body, stream)
 
@@ -147,10 +142,7 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         format: Format | None = None, options: OptionsArg | None = None, keep_alive: KeepAlive | None = None,
         backend: str | None = None,
     ) -> ChatResponse | AsyncIterator[ChatResponse]:
-        body = ChatRequest(
-            model=model, messages=_messages(messages), tools=_tools(tools), stream=stream, think=think,
-            format=format, options=_options(options), keep_alive=keep_alive, backend=backend,
-        )
+        body = _chat_request(model, messages, tools, stream, think, format, options, keep_alive, backend)
         return await self._post(ChatResponse, "/api/chat", body, stream)
 
     async def embed(
@@ -158,19 +150,14 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         options: OptionsArg | None = None, keep_alive: KeepAlive | None = None, dimensions: int | None = None,
         *, backend: str | None = None,
     ) -> EmbedResponse:
-        body = EmbedRequest(
-            model=model, input=input if isinstance(input, str) else [*input], truncate=truncate,
-            dimensions=dimensions, options=_options(options), keep_alive=keep_alive, backend=backend,
-        )
+        body = _embed_request(model, input, truncate, options, keep_alive, dimensions, backend)
         return await self._request(EmbedResponse, "POST", "/api/embed", body)
 
     async def embeddings(
         self, model: str = "", prompt: str | None = None, options: OptionsArg | None = None,
         keep_alive: KeepAlive | None = None, *, backend: str | None = None,
     ) -> EmbeddingsResponse:
-        body = EmbeddingsRequest(
-            model=model, prompt=prompt or "", options=_options(options), keep_alive=keep_alive, backend=backend
-        )
+        body = _embeddings_request(model, prompt, options, keep_alive, backend)
         return await self._request(EmbeddingsResponse, "POST", "/api/embeddings", body)
 
     @overload
@@ -218,19 +205,8 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         *, modelfile: str | None = None, format: str | None = None, stream: bool = False,
     ) -> ProgressResponse | AsyncIterator[ProgressResponse]:
         body = _create_request(
-            model,
-            quantize,
-            from_,
-            files,
-            adapters,
-            template,
-            license,
-            system,
-            parameters,
-            messages,
-            modelfile,
-            format,
-            stream,
+            model, quantize, from_, files, adapters, template, license, system, parameters, messages, modelfile,
+            format, stream,
         )
         return await self._post(ProgressResponse, "/api/create", body, stream)
 

@@ -20,7 +20,11 @@ from pydantic import BaseModel
 
 from corral.config import Settings, host_to_url
 from corral.types import (
+    ChatRequest,
     CreateRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
     Message,
 )
 from corral.version import __version__
@@ -306,6 +310,50 @@ class _BaseClient(Generic[HttpxClient]):
             },
             **kwargs,
         )
+
+
+# ---- request bodies: one builder per endpoint, its parameters in the public method's order ----------
+
+
+def _generate_request(
+    model: str, prompt: str | None, suffix: str | None, system: str | None, template: str | None,
+    context: Sequence[int] | None, stream: bool, think: Think | None, raw: bool | None, format: Format | None,
+    images: Sequence[ImageArg] | None, options: OptionsArg | None, keep_alive: KeepAlive | None, backend: str | None,
+) -> GenerateRequest:
+    return GenerateRequest(
+        model=model, prompt=prompt, suffix=suffix, system=system, template=template,
+        context=[*context] if context is not None else None, stream=stream, think=think, raw=raw,
+        format=format, images=_images(images), options=_options(options), keep_alive=keep_alive, backend=backend,
+    )
+
+
+def _chat_request(
+    model: str, messages: Sequence[MessageArg] | None, tools: Sequence[ToolArg] | None, stream: bool,
+    think: Think | None, format: Format | None, options: OptionsArg | None, keep_alive: KeepAlive | None,
+    backend: str | None,
+) -> ChatRequest:
+    return ChatRequest(
+        model=model, messages=_messages(messages), tools=_tools(tools), stream=stream, think=think,
+        format=format, options=_options(options), keep_alive=keep_alive, backend=backend,
+    )
+
+
+def _embed_request(
+    model: str, input: str | Sequence[str], truncate: bool | None, options: OptionsArg | None,
+    keep_alive: KeepAlive | None, dimensions: int | None, backend: str | None,
+) -> EmbedRequest:
+    return EmbedRequest(
+        model=model, input=input if isinstance(input, str) else [*input], truncate=truncate,
+        dimensions=dimensions, options=_options(options), keep_alive=keep_alive, backend=backend,
+    )
+
+
+def _embeddings_request(
+    model: str, prompt: str | None, options: OptionsArg | None, keep_alive: KeepAlive | None, backend: str | None
+) -> EmbeddingsRequest:
+    return EmbeddingsRequest(
+        model=model, prompt=prompt or "", options=_options(options), keep_alive=keep_alive, backend=backend
+    )
 
 
 def _create_request(

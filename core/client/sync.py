@@ -21,28 +21,24 @@ from corral.client.base import (
     Think,
     ToolArg,
     _BaseClient,
+    _chat_request,
     _create_request,
     _dump,
-    _images,
-    _messages,
-    _options,
+    _embed_request,
+    _embeddings_request,
+    _generate_request,
     _parse_body,
     _parse_line,
     _raise_for_status,
     _sha256_file,
-    _tools,
     _transport_error,
 )
 from corral.types import (
-    ChatRequest,
     ChatResponse,
     CopyRequest,
     DeleteRequest,
-    EmbeddingsRequest,
     EmbeddingsResponse,
-    EmbedRequest,
     EmbedResponse,
-    GenerateRequest,
     GenerateResponse,
     ListResponse,
     ProcessResponse,
@@ -121,10 +117,9 @@ class Client(_BaseClient[httpx.Client]):
         keep_alive: KeepAlive | None = None, backend: str | None = None,
     ) -> GenerateResponse | Iterator[GenerateResponse]:
         """Complete ``prompt``. Returns one GenerateResponse, or an iterator of parts with ``stream=True``."""
-        body = GenerateRequest(
-            model=model, prompt=prompt, suffix=suffix, system=system, template=template,
-            context=[*context] if context is not None else None, stream=stream, think=think, raw=raw,
-            format=format, images=_images(images), options=_options(options), keep_alive=keep_alive, backend=backend,
+        body = _generate_request(
+            model, prompt, suffix, system, template, context, stream, think, raw, format, images, options,
+            keep_alive, backend,
         )
         return self._post(GenerateResponse, "/api/generate", body, stream)
 
@@ -149,10 +144,7 @@ class Client(_BaseClient[httpx.Client]):
         backend: str | None = None,
     ) -> ChatResponse | Iterator[ChatResponse]:
         """Answer ``messages``. ``tools`` are JSON schemas or plain functions (Google-style docstrings)."""
-        body = ChatRequest(
-            model=model, messages=_messages(messages), tools=_tools(tools), stream=stream, think=think,
-            format=format, options=_options(options), keep_alive=keep_alive, backend=backend,
-        )
+        body = _chat_request(model, messages, tools, stream, think, format, options, keep_alive, backend)
         return self._post(ChatResponse, "/api/chat", body, stream)
 
     def embed(
@@ -160,10 +152,7 @@ class Client(_BaseClient[httpx.Client]):
         options: OptionsArg | None = None, keep_alive: KeepAlive | None = None, dimensions: int | None = None,
         *, backend: str | None = None,
     ) -> EmbedResponse:
-        body = EmbedRequest(
-            model=model, input=input if isinstance(input, str) else [*input], truncate=truncate,
-            dimensions=dimensions, options=_options(options), keep_alive=keep_alive, backend=backend,
-        )
+        body = _embed_request(model, input, truncate, options, keep_alive, dimensions, backend)
         return self._request(EmbedResponse, "POST", "/api/embed", body)
 
     def embeddings(
@@ -171,9 +160,7 @@ class Client(_BaseClient[httpx.Client]):
         keep_alive: KeepAlive | None = None, *, backend: str | None = None,
     ) -> EmbeddingsResponse:
         """The older, one-prompt form of ``embed``."""
-        body = EmbeddingsRequest(
-            model=model, prompt=prompt or "", options=_options(options), keep_alive=keep_alive, backend=backend
-        )
+        body = _embeddings_request(model, prompt, options, keep_alive, backend)
         return self._request(EmbeddingsResponse, "POST", "/api/embeddings", body)
 
     @overload
@@ -224,19 +211,8 @@ class Client(_BaseClient[httpx.Client]):
         ``create_blob``), or a whole Modelfile (``modelfile``, the older API). Corral's ``format="onnx"``
         converts GGUF weights into an ONNX model (``quantize``: its precision, int4, int8 or fp32)."""
         body = _create_request(
-            model,
-            quantize,
-            from_,
-            files,
-            adapters,
-            template,
-            license,
-            system,
-            parameters,
-            messages,
-            modelfile,
-            format,
-            stream,
+            model, quantize, from_, files, adapters, template, license, system, parameters, messages, modelfile,
+            format, stream,
         )
         return self._post(ProgressResponse, "/api/create", body, stream)
 

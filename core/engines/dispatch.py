@@ -1,8 +1,9 @@
 """Which engine runs a model file, what it will take in memory, and how it is loaded.
 
 A GGUF file runs on llama.cpp, an onnxruntime-genai folder on ONNX. Backends implement their
-``estimate`` and ``load`` with these few calls; the scheduler never imports this module, it asks the
-backend (``Backend.estimate``), so a third-party backend is treated exactly like the shipped ones.
+``estimate``, ``explain`` and ``load`` with these few calls; the scheduler and ``corral show --fit``
+never import this module, they ask the backend (``Backend.estimate``, ``Backend.explain``), so a
+third-party backend is treated exactly like the shipped ones.
 The GPU backends (cuda, rocm, metal) share ``load``'s llama.cpp path and differ only in ``GpuBuild``.
 """
 
@@ -11,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from corral.errors import BackendUnavailable, BadRequest
+from corral.errors import BackendUnavailable, BadRequest, InsufficientMemory
 from corral.formats.onnx import is_genai_folder
 from corral.hookspecs import Device, Estimate, LoadSpec, Runner
+
+if TYPE_CHECKING:  # the planner is imported only where a GGUF is planned
+    from corral.engines.llamacpp.offload import Plan
 
 Engine = Literal["llama.cpp", "onnx"]
 
@@ -64,6 +68,34 @@ def estimate(spec: LoadSpec, devices: Sequence[Device], *, onnx_on_gpu: bool = F
         return None
     if engine is None:
         return None
+    spec, plan = _gguf_plan(spec, devices)
+    return Estimate(
+        spec=spec, size_bytes=plan.total_bytes, size_on_device=plan.gpu_bytes, processor=plan.processor_label
+    )
+
+
+def explain(spec: LoadSpec, devices: Sequence[Device], *, onnx_on_gpu: bool = False) -> str:
+    """How ``estimate`` sees ``spec`` on ``devices``, for ``corral show --fit``: llama.cpp's offload plan
+    device by device, or an ONNX folder's needs against its one device. A model that cannot fit is
+    explained too (why, in a ``Does not fit:`` line), not raised."""
+    engine = engine_for(spec.model_path)
+    if engine == "onnx":
+        from corral.engines.onnx.fit import explain_onnx_fit
+
+        return explain_onnx_fit(
+            spec.model_path, spec.num_ctx, spec.num_parallel, devices, on_gpu=onnx_on_gpu, num_batch=spec.num_batch
+        )
+    if engine is None:
+        return f"No estimate: {spec.model_path} is neither a GGUF file nor an ONNX model folder"
+    try:
+        _, plan = _gguf_plan(spec, devices)
+    except InsufficientMemory as exc:
+        return f"Does not fit: {exc}"
+    return plan.explain()
+
+
+def _gguf_plan(spec: LoadSpec, devices: Sequence[Device]) -> tuple[LoadSpec, Plan]:
+    """llama.cpp's offload plan for a GGUF, and ``spec`` with the plan's layer count and split in it."""
     from corral.engines.llamacpp.offload import plan_for_gguf
 
     gpus = [d for d in devices if d.kind == "gpu"]
@@ -85,9 +117,7 @@ def estimate(spec: LoadSpec, devices: Sequence[Device], *, onnx_on_gpu: bool = F
             spec = replace(spec, num_gpu=plan.n_gpu_layers)
         if not spec.tensor_split and len(plan.gpus) > 1:  # else llama.cpp splits by free memory instead
             spec = replace(spec, tensor_split=tuple(plan.tensor_split))
-    return Estimate(
-        spec=spec, size_bytes=plan.total_bytes, size_on_device=plan.gpu_bytes, processor=plan.processor_label
-    )
+    return spec, plan
 
 
 def load(spec: LoadSpec, gpu: GpuBuild | None = None, *, onnx_on_gpu: bool = False) -> Runner:

@@ -26,10 +26,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from corral.models.store import OWNERS_DIR, TEMP_NAME, Manifest, Store, owner_alive
+from corral.models.store import OWNERS_DIR, TEMP_NAME, Manifest, Store, lock_held, owner_alive
 
 PARTIAL_KEEP = 24 * 3600.0  # a pull interrupted today resumes tomorrow; Ollama keeps partials an hour
 BLOB_GRACE = 3600.0  # Ollama's layerPruneGracePeriod
@@ -134,16 +133,7 @@ def _prune_temporaries(store: Store, report: PruneReport) -> None:
 
 
 def _pull_running(store: Store, blob: str) -> bool:
-    path = store.root / ".pulls" / f"{blob}.lock"
-    if not path.exists():
-        return False
-    lock = FileLock(path, timeout=0, thread_local=False)
-    try:
-        lock.acquire()
-    except LockTimeout:
-        return True
-    lock.release()
-    return False
+    return lock_held(store.root / ".pulls" / f"{blob}.lock")
 
 
 def _prune_partials(store: Store, report: PruneReport, now: float, keep: float) -> None:

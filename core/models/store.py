@@ -192,7 +192,11 @@ def owner_alive(root: Path, token: str) -> bool:
     held = _owners.get(root)
     if held is not None and held[0] == token:
         return True
-    path = root / OWNERS_DIR / f"{token}.lock"
+    return lock_held(root / OWNERS_DIR / f"{token}.lock")
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a process holds the file lock at ``path`` now (a lock file left behind is no lock)."""
     if not path.exists():
         return False
     probe = FileLock(path, timeout=0, thread_local=False)

@@ -25,6 +25,9 @@ class CpuBackend:
     def estimate(self, spec: LoadSpec, devices: Sequence[Device]) -> Estimate | None:
         return dispatch.estimate(spec, devices)
 
+    def explain(self, spec: LoadSpec, devices: Sequence[Device]) -> str:
+        return dispatch.explain(spec, devices)
+
     def load(self, spec: LoadSpec) -> Runner:
         return dispatch.load(spec)
 

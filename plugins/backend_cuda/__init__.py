@@ -66,6 +66,11 @@ class CudaBackend:
 
         return dispatch.estimate(spec, [*devices, host_device()], onnx_on_gpu=True)
 
+    def explain(self, spec: LoadSpec, devices: Sequence[Device]) -> str:
+        from corral.engines.host import host_device
+
+        return dispatch.explain(spec, [*devices, host_device()], onnx_on_gpu=True)
+
     def load(self, spec: LoadSpec) -> Runner:
         probe = self.probe()
         if not probe.available:

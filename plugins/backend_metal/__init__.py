@@ -65,6 +65,11 @@ class MetalBackend:
         # Unified memory: the plan is llama.cpp's, which also bounds what MLX needs for the same file.
         return dispatch.estimate(spec, [*devices, host_device()])
 
+    def explain(self, spec: LoadSpec, devices: Sequence[Device]) -> str:
+        from corral.engines.host import host_device
+
+        return dispatch.explain(spec, [*devices, host_device()])
+
     def load(self, spec: LoadSpec) -> Runner:
         probe = self.probe()
         if not probe.available:

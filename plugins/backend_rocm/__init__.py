@@ -125,6 +125,11 @@ class RocmBackend:
 
         return dispatch.estimate(spec, [*devices, host_device()])
 
+    def explain(self, spec: LoadSpec, devices: Sequence[Device]) -> str:
+        from corral.engines.host import host_device
+
+        return dispatch.explain(spec, [*devices, host_device()])
+
     def load(self, spec: LoadSpec) -> Runner:
         probe = self.probe()
         if not probe.available:

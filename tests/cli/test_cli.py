@@ -7,10 +7,14 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from corral.errors import InsufficientMemory
+from corral.hookspecs import Device, Estimate, LoadSpec
+from fakes import FakeBackend, fake_plugins, write_fake_model
 from serverproc import free_port
 
 MODEL = "smollm2:135m"
@@ -190,3 +194,30 @@ def test_show_fit_follows_the_kv_cache_type() -> None:
     off = corral("show", "--fit", MODEL, env={"CORRAL_KV_CACHE_TYPE": "q8_0", "CORRAL_FLASH_ATTENTION": "false"})
     assert "tokens of f16 KV cache" in off.stdout
     assert "Note: the q8_0 KV cache needs flash attention, which is off: f16 is used" in off.stdout
+
+
+class _SizingBackend(FakeBackend):
+    """A third-party backend with its own ``estimate`` and no ``explain``."""
+
+    def estimate(self, spec: LoadSpec, devices: Sequence[Device]) -> Estimate | None:
+        self.estimates.append((spec, tuple(devices)))
+        if spec.num_ctx > 4096:
+            raise InsufficientMemory(f"{spec.num_ctx} tokens of context need more than the fake device has")
+        return Estimate(spec=spec, size_bytes=3 << 30, size_on_device=1 << 30)
+
+
+def test_show_fit_shows_a_third_party_backends_estimate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.cli.model_commands import fit_report
+
+    monkeypatch.setenv("CORRAL_HOME", str(tmp_path))
+    write_fake_model(tmp_path / "models")
+    backend = _SizingBackend()
+    report = fit_report("fake", None, 2048, plugins=fake_plugins(backend))
+    assert report == "Backend:   fake\nEstimate:  3.0 GiB in all, 1.0 GiB on accelerators -> 67%/33% CPU/GPU"
+    [(spec, devices)] = backend.estimates
+    assert spec.num_ctx == 2048 and devices == backend.probe().devices
+    too_long = fit_report("fake", "fake", 8192, plugins=fake_plugins(backend))
+    assert too_long == "Backend:   fake\nDoes not fit: 8192 tokens of context need more than the fake device has"
+    # A backend whose estimate has nothing to report (the fake weights are no GGUF): it says so.
+    unchecked = fit_report("fake", None, None, plugins=fake_plugins(FakeBackend()))
+    assert unchecked == "Backend:   fake\nEstimate:  none (this backend loads models without a memory check)"

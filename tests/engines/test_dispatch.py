@@ -1,5 +1,6 @@
 """engines.dispatch: the engine for a model file, and the estimate that fills in the offload decisions
-(layer count, multi-GPU tensor_split, main_gpu's single GPU) for the backends to load with."""
+(layer count, multi-GPU tensor_split, main_gpu's single GPU) for the backends to load with; and the
+explanation of it that `corral show --fit` prints."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.engines.dispatch import engine_for, estimate
+from corral.engines.dispatch import engine_for, estimate, explain
 from corral.errors import BadRequest, InsufficientMemory
 from corral.hookspecs import Device, LoadSpec
 
@@ -78,3 +79,28 @@ def test_an_onnx_folder_is_checked_whole_and_has_no_figures(tmp_path: Path) -> N
     assert estimate(spec(tmp_path), [HOST]) is None
     with pytest.raises(InsufficientMemory, match="the model needs"):
         estimate(spec(tmp_path), [Device("cpu", 0, "host", "cpu", 2000, 2000)])
+
+
+def test_explain_shows_the_offload_plan_and_says_when_it_does_not_fit(tiny_gguf: Path, tmp_path: Path) -> None:
+    text = explain(spec(tiny_gguf), [HOST])
+    assert "llama.cpp: n_gpu_layers=0" in text and "-> 100% CPU" in text
+    assert text.splitlines()[-1].split()[0] == "total" and text.endswith("yes")
+    split = explain(spec(tiny_gguf), [*GPUS, HOST])
+    assert "tensor_split=" in split and "-> 100% GPU" in split
+    tiny = Device("cpu", 0, "host", "cpu", 1000, 1000)
+    assert explain(spec(tiny_gguf), [tiny]).startswith("Does not fit: ")
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert explain(spec(tmp_path / "notes.txt"), [HOST]).startswith("No estimate: ")
+
+
+def test_explain_weighs_an_onnx_folder_against_its_one_device(tmp_path: Path) -> None:
+    decoder = {"num_hidden_layers": 2, "num_key_value_heads": 2, "head_size": 16}
+    (tmp_path / "genai_config.json").write_text(
+        json.dumps({"model": {"context_length": 512, "vocab_size": 100, "decoder": decoder}})
+    )
+    (tmp_path / "model.onnx").write_bytes(b"\0" * 1000)
+    lines = explain(spec(tmp_path), [*GPUS, HOST], onnx_on_gpu=True).splitlines()
+    assert lines[0].startswith("ONNX model:") and lines[1] == "Weights:   1000 B"
+    assert lines[-1] == "Fits:      20.0 GiB free on gpu0"
+    on_cpu = explain(spec(tmp_path), [Device("cpu", 0, "host", "cpu", 2000, 2000)])
+    assert on_cpu.splitlines()[-1].startswith("Does not fit: the model needs")

@@ -127,14 +127,22 @@ def test_tabs_separate_words() -> None:
 # --- quoting -----------------------------------------------------------------------------------
 
 
-def test_double_quoted_with_escapes() -> None:
-    mf = parse(r"FROM base" + "\n" + r'SYSTEM "He said \"hi\" \\ bye"')
-    assert mf.system == 'He said "hi" \\ bye'
-
-
-def test_double_quoted_keeps_inner_spaces_and_other_backslashes() -> None:
-    mf = parse('FROM base\nSYSTEM "  padded\\n  "')
-    assert mf.system == "  padded\\n  "
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(r'"He said \"hi\" \\ bye"', 'He said "hi" \\ bye', id="double-quoted-with-escapes"),
+        pytest.param('"  padded\\n  "', "  padded\\n  ", id="double-quoted-keeps-spaces-and-other-backslashes"),
+        pytest.param('""', "", id="double-quoted-empty"),
+        pytest.param('"""Say "hi" to {{ .Name }}"""', 'Say "hi" to {{ .Name }}', id="triple-quoted-inner-quotes"),
+        pytest.param('"""say "hi""""', 'say "hi"', id="triple-quoted-ending-in-a-quote"),
+        pytest.param('"""\n{{ .Prompt }}\n"""', "\n{{ .Prompt }}\n", id="triple-quoted-from-its-own-line"),
+        pytest.param('""""""', "", id="triple-quoted-empty"),
+        pytest.param('He said "hi"', 'He said "hi"', id="bare-keeps-inner-quotes"),
+    ],
+)
+def test_quoted_values(value: str, expected: str) -> None:
+    assert parse(f"FROM base\nSYSTEM {value}").system == expected
+    assert parse(f"FROM base\nTEMPLATE {value}").template == expected
 
 
 def test_double_quoted_may_span_lines() -> None:
@@ -144,38 +152,12 @@ def test_double_quoted_may_span_lines() -> None:
     assert mf.parameters().top_k == 1
 
 
-def test_empty_quoted_values() -> None:
-    mf = parse('FROM base\nSYSTEM ""\nTEMPLATE """"""')
-    assert mf.system == ""
-    assert mf.template == ""
-
-
-def test_triple_quoted_single_line_and_inner_quotes() -> None:
-    mf = parse('FROM base\nSYSTEM """Say "hi" to {{ .Name }}"""')
-    assert mf.system == 'Say "hi" to {{ .Name }}'
-
-
-def test_triple_quoted_value_ending_in_a_quote() -> None:
-    mf = parse('FROM base\nSYSTEM """say "hi""""')
-    assert mf.system == 'say "hi"'
-
-
 def test_triple_quoted_multiline_is_raw() -> None:
     text = 'FROM base\nTEMPLATE """  first\n\tsecond \\n "q"\n\nlast  """  \nSYSTEM after'
     mf = parse(text)
     assert mf.template == '  first\n\tsecond \\n "q"\n\nlast  '
     assert mf.system == "after"
     assert [c.line for c in mf.commands] == [1, 2, 6]
-
-
-def test_triple_quoted_starting_on_its_own_line() -> None:
-    mf = parse('FROM base\nTEMPLATE """\n{{ .Prompt }}\n"""')
-    assert mf.template == "\n{{ .Prompt }}\n"
-
-
-def test_bare_value_keeps_inner_quotes() -> None:
-    mf = parse('FROM base\nSYSTEM He said "hi"')
-    assert mf.system == 'He said "hi"'
 
 
 def test_quoted_from_path(tmp_path: Path) -> None:
@@ -265,39 +247,36 @@ def test_unknown_instruction_keeps_the_users_spelling() -> None:
     assert "unknown instruction 'Frm'" in str(error_of("Frm base"))
 
 
-def test_unknown_parameter() -> None:
-    err = error_of("FROM base\nPARAMETER temperature 0.5\nPARAMETER mirostat 2")
-    assert err.line == 3
-    assert str(err) == "line 3: unknown parameter 'mirostat'"
-
-
 @pytest.mark.parametrize(
-    ("line", "needle"),
+    ("text", "line", "message"),
     [
-        ("PARAMETER num_ctx big", "must be an integer"),
-        ("PARAMETER num_ctx 4096.5", "must be an integer"),
-        ("PARAMETER temperature warm", "must be a number"),
-        ("PARAMETER use_mmap maybe", "must be true or false"),
+        ("FROM base\nPARAMETER temperature 0.5\nPARAMETER mirostat 2", 3, "line 3: unknown parameter 'mirostat'"),
+        ("FROM base\n# c\nPARAMETER num_ctx big", 3, "must be an integer"),
+        ("FROM base\n# c\nPARAMETER num_ctx 4096.5", 3, "must be an integer"),
+        ("FROM base\n# c\nPARAMETER temperature warm", 3, "must be a number"),
+        ("FROM base\n# c\nPARAMETER use_mmap maybe", 3, "must be true or false"),
+        ("FROM base\nPARAMETER top_p 0.5\nPARAMETER top_p 1.5", 3, "top_p"),
+        ("FROM base\nPARAMETER temperature", 2, "PARAMETER needs a name and a value"),
+        ("FROM base\nPARAMETER\n", 2, "PARAMETER needs a name and a value"),
+        ("FROM base\nPARAMETER stop   \n", 2, "PARAMETER needs a name and a value"),
+        ('FROM ""', 1, "FROM needs a value"),
+        ("FROM base\nMESSAGE user", 2, "MESSAGE needs a role and content"),
+        ("FROM base\nMESSAGE user hi\nMESSAGE robot beep", 3, "invalid message role 'robot'"),
+        pytest.param("FROM base\nMESSAGE User hi", 2, "invalid message role 'User'", id="roles-are-lower-case"),
+        ('FROM base\nSYSTEM ok\nTEMPLATE """{{ .Prompt }}\nmore\nPARAMETER top_k 1\n', 3, 'unterminated """'),
+        ('FROM base\n\nSYSTEM "never closed\nPARAMETER top_k 1', 3, "unterminated quote"),
+        pytest.param('FROM base\nSYSTEM "open \\"', 2, "unterminated quote", id="an-escaped-quote-does-not-close"),
+        ('FROM base\nSYSTEM """one\ntwo""" three\nSYSTEM """four"""', 3, "after the closing"),
+        ('FROM base\nSYSTEM "a" b', 2, "after the closing"),
+        ("FROM a\nSYSTEM s\nFROM b", 3, "line 1"),
+        ("FROM base\n\nREQUIRES soon", 3, "REQUIRES"),
     ],
 )
-def test_bad_parameter_type(line: str, needle: str) -> None:
-    err = error_of(f"FROM base\n# c\n{line}")
-    assert err.line == 3
-    assert needle in str(err)
-
-
-def test_parameter_out_of_range() -> None:
-    err = error_of("FROM base\nPARAMETER top_p 0.5\nPARAMETER top_p 1.5")
-    assert err.line == 3
-    assert "top_p" in str(err)
-
-
-def test_parameter_needs_name_and_value() -> None:
-    err = error_of("FROM base\nPARAMETER temperature")
-    assert err.line == 2
-    assert "PARAMETER needs a name and a value" in str(err)
-    assert error_of("FROM base\nPARAMETER\n").line == 2
-    assert error_of("FROM base\nPARAMETER stop   \n").line == 2
+def test_error_names_its_line(text: str, line: int, message: str) -> None:
+    """The line a mistake is on (a quoted value's first line), and what is wrong."""
+    err = error_of(text)
+    assert err.line == line
+    assert message in str(err)
 
 
 @pytest.mark.parametrize("word", ["FROM", "SYSTEM", "TEMPLATE", "ADAPTER", "LICENSE", "REQUIRES"])
@@ -308,46 +287,6 @@ def test_missing_argument(word: str) -> None:
     assert f"{word} needs a value" in str(err)
 
 
-def test_empty_quoted_from_is_missing() -> None:
-    assert error_of('FROM ""').line == 1
-
-
-def test_message_needs_role_and_content() -> None:
-    err = error_of("FROM base\nMESSAGE user")
-    assert err.line == 2
-    assert "MESSAGE needs a role and content" in str(err)
-
-
-def test_invalid_message_role() -> None:
-    err = error_of("FROM base\nMESSAGE user hi\nMESSAGE robot beep")
-    assert err.line == 3
-    assert "invalid message role 'robot'" in str(err)
-    assert error_of("FROM base\nMESSAGE User hi").line == 2  # roles are lower case, as in Ollama
-
-
-def test_unterminated_triple_quote_names_its_first_line() -> None:
-    err = error_of('FROM base\nSYSTEM ok\nTEMPLATE """{{ .Prompt }}\nmore\nPARAMETER top_k 1\n')
-    assert err.line == 3
-    assert 'unterminated """' in str(err)
-
-
-def test_unterminated_double_quote_names_its_first_line() -> None:
-    err = error_of('FROM base\n\nSYSTEM "never closed\nPARAMETER top_k 1')
-    assert err.line == 3
-    assert "unterminated quote" in str(err)
-
-
-def test_escaped_quote_does_not_close() -> None:
-    assert error_of('FROM base\nSYSTEM "open \\"').line == 2
-
-
-def test_text_after_closing_quotes() -> None:
-    err = error_of('FROM base\nSYSTEM """one\ntwo""" three\nSYSTEM """four"""')
-    assert err.line == 3
-    assert "after the closing" in str(err)
-    assert error_of('FROM base\nSYSTEM "a" b').line == 2
-
-
 def test_no_from() -> None:
     for text in ["", "# only a comment\n", "SYSTEM hi\nPARAMETER top_k 1"]:
         err = error_of(text)
@@ -355,23 +294,11 @@ def test_no_from() -> None:
         assert err.line is None
 
 
-def test_second_from() -> None:
-    err = error_of("FROM a\nSYSTEM s\nFROM b")
-    assert err.line == 3
-    assert "line 1" in str(err)
-
-
 @pytest.mark.parametrize(
     ("value", "expected"), [("0.5.0", "0.5.0"), ("v0.14.1", "0.14.1"), ("1", "1"), ("0.6.0-rc1", "0.6.0-rc1")]
 )
 def test_requires(value: str, expected: str) -> None:
     assert parse(f"FROM base\nREQUIRES {value}").requires == expected
-
-
-def test_requires_must_be_a_version() -> None:
-    err = error_of("FROM base\n\nREQUIRES soon")
-    assert err.line == 3
-    assert "REQUIRES" in str(err)
 
 
 def test_hand_built_modelfile_errors() -> None:

@@ -10,58 +10,29 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral.config import Settings
-from corral.models.recipes import store_gguf
-from corral.models.store import Store
-from corral.runtime.scheduler import Scheduler
-from corral.server.app import create_app
+from serverproc import tiny_app_client
 
 HISTORY = [{"role": "system", "content": "You answer in one short sentence about the weather. " * 4}]
 
 
 @pytest.fixture
 async def client(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_parallel=2, num_ctx=512, backend="cpu"
-    )
-    store = Store(settings.models_dir)
-    store_gguf(store, "tiny:latest", tiny_gguf)
-    scheduler = Scheduler(settings, store=store)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(settings, scheduler)),
-        base_url="http://127.0.0.1:11434",
-        timeout=120,
-    ) as c:
+    async with tiny_app_client(tmp_path, tiny_gguf, num_parallel=2, num_ctx=512) as c:
         yield c
-    await scheduler.close()
 
 
 @pytest.mark.anyio
 async def test_ollama_reports_the_cached_part_of_the_prompt(client: httpx.AsyncClient) -> None:
     options = {"temperature": 0, "num_predict": 2}
-    first = (
-        await client.post(
-            "/api/chat",
-            json={
-                "model": "tiny",
-                "messages": [*HISTORY, {"role": "user", "content": "Monday?"}],
-                "stream": False,
-                "options": options,
-            },
-        )
-    ).json()
+
+    async def ask(question: str) -> dict:
+        messages = [*HISTORY, {"role": "user", "content": question}]
+        body = {"model": "tiny", "messages": messages, "stream": False, "options": options}
+        return (await client.post("/api/chat", json=body)).json()
+
+    first = await ask("Monday?")
     assert first["prompt_eval_cached_count"] == 0 and first["prompt_eval_count"] > 40
-    second = (
-        await client.post(
-            "/api/chat",
-            json={
-                "model": "tiny",
-                "messages": [*HISTORY, {"role": "user", "content": "Tuesday?"}],
-                "stream": False,
-                "options": options,
-            },
-        )
-    ).json()
+    second = await ask("Tuesday?")
     assert 40 < second["prompt_eval_cached_count"] < second["prompt_eval_count"]
     assert abs(second["prompt_eval_count"] - first["prompt_eval_count"]) <= 2  # the whole prompt, cached or not
     streamed = [

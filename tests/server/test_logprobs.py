@@ -13,14 +13,10 @@ import httpx
 import numpy as np
 import pytest
 
-from corral.config import Settings
 from corral.engines.logprobs import token_logprobs
 from corral.engines.sampling import Sampler
 from corral.hookspecs import Sampling
-from corral.models.recipes import store_gguf
-from corral.models.store import Store
-from corral.runtime.scheduler import Scheduler
-from corral.server.app import create_app
+from serverproc import tiny_app_client
 
 GREEDY = {"temperature": 0, "num_predict": 12, "repeat_penalty": 1.0}  # so the raw argmax is what is chosen
 MESSAGES = [{"role": "user", "content": "hello world"}]
@@ -28,17 +24,8 @@ MESSAGES = [{"role": "user", "content": "hello world"}]
 
 @pytest.fixture
 async def client(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_ctx=512, backend="cpu")
-    store = Store(settings.models_dir)
-    store_gguf(store, "tiny:latest", tiny_gguf)
-    scheduler = Scheduler(settings, store=store)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(settings, scheduler)),
-        base_url="http://127.0.0.1:11434",
-        timeout=120,
-    ) as c:
+    async with tiny_app_client(tmp_path, tiny_gguf, num_ctx=512) as c:
         yield c
-    await scheduler.close()
 
 
 def check_entries(entries: list[dict], top: int, text: str, greedy: bool = True) -> None:

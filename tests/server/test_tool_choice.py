@@ -13,12 +13,10 @@ import jsonschema
 import openai
 import pytest
 
-from corral.config import Settings
 from corral.models.names import ModelName
 from corral.models.recipes import store_gguf
 from corral.models.store import MEDIA_TEMPLATE, Store
-from corral.runtime.scheduler import Scheduler
-from corral.server.app import create_app
+from serverproc import tiny_app_client
 
 FORECAST = {
     "type": "function",
@@ -62,17 +60,12 @@ def assert_valid_calls(calls: list[dict], allowed: set[str]) -> None:
 
 @pytest.fixture
 async def client(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_ctx=1024, backend="cpu")
-    store = Store(settings.models_dir)
-    store_gguf(store, "tiny:latest", tiny_gguf)
+    store = Store(tmp_path / "models")
     manifest = store_gguf(store, "tagged:latest", tiny_gguf)
     manifest.layers.append(store.write_blob_bytes(TAGGED.encode(), MEDIA_TEMPLATE))
     store.write_manifest(ModelName.parse("tagged:latest"), manifest)
-    scheduler = Scheduler(settings, store=store)
-    transport = httpx.ASGITransport(app=create_app(settings, scheduler))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:11434", timeout=120) as c:
+    async with tiny_app_client(tmp_path, tiny_gguf, num_ctx=1024) as c:
         yield c
-    await scheduler.close()
 
 
 def _chat(model: str, choice: object, seed: int, **extra: object) -> dict:

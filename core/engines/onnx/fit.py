@@ -70,3 +70,23 @@ def check_onnx_fit(
             f"compute {human_bytes(need.compute)}) but only {human_bytes(device.free_memory)} is free: "
             "lower num_ctx or CORRAL_NUM_PARALLEL, or stop other models"
         )
+
+
+def explain_onnx_fit(
+    folder: Path, num_ctx: int, num_parallel: int, devices: Sequence[Device], *, on_gpu: bool, num_batch: int = 512
+) -> str:
+    """What the model needs, part by part, and whether its one device holds it (``corral show --fit``)."""
+    need = onnx_need(folder, num_ctx, num_parallel, on_gpu=on_gpu, num_batch=num_batch)
+    lines = [
+        "ONNX model: onnxruntime runs it whole on one device (no layer split)",
+        f"Weights:   {human_bytes(need.weights)}",
+        f"KV cache:  {human_bytes(need.kv_cache)} ({num_parallel} x {need.seq_ctx} tokens)",
+        f"Compute:   {human_bytes(need.compute)} (the logits of one {num_batch}-token prefill chunk)",
+    ]
+    try:
+        check_onnx_fit(folder, num_ctx, num_parallel, devices, on_gpu=on_gpu, num_batch=num_batch)
+    except InsufficientMemory as exc:
+        return "\n".join([*lines, f"Does not fit: {exc}"])
+    device = next((d for d in devices if (d.kind == "gpu") == on_gpu), None)
+    free = f"{human_bytes(device.free_memory)} free on {device.name}" if device else "no device to check"
+    return "\n".join([*lines, f"Fits:      {free}"])
