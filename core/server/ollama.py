@@ -153,7 +153,9 @@ async def generate(request: Request, scheduler: SchedulerDep) -> Response:
     if req.debug_render_only:
         return await _rendered_only(scheduler, target, prompt, GenerateResponse, len(req.images or []))
     wanted = logprobs_wanted(req.logprobs, req.top_logprobs)
-    gen = await generation.generate(scheduler, target, prompt, format=req.format, context=req.context, logprobs=wanted)
+    gen = await generation.generate(
+        scheduler, target, prompt, format=req.format, context=req.context, logprobs=wanted, shift=req.shift is not False
+    )
     pending = _PendingLogprobs(wanted)
 
     async def chunks() -> AsyncGenerator[BaseModel, None]:
@@ -196,7 +198,9 @@ async def chat(request: Request, scheduler: SchedulerDep) -> Response:
     if req.debug_render_only:
         return await _rendered_only(scheduler, target, prompt, ChatResponse)
     wanted = logprobs_wanted(req.logprobs, req.top_logprobs)
-    gen = await generation.generate(scheduler, target, prompt, format=req.format, logprobs=wanted)
+    gen = await generation.generate(
+        scheduler, target, prompt, format=req.format, logprobs=wanted, shift=req.shift is not False
+    )
     pending = _PendingLogprobs(wanted)
 
     async def chunks() -> AsyncGenerator[BaseModel, None]:
