@@ -322,6 +322,45 @@ def test_a_full_context_is_an_error(tiny_onnx: Path) -> None:
         engine.close()
 
 
+class _WithoutShift:
+    """llama.cpp as an engine whose cache cannot drop a span would look: no ``shift``, so it re-reads too."""
+
+    def __init__(self, inner: LlamaCppRunner) -> None:
+        self._inner = inner
+        self.info = inner.info
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "shift":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def test_a_full_context_shifts_by_re_reading_as_llamacpp_would(tiny_gguf: Path, tiny_onnx: Path) -> None:
+    """The ONNX engine cannot drop a span of its cache: the worker cuts it back to the kept start and
+    re-reads the rest, and the generation outgrows the context with llama.cpp's tokens."""
+    import queue
+
+    from corral.runtime.worker import Event, Job, ModelWorker
+
+    outcomes = []
+    for load in (lambda: onnx_runner(tiny_onnx, parallel=1, ctx=64), lambda: _WithoutShift(llama_runner(tiny_gguf))):
+        worker = ModelWorker(load, "tiny")  # type: ignore[arg-type]
+        try:
+            worker.wait_loaded(60)
+            events: queue.Queue[Event] = queue.Queue()
+            worker.submit(Job(prompt=TINY_PROMPTS[2], sampling=GREEDY, emit=events.put, num_predict=150, num_ctx=64))
+            done = events.get(timeout=120)
+            while not done.done:
+                done = events.get(timeout=120)
+            assert done.error is None and done.stats is not None and done.tokens is not None
+            assert done.stats.eval_count > 64 - done.stats.prompt_eval_count and len(done.tokens) <= 64
+            outcomes.append((done.done_reason, done.stats.eval_count, done.tokens))
+        finally:
+            worker.stop()
+            worker.join(10)
+    assert outcomes[0] == outcomes[1]
+
+
 # ---- SmolLM2 (slow) ---------------------------------------------------------------------------------------------
 
 
