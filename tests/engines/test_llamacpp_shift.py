@@ -10,7 +10,6 @@ from __future__ import annotations
 import queue
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,7 +17,7 @@ from corral.engines.llamacpp.runner import LlamaCppRunner
 from corral.hookspecs import LoadSpec, Sampling, SequenceStep
 from corral.runtime.worker import Event, Job, ModelWorker
 from ggufmaker import write_tiny_llama
-from runnerchecks import GREEDY
+from runnerchecks import GREEDY, WithoutShift
 
 PROMPT = "<|im_start|>system\nyou are terse<|im_end|>\n<|im_start|>user\nthe cat sat on the mat<|im_end|>\n"
 
@@ -76,19 +75,6 @@ def test_a_shift_on_a_deeper_model_leaves_positions_that_go_on_from_the_kept_len
         assert all(0 <= t < runner.info.n_vocab for t in more)
     finally:
         runner.close()
-
-
-class WithoutShift:
-    """The same engine, as one whose cache cannot drop a span would look: no ``shift``."""
-
-    def __init__(self, runner: LlamaCppRunner) -> None:
-        self._runner = runner
-        self.info = runner.info
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "shift":
-            raise AttributeError(name)
-        return getattr(self._runner, name)
 
 
 def generate(worker: ModelWorker, n: int, **job: object) -> tuple[list[int], Event]:

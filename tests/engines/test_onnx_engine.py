@@ -24,7 +24,7 @@ import pytest
 from corral.engines.llamacpp.runner import LlamaCppRunner
 from corral.errors import BadRequest, CorralError
 from corral.hookspecs import LoadSpec, Runner, Sampling, SequenceStep
-from runnerchecks import GREEDY, decode_together, greedy
+from runnerchecks import GREEDY, WithoutShift, decode_together, greedy
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime_genai") is None, reason="onnxruntime-genai is not installed"
@@ -322,19 +322,6 @@ def test_a_full_context_is_an_error(tiny_onnx: Path) -> None:
         engine.close()
 
 
-class _WithoutShift:
-    """llama.cpp as an engine whose cache cannot drop a span would look: no ``shift``, so it re-reads too."""
-
-    def __init__(self, inner: LlamaCppRunner) -> None:
-        self._inner = inner
-        self.info = inner.info
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "shift":
-            raise AttributeError(name)
-        return getattr(self._inner, name)
-
-
 def test_a_full_context_shifts_by_re_reading_as_llamacpp_would(tiny_gguf: Path, tiny_onnx: Path) -> None:
     """The ONNX engine cannot drop a span of its cache: the worker cuts it back to the kept start and
     re-reads the rest, and the generation outgrows the context with llama.cpp's tokens."""
@@ -343,7 +330,7 @@ def test_a_full_context_shifts_by_re_reading_as_llamacpp_would(tiny_gguf: Path, 
     from corral.runtime.worker import Event, Job, ModelWorker
 
     outcomes = []
-    for load in (lambda: onnx_runner(tiny_onnx, parallel=1, ctx=64), lambda: _WithoutShift(llama_runner(tiny_gguf))):
+    for load in (lambda: onnx_runner(tiny_onnx, parallel=1, ctx=64), lambda: WithoutShift(llama_runner(tiny_gguf))):
         worker = ModelWorker(load, "tiny")  # type: ignore[arg-type]
         try:
             worker.wait_loaded(60)
