@@ -158,6 +158,7 @@ class GenerateRequest(_Request):
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive = None
     shift: bool | None = None  # a full context drops its older half and goes on (default); false: it ends
+    truncate: bool | None = None  # true: a prompt longer than the context is cut after num_keep; else refused
     think: bool | str | None = None
     logprobs: bool | None = None  # each token's log-probability in the answer
     top_logprobs: int | None = Field(None, ge=0, le=20)  # and this many likeliest alternatives
@@ -175,6 +176,7 @@ class ChatRequest(_Request):
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive = None
     shift: bool | None = None  # a full context drops its older half and goes on (default); false: it ends
+    truncate: bool | None = None  # true: a prompt longer than the context is cut after num_keep; else refused
     think: bool | str | None = None
     logprobs: bool | None = None  # each token's log-probability in the answer
     top_logprobs: int | None = Field(None, ge=0, le=20)  # and this many likeliest alternatives

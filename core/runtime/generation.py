@@ -309,14 +309,16 @@ async def generate(
     context: list[int] | None = None,
     logprobs: int | None = None,
     shift: bool = True,
+    truncate: bool = False,
 ) -> Generation:
     """Acquire the model, render the prompt, start the job and wait for its first event.
 
     ``format``: Ollama's output constraint ("json" or a JSON schema); ``context``: earlier tokens to
     continue from (Ollama's /api/generate); ``logprobs``: report each token's log-probability and this
     many alternatives (None: none); ``shift``: a generation that fills the context drops its older half
-    (keeping ``num_keep`` tokens and the system prompt) and goes on, else it ends. On any error the model
-    is released before it propagates.
+    (keeping ``num_keep`` tokens and the system prompt) and goes on, else it ends; ``truncate``: a prompt
+    longer than the context is cut after those kept tokens (Ollama's ``truncate``) instead of refused.
+    On any error the model is released before it propagates.
     """
     started = time.perf_counter()
     exit_stack = contextlib.AsyncExitStack()  # owned by the Generation once it exists
@@ -328,7 +330,13 @@ async def generate(
         sampling: Sampling = replace(ticket.options.sampling(), grammar=grammar, logprobs=logprobs)
         keep_chars = system_chars(ticket.loaded.recipe, prompt, text) if isinstance(text, str) else 0
         events = scheduler.stream(
-            ticket, text, sampling=sampling, context=context or None, shift=shift, keep_chars=keep_chars
+            ticket,
+            text,
+            sampling=sampling,
+            context=context or None,
+            shift=shift,
+            keep_chars=keep_chars,
+            truncate=truncate,
         )
         exit_stack.push_async_callback(_close_events, events)
     except BaseException:

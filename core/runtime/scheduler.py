@@ -267,10 +267,12 @@ class Scheduler:
         context: list[int] | None = None,
         shift: bool = True,
         keep_chars: int = 0,
+        truncate: bool = False,
     ) -> AsyncIterator[Event]:
         """Run one generation on a held model; closing the iterator cancels it at the next step.
         ``shift``: a full context drops its older half and goes on (Ollama's ``shift``), keeping the
-        first ``num_keep`` tokens and the prompt's first ``keep_chars`` characters (its system part)."""
+        first ``num_keep`` tokens and the prompt's first ``keep_chars`` characters (its system part);
+        ``truncate``: a prompt longer than the context is cut after those tokens instead of refused."""
         opts = ticket.options
         job = Job(
             prompt=prompt,
@@ -284,6 +286,7 @@ class Scheduler:
             add_bos=add_bos and not context,
             context=list(context or []),
             shift=shift,
+            truncate=truncate,
             num_keep=opts.num_keep if opts.num_keep is not None else 4,  # Ollama's default
             keep_chars=keep_chars if isinstance(prompt, str) else 0,
         )

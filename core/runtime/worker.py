@@ -61,7 +61,9 @@ class Job:
     add_bos: bool = True
     context: list[int] = field(default_factory=list)  # earlier tokens to continue from (Ollama's "context")
     embed: list[str] | None = None  # set: an embedding job instead of a generation
-    truncate: bool = True  # an input longer than the context is cut to fit (Ollama's default), else refused
+    # An input longer than the context is cut to fit, else refused: an embedding's at its end (Ollama's default),
+    # a prompt in the middle, after the tokens a context shift keeps (Ollama's rule; Corral's default refuses).
+    truncate: bool = True
     # Context shift (Ollama's ``shift``): a generation that fills its context drops the older half of what
     # follows its first ``num_keep`` tokens and goes on; False: it ends there with done_reason "length".
     shift: bool = True
@@ -230,7 +232,9 @@ class ModelWorker:
                 if not tokens:
                     raise BadRequest("the prompt is empty: there is nothing to continue from")
                 num_ctx = job.num_ctx or runner.info.n_ctx
-                if len(tokens) >= min(num_ctx, self.total_ctx):
+                if len(tokens) >= min(num_ctx, self.total_ctx) and job.truncate:
+                    tokens = self._cut(job, tokens, min(num_ctx, self.total_ctx))
+                elif len(tokens) >= min(num_ctx, self.total_ctx):
                     raise BadRequest(
                         f"the prompt is {len(tokens)} tokens, more than the context of {min(num_ctx, self.total_ctx)} "
                         "(raise num_ctx or shorten the prompt)"
@@ -426,6 +430,14 @@ class ModelWorker:
             start = len(job.context) + (1 if body and body[0] == bos and head[:1] != [bos] else 0)
             keep = max(keep, start + _common_prefix(head, tokens[start:]))
         return max(0, min(keep, limit - 2))
+
+    def _cut(self, job: Job, tokens: list[int], limit: int) -> list[int]:
+        """A prompt too long for its context, cut as Ollama cuts it: the tokens a shift keeps, then the
+        latest ones, leaving half of the rest of the context free (as after a first shift)."""
+        keep = self._keep(job, tokens, limit)
+        room = limit - max((limit - keep) // 2, 1)
+        log.warning("cutting a prompt of %d tokens to %d (keeping the first %d)", len(tokens), room, keep)
+        return tokens[:keep] + tokens[len(tokens) - (room - keep) :]
 
     def _shift(self, slot: _Slot) -> bool:
         """Make room in a full context: drop half of what follows the kept tokens (Ollama's rule), in

@@ -69,3 +69,21 @@ def test_shift_false_ends_with_length_when_the_context_is_full(worker: ModelWork
 def test_num_predict_still_ends_a_shifting_generation(worker: ModelWorker) -> None:
     text, done = run(worker, num_predict=40)
     assert done.done_reason == "length" and text == SCRIPT[:40].decode()
+
+
+def test_truncate_cuts_a_long_prompt_after_what_a_shift_keeps(worker: ModelWorker) -> None:
+    long = SYSTEM + "x" * 40  # 57 tokens for a context of 32
+    events: queue.Queue[Event] = queue.Queue()
+    worker.submit(Job(prompt=long, sampling=GREEDY, emit=events.put, truncate=True, keep_chars=len(SYSTEM)))
+    done = events.get(timeout=30)
+    while not done.done:
+        done = events.get(timeout=30)
+    assert done.done_reason == "stop" and done.stats is not None
+    room = 32 - (32 - len(SYSTEM)) // 2  # the system part, then the latest tokens, half the rest left free
+    assert done.stats.prompt_eval_count == room and done.stats.eval_count == len(SCRIPT)
+    runner = worker.runner
+    assert isinstance(runner, FakeRunner) and runner.history[0] == [(0, room)]
+    assert done.tokens is not None and bytes(done.tokens[: len(SYSTEM)]) == SYSTEM.encode()
+    refused: queue.Queue[Event] = queue.Queue()
+    worker.submit(Job(prompt=long, sampling=GREEDY, emit=refused.put, truncate=False))
+    assert "the prompt is 57 tokens, more than the context of 32" in (refused.get(timeout=30).error or "")

@@ -112,6 +112,18 @@ async def test_the_openai_routes_shift_unless_told_not_to(models: Path) -> None:
     assert "error" not in chat and chat["message"]["content"].strip()
 
 
+@pytest.mark.anyio
+async def test_truncate_true_cuts_a_prompt_longer_than_the_context(tmp_path: Path, tiny_gguf: Path) -> None:
+    """Ollama's ``truncate``, asked for: the start a shift keeps and the latest tokens; unasked, a 400."""
+    store_gguf(Store(tmp_path / "models"), "tiny:latest", tiny_gguf)
+    body = {"model": "tiny", "prompt": "word " * 200, "stream": False, "options": {"num_ctx": 64, "num_predict": 4}}
+    async with server(tmp_path) as client:
+        cut = await client.post("/api/generate", json={**body, "truncate": True})
+        refused = await client.post("/api/generate", json=body)
+    assert cut.status_code == 200 and cut.json()["prompt_eval_count"] == 64 - (64 - 4 - 1) // 2  # BOS + num_keep 4
+    assert refused.status_code == 400 and "more than the context of 64" in refused.json()["error"]
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
