@@ -173,6 +173,10 @@ class Runner(Protocol):
         """Forget ``seq``'s cache past its first ``keep`` tokens (0 clears it); return what is kept,
         which may be 0 where the cache cannot drop a tail."""
 
+    # Optional: ``shift(seq, keep, discard) -> bool``, context shift: drop ``discard`` cached tokens after
+    # the first ``keep`` and move the rest left, so the sequence goes on with room to grow; False where
+    # the cache cannot drop a span (the caller then re-reads what it keeps, as Ollama does).
+
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One pooled, unnormalised embedding per text."""
 

@@ -54,7 +54,10 @@ class Options(SubscriptableModel):
     )
     # Sampling and generation options
     num_keep: int | None = Field(
-        None, ge=-1, le=_I32, description="Not supported (refused): Corral never shifts the context."
+        None,
+        ge=-1,
+        le=_I32,
+        description="Tokens a context shift keeps at the start, besides the system prompt (default 4; -1: the prompt).",
     )
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="Random seed (-1: random).")
     num_predict: int | None = Field(
@@ -154,6 +157,8 @@ class GenerateRequest(_Request):
     images: list[str] | None = None
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive = None
+    shift: bool | None = None  # a full context drops its older half and goes on (default); false: it ends
+    truncate: bool | None = None  # true: a prompt longer than the context is cut after num_keep; else refused
     think: bool | str | None = None
     logprobs: bool | None = None  # each token's log-probability in the answer
     top_logprobs: int | None = Field(None, ge=0, le=20)  # and this many likeliest alternatives
@@ -170,6 +175,8 @@ class ChatRequest(_Request):
     format: str | dict[str, Any] | None = None
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive = None
+    shift: bool | None = None  # a full context drops its older half and goes on (default); false: it ends
+    truncate: bool | None = None  # true: a prompt longer than the context is cut after num_keep; else refused
     think: bool | str | None = None
     logprobs: bool | None = None  # each token's log-probability in the answer
     top_logprobs: int | None = Field(None, ge=0, le=20)  # and this many likeliest alternatives

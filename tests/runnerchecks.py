@@ -46,3 +46,16 @@ def run_job(worker: ModelWorker, prompt: str, n: int = 8, timeout: float = 60) -
     while not out[-1].done:
         out.append(events.get(timeout=timeout))
     return out
+
+
+class WithoutShift:
+    """A runner as an engine whose cache cannot drop a span looks: no ``shift``, so the worker re-reads."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.info = inner.info
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "shift":
+            raise AttributeError(name)
+        return getattr(self._inner, name)

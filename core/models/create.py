@@ -30,7 +30,7 @@ from typing import Any
 from corral.errors import BadRequest, CorralError, InvalidModelFile, ModelNotFound
 from corral.models.modelfile import Modelfile, parse, resolve_from
 from corral.models.names import ModelName
-from corral.models.recipes import Recipe, gguf_config_blob, refuse_unhonoured, resolve
+from corral.models.recipes import Recipe, gguf_config_blob, resolve
 from corral.models.store import (
     CONFIG_MEDIA_TYPE,
     MEDIA_ADAPTER,
@@ -244,9 +244,7 @@ def _check_parameters(parameters: dict[str, Any] | None) -> dict[str, Any] | Non
     data = dict(parameters)
     if isinstance(data.get("stop"), str):
         data["stop"] = [data["stop"]]
-    options = Options.parse(data, strict=True)
-    refuse_unhonoured(options)
-    return options.model_dump(exclude_none=True)
+    return Options.parse(data, strict=True).model_dump(exclude_none=True)
 
 
 def _quant_name(text: str) -> str:

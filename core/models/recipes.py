@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corral.errors import BadRequest, ModelNotFound
+from corral.errors import ModelNotFound
 from corral.formats.units import param_size
 from corral.models.names import ModelName
 from corral.models.store import (
@@ -199,15 +199,3 @@ def details_of(store: Store, manifest: Manifest) -> ModelDetails:
         parameter_size=config.get("model_type", ""),
         quantization_level=config.get("file_type", ""),
     )
-
-
-NUM_KEEP_UNSUPPORTED = (
-    "num_keep is not supported: Corral never shifts the context (a prompt longer than num_ctx is refused "
-    "and generation stops when the context is full), so there is nothing to keep; remove the option"
-)
-
-
-def refuse_unhonoured(options: Options) -> None:
-    """A clear 400 for an option Corral accepts in Ollama's shape but cannot honour (num_keep)."""
-    if options.num_keep is not None:
-        raise BadRequest(NUM_KEEP_UNSUPPORTED)

@@ -270,6 +270,26 @@ async def _close_events(events: AsyncIterator[Event]) -> None:
         pass
 
 
+def system_chars(recipe: Recipe, prompt: Prompt, text: str) -> int:
+    """How many characters of the rendered ``text`` reach the end of its leading system messages' content,
+    which a context shift keeps (0: none, or a template that does not show them verbatim)."""
+    if isinstance(prompt, ChatPrompt):
+        messages = prompting.chat_messages(recipe, list(prompt.messages))
+    elif isinstance(prompt, GeneratePrompt):
+        messages = prompting.generate_messages(recipe, prompt.prompt, prompt.system)
+    else:
+        return 0
+    end = 0
+    for message in messages:
+        if message.role != "system":
+            break
+        found = text.find(message.content, end) if message.content else -1
+        if found < 0:
+            return end
+        end = found + len(message.content)
+    return end
+
+
 def _grammar(prompt: Prompt, reply: Reply, format: str | dict[str, Any] | None) -> str | None:
     """The GBNF decoding follows: a forced tool call's, or the output ``format``'s."""
     forced = forced_tools(prompt.tools, prompt.tool_choice) if isinstance(prompt, ChatPrompt) else None
@@ -288,12 +308,17 @@ async def generate(
     format: str | dict[str, Any] | None = None,
     context: list[int] | None = None,
     logprobs: int | None = None,
+    shift: bool = True,
+    truncate: bool = False,
 ) -> Generation:
     """Acquire the model, render the prompt, start the job and wait for its first event.
 
     ``format``: Ollama's output constraint ("json" or a JSON schema); ``context``: earlier tokens to
     continue from (Ollama's /api/generate); ``logprobs``: report each token's log-probability and this
-    many alternatives (None: none). On any error the model is released before it propagates.
+    many alternatives (None: none); ``shift``: a generation that fills the context drops its older half
+    (keeping ``num_keep`` tokens and the system prompt) and goes on, else it ends; ``truncate``: a prompt
+    longer than the context is cut after those kept tokens (Ollama's ``truncate``) instead of refused.
+    On any error the model is released before it propagates.
     """
     started = time.perf_counter()
     exit_stack = contextlib.AsyncExitStack()  # owned by the Generation once it exists
@@ -303,7 +328,16 @@ async def generate(
         text, reply = render(ticket, info, prompt)
         grammar = _grammar(prompt, reply, format)
         sampling: Sampling = replace(ticket.options.sampling(), grammar=grammar, logprobs=logprobs)
-        events = scheduler.stream(ticket, text, sampling=sampling, context=context or None)
+        keep_chars = system_chars(ticket.loaded.recipe, prompt, text) if isinstance(text, str) else 0
+        events = scheduler.stream(
+            ticket,
+            text,
+            sampling=sampling,
+            context=context or None,
+            shift=shift,
+            keep_chars=keep_chars,
+            truncate=truncate,
+        )
         exit_stack.push_async_callback(_close_events, events)
     except BaseException:
         await exit_stack.aclose()

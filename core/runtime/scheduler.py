@@ -21,7 +21,7 @@ from typing import Any
 from corral.config import Settings
 from corral.errors import BadRequest, CorralError, InsufficientMemory, ServerBusy
 from corral.hookspecs import Estimate, LoadSpec, Sampling
-from corral.models.recipes import Recipe, refuse_unhonoured, resolve
+from corral.models.recipes import Recipe, resolve
 from corral.models.store import Store
 from corral.plugins import BackendEntry, Plugins
 from corral.runtime.isolation import ProcessWorker
@@ -118,7 +118,6 @@ class Scheduler:
         """Load ``model`` (or reuse it) and hold it until ``release``."""
         self._start_reaper()
         request_options = options if isinstance(options, Options) else Options.parse(options)
-        refuse_unhonoured(request_options)  # a model's own num_keep (pulled from Ollama) is left unused
         recipe = await asyncio.to_thread(resolve, self.store, model)
         merged = recipe.options.merged(request_options)
         entry = self.plugins.select(backend or self.settings.backend)
@@ -266,8 +265,14 @@ class Scheduler:
         sampling: Sampling | None = None,
         add_bos: bool = True,
         context: list[int] | None = None,
+        shift: bool = True,
+        keep_chars: int = 0,
+        truncate: bool = False,
     ) -> AsyncIterator[Event]:
-        """Run one generation on a held model; closing the iterator cancels it at the next step."""
+        """Run one generation on a held model; closing the iterator cancels it at the next step.
+        ``shift``: a full context drops its older half and goes on (Ollama's ``shift``), keeping the
+        first ``num_keep`` tokens and the prompt's first ``keep_chars`` characters (its system part);
+        ``truncate``: a prompt longer than the context is cut after those tokens instead of refused."""
         opts = ticket.options
         job = Job(
             prompt=prompt,
@@ -280,6 +285,10 @@ class Scheduler:
             stops=list(stops if stops is not None else (opts.stop or [])),
             add_bos=add_bos and not context,
             context=list(context or []),
+            shift=shift,
+            truncate=truncate,
+            num_keep=opts.num_keep if opts.num_keep is not None else 4,  # Ollama's default
+            keep_chars=keep_chars if isinstance(prompt, str) else 0,
         )
         # aclosing: closing this stream must cancel the job now, not when the garbage collector runs.
         async with contextlib.aclosing(self._run(ticket, job)) as events:

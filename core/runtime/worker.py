@@ -61,7 +61,14 @@ class Job:
     add_bos: bool = True
     context: list[int] = field(default_factory=list)  # earlier tokens to continue from (Ollama's "context")
     embed: list[str] | None = None  # set: an embedding job instead of a generation
-    truncate: bool = True  # an input longer than the context is cut to fit (Ollama's default), else refused
+    # An input longer than the context is cut to fit, else refused: an embedding's at its end (Ollama's default),
+    # a prompt in the middle, after the tokens a context shift keeps (Ollama's rule; Corral's default refuses).
+    truncate: bool = True
+    # Context shift (Ollama's ``shift``): a generation that fills its context drops the older half of what
+    # follows its first ``num_keep`` tokens and goes on; False: it ends there with done_reason "length".
+    shift: bool = True
+    num_keep: int = 4  # tokens kept at the start by a shift (plus a BOS); -1: the whole prompt
+    keep_chars: int = 0  # and at least the tokens of the text prompt's first keep_chars characters (its system part)
     on_result: Callable[[Any], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     on_cancel: Callable[[], None] | None = None  # told at once (a runner process forwards it down its pipe)
@@ -94,6 +101,8 @@ class _Slot:
     next_token: int | None = None  # sampled, not yet fed back
     generated: int = 0
     limit: int = 0
+    keep: int = 0  # tokens a context shift keeps at the start
+    rereading: bool = False  # re-reading kept tokens after a shift the cache could not do in place
     text: TextStream | None = None
     stats: Stats = field(default_factory=Stats)
     t_start: float = 0.0
@@ -223,7 +232,9 @@ class ModelWorker:
                 if not tokens:
                     raise BadRequest("the prompt is empty: there is nothing to continue from")
                 num_ctx = job.num_ctx or runner.info.n_ctx
-                if len(tokens) >= min(num_ctx, self.total_ctx):
+                if len(tokens) >= min(num_ctx, self.total_ctx) and job.truncate:
+                    tokens = self._cut(job, tokens, min(num_ctx, self.total_ctx))
+                elif len(tokens) >= min(num_ctx, self.total_ctx):
                     raise BadRequest(
                         f"the prompt is {len(tokens)} tokens, more than the context of {min(num_ctx, self.total_ctx)} "
                         "(raise num_ctx or shorten the prompt)"
@@ -231,10 +242,11 @@ class ModelWorker:
             except CorralError as exc:
                 job.emit(Event(done=True, done_reason="error", error=str(exc), exception=exc))
                 continue
-            if not self._make_room(num_ctx, free):
+            slot, common = self._choose(free, tokens)
+            if not self._make_room(num_ctx, free, slot):
                 still_waiting.append(job)
                 continue
-            self._start(job, tokens, num_ctx, free)
+            self._start(job, tokens, num_ctx, slot, common)
         self._waiting = still_waiting
 
     def _embed(self, job: Job) -> None:
@@ -280,19 +292,23 @@ class ModelWorker:
             tokens = tokens[1:]
         return tokens
 
-    def _reserved(self) -> int:
-        return sum(s.limit for s in self.slots if s.job) + sum(len(s.cached) for s in self.slots if not s.job)
+    def _reserved(self, taking: _Slot) -> int:
+        """KV cells held by running sequences and by idle caches but the one ``taking`` goes on from."""
+        idle = sum(len(s.cached) for s in self.slots if not s.job and s is not taking)
+        return sum(s.limit for s in self.slots if s.job) + idle
 
-    def _make_room(self, need: int, free: list[_Slot]) -> bool:
-        """Fit a sequence of up to ``need`` tokens in the shared KV pool, dropping idle caches if needed."""
+    def _make_room(self, need: int, free: list[_Slot], taking: _Slot) -> bool:
+        """Fit a sequence of up to ``need`` tokens, in slot ``taking``, in the shared KV pool, dropping other
+        idle caches if needed; ``taking``'s own cache is the new sequence's start, within ``need``."""
         need = min(need, self.total_ctx)
         active = sum(s.limit for s in self.slots if s.job)
         if active + need > self.total_ctx:
             return False
         for slot in sorted(free, key=lambda s: s.last_used):
-            if self._reserved() + need <= self.total_ctx:
+            if self._reserved(taking) + need <= self.total_ctx:
                 break
-            self._forget(slot)
+            if slot is not taking:
+                self._forget(slot)
         return True
 
     def _forget(self, slot: _Slot) -> None:
@@ -301,13 +317,17 @@ class ModelWorker:
             self.runner.truncate(slot.seq, 0)
         slot.cached = []
 
-    def _start(self, job: Job, tokens: list[int], num_ctx: int, free: list[_Slot]) -> None:
+    def _choose(self, free: list[_Slot], tokens: list[int]) -> tuple[_Slot, int]:
+        """The free slot whose cache starts the most like ``tokens`` (the least recently used of equals),
+        and how many tokens that is; without a prefix cache, the first free slot."""
+        if not self.prefix_cache:
+            return free[0], 0
+        best = max(free, key=lambda s: (_common_prefix(s.cached, tokens), -s.last_used))
+        return best, _common_prefix(best.cached, tokens)
+
+    def _start(self, job: Job, tokens: list[int], num_ctx: int, slot: _Slot, common: int) -> None:
         runner = self.runner
         assert runner is not None
-        slot, common = free[0], 0
-        if self.prefix_cache:
-            best = max(free, key=lambda s: (_common_prefix(s.cached, tokens), -s.last_used))
-            slot, common = best, _common_prefix(best.cached, tokens)
         common = min(common, len(tokens) - 1)  # the last prompt token must be decoded to get logits
         if slot.cached and common < len(slot.cached):
             common = runner.truncate(slot.seq, common)
@@ -317,6 +337,8 @@ class ModelWorker:
         slot.next_token = None
         slot.generated = 0
         slot.limit = min(num_ctx, self.total_ctx)
+        slot.keep = self._keep(job, tokens, slot.limit)
+        slot.rereading = False
         slot.text = TextStream(job.stops)
         slot.t_start = time.perf_counter()
         queued = int((slot.t_start - job.received_at) * 1e9) if job.received_at else 0
@@ -363,13 +385,14 @@ class ModelWorker:
                 continue
             chunk = fed[slot.seq]
             slot.cached.extend(chunk)
-            if slot.next_token is None:  # still in the prompt
+            if slot.next_token is None:  # still in the prompt, or re-reading after a shift
                 slot.pending = slot.pending[len(chunk) :]
-                slot.stats.prompt_eval_count += len(chunk)
+                slot.stats.prompt_eval_count += 0 if slot.rereading else len(chunk)
             if slot.seq in sampled:
-                if slot.next_token is None:
+                if slot.next_token is None and not slot.rereading:
                     slot.t_first = now
                     slot.stats.prompt_eval_duration = int((now - slot.t_start) * 1e9)
+                slot.rereading = False
                 self._accept(slot, sampled[slot.seq])
 
     def _accept(self, slot: _Slot, token: int) -> None:
@@ -388,10 +411,56 @@ class ModelWorker:
             job.emit(Event(text=text, logprobs=self._take_logprobs(slot, job)))
         if slot.text.stopped:
             self._finish(slot, "stop")
-        elif job.num_predict >= 0 and slot.generated >= job.num_predict:
+        elif 0 <= _predict_limit(job, slot.limit) <= slot.generated:
             self._finish(slot, "length")
-        elif len(slot.cached) + 1 >= slot.limit:
+        elif len(slot.cached) + 1 >= slot.limit and not self._shift(slot):
             self._finish(slot, "length")
+
+    # ---- context shift ---------------------------------------------------------------------------
+    def _keep(self, job: Job, tokens: list[int], limit: int) -> int:
+        """Tokens a context shift keeps at the start of ``tokens``: Ollama's ``num_keep`` (after a BOS;
+        -1: the whole prompt), at least the system part of a text prompt, and always less than ``limit``."""
+        runner = self.runner
+        assert runner is not None
+        bos = runner.info.bos_token
+        keep = len(tokens) if job.num_keep < 0 else job.num_keep + (1 if tokens and tokens[0] == bos else 0)
+        if job.keep_chars > 0 and isinstance(job.prompt, str):
+            head = runner.tokenize(job.prompt[: job.keep_chars], special=True, add_bos=False)
+            body = tokens[len(job.context) :]
+            start = len(job.context) + (1 if body and body[0] == bos and head[:1] != [bos] else 0)
+            keep = max(keep, start + _common_prefix(head, tokens[start:]))
+        return max(0, min(keep, limit - 2))
+
+    def _cut(self, job: Job, tokens: list[int], limit: int) -> list[int]:
+        """A prompt too long for its context, cut as Ollama cuts it: the tokens a shift keeps, then the
+        latest ones, leaving half of the rest of the context free (as after a first shift)."""
+        keep = self._keep(job, tokens, limit)
+        room = limit - max((limit - keep) // 2, 1)
+        log.warning("cutting a prompt of %d tokens to %d (keeping the first %d)", len(tokens), room, keep)
+        return tokens[:keep] + tokens[len(tokens) - (room - keep) :]
+
+    def _shift(self, slot: _Slot) -> bool:
+        """Make room in a full context: drop half of what follows the kept tokens (Ollama's rule), in
+        the cache where the engine can (``Runner.shift``), else by re-reading the rest after the kept
+        tokens. False where the job asked for no shift, or nothing can be dropped."""
+        runner, job = self.runner, slot.job
+        assert runner is not None and job is not None and slot.next_token is not None
+        keep = slot.keep
+        discard = min(max((slot.limit - keep) // 2, 1), len(slot.cached) - keep)
+        if not job.shift or job.num_predict == -2 or discard <= 0:
+            return False
+        kept = slot.cached[:keep] + slot.cached[keep + discard :]
+        in_place = getattr(runner, "shift", None)
+        log.debug("context shift on sequence %d: keep %d, discard %d", slot.seq, keep, discard)
+        if in_place is not None and in_place(slot.seq, keep, discard):
+            slot.cached = kept
+            return True
+        held = runner.truncate(slot.seq, keep)  # 0 where the cache cannot even drop a tail
+        slot.cached = kept[:held]
+        slot.pending = kept[held:] + [slot.next_token]
+        slot.next_token = None
+        slot.rereading = True
+        return True
 
     def _note_logprobs(self, slot: _Slot, token: int) -> None:
         found = getattr(self.runner, "logprobs", None)
@@ -441,6 +510,14 @@ class ModelWorker:
                 logprobs=self._take_logprobs(slot, job),
             )
         )
+
+
+def _predict_limit(job: Job, limit: int) -> int:
+    """The most tokens ``job`` may generate; -1: none but the context. An open-ended generation that
+    shifts its context is bounded at ten contexts, as Ollama bounds it."""
+    if job.num_predict >= 0:
+        return job.num_predict if not job.shift else min(job.num_predict, 10 * limit)
+    return 10 * limit if job.shift and job.num_predict == -1 else -1
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -153,7 +153,11 @@ async def generate(request: Request, scheduler: SchedulerDep) -> Response:
     if req.debug_render_only:
         return await _rendered_only(scheduler, target, prompt, GenerateResponse, len(req.images or []))
     wanted = logprobs_wanted(req.logprobs, req.top_logprobs)
-    gen = await generation.generate(scheduler, target, prompt, format=req.format, context=req.context, logprobs=wanted)
+    shift, truncate = req.shift is not False, req.truncate is True  # Ollama's shift default; Corral's truncate
+    gen = await generation.generate(
+        scheduler, target, prompt, format=req.format, context=req.context, logprobs=wanted, shift=shift,
+        truncate=truncate,
+    )  # fmt: skip
     pending = _PendingLogprobs(wanted)
 
     async def chunks() -> AsyncGenerator[BaseModel, None]:
@@ -196,7 +200,10 @@ async def chat(request: Request, scheduler: SchedulerDep) -> Response:
     if req.debug_render_only:
         return await _rendered_only(scheduler, target, prompt, ChatResponse)
     wanted = logprobs_wanted(req.logprobs, req.top_logprobs)
-    gen = await generation.generate(scheduler, target, prompt, format=req.format, logprobs=wanted)
+    shift, truncate = req.shift is not False, req.truncate is True  # Ollama's shift default; Corral's truncate
+    gen = await generation.generate(
+        scheduler, target, prompt, format=req.format, logprobs=wanted, shift=shift, truncate=truncate
+    )
     pending = _PendingLogprobs(wanted)
 
     async def chunks() -> AsyncGenerator[BaseModel, None]:

@@ -24,7 +24,7 @@ import pytest
 from corral.engines.llamacpp.runner import LlamaCppRunner
 from corral.errors import BadRequest, CorralError
 from corral.hookspecs import LoadSpec, Runner, Sampling, SequenceStep
-from runnerchecks import GREEDY, decode_together, greedy
+from runnerchecks import GREEDY, WithoutShift, decode_together, greedy
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime_genai") is None, reason="onnxruntime-genai is not installed"
@@ -320,6 +320,32 @@ def test_a_full_context_is_an_error(tiny_onnx: Path) -> None:
         assert engine.cached(0) == 0
     finally:
         engine.close()
+
+
+def test_a_full_context_shifts_by_re_reading_as_llamacpp_would(tiny_gguf: Path, tiny_onnx: Path) -> None:
+    """The ONNX engine cannot drop a span of its cache: the worker cuts it back to the kept start and
+    re-reads the rest, and the generation outgrows the context with llama.cpp's tokens."""
+    import queue
+
+    from corral.runtime.worker import Event, Job, ModelWorker
+
+    outcomes = []
+    for load in (lambda: onnx_runner(tiny_onnx, parallel=1, ctx=64), lambda: WithoutShift(llama_runner(tiny_gguf))):
+        worker = ModelWorker(load, "tiny")  # type: ignore[arg-type]
+        try:
+            worker.wait_loaded(60)
+            events: queue.Queue[Event] = queue.Queue()
+            worker.submit(Job(prompt=TINY_PROMPTS[2], sampling=GREEDY, emit=events.put, num_predict=150, num_ctx=64))
+            done = events.get(timeout=120)
+            while not done.done:
+                done = events.get(timeout=120)
+            assert done.error is None and done.stats is not None and done.tokens is not None
+            assert done.stats.eval_count > 64 - done.stats.prompt_eval_count and len(done.tokens) <= 64
+            outcomes.append((done.done_reason, done.stats.eval_count, done.tokens))
+        finally:
+            worker.stop()
+            worker.join(10)
+    assert outcomes[0] == outcomes[1]
 
 
 # ---- SmolLM2 (slow) ---------------------------------------------------------------------------------------------

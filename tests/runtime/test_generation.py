@@ -10,6 +10,8 @@ import pytest
 
 from corral.config import Settings
 from corral.errors import BadRequest, ModelNotFound
+from corral.models.recipes import resolve
+from corral.models.store import Store
 from corral.runtime import generation
 from corral.runtime.generation import ChatPrompt, EmptyPrompt, GeneratePrompt, InsertPrompt, RawPrompt, Target
 from corral.runtime.scheduler import Scheduler
@@ -172,3 +174,15 @@ def test_load_and_embed_hold_the_model_only_while_they_run(tmp_path: Path) -> No
     assert embedded.model == "plain:latest" and embedded.vectors == [[3.0, 1.0, 0.0, 0.0], [2.0, 1.0, 0.0, 0.0]]
     assert holding == 0
     assert generation.normalise([3.0, 4.0, 12.0], dimensions=2) == [0.6, 0.8]
+
+
+def test_the_system_part_a_context_shift_keeps_is_found_in_the_rendered_prompt(tmp_path: Path) -> None:
+    make(tmp_path, FakeBackend())
+    recipe = resolve(Store(tmp_path / "models"), "thinker")
+    chat = ChatPrompt([Message(role="system", content="be brief"), Message(role="user", content="be brief, hi")])
+    text = "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nbe brief, hi<|im_end|>\n<|im_start|>assistant\n"
+    assert generation.system_chars(recipe, chat, text) == text.index("be brief") + len("be brief")
+    assert generation.system_chars(recipe, GeneratePrompt("hi", system="rules"), "[rules] hi") == len("[rules")
+    assert generation.system_chars(recipe, GeneratePrompt("hi"), "hi") == 0  # no system prompt
+    assert generation.system_chars(recipe, GeneratePrompt("hi", system="rules"), "hi") == 0  # not shown verbatim
+    assert generation.system_chars(recipe, RawPrompt("rules"), "rules") == 0

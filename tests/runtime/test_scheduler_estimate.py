@@ -1,6 +1,6 @@
 """The scheduler asks every backend the same way: a third-party backend's ``estimate`` decides the spec
 it loads, its size in ``ps`` and when idle models make room; a backend without one loads unchecked.
-Load options (main_gpu, use_mmap) reach the LoadSpec; num_keep, which Corral cannot honour, is refused."""
+Load options (main_gpu, use_mmap) reach the LoadSpec; num_keep is accepted."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from corral.config import Settings
-from corral.errors import BadRequest, InsufficientMemory
+from corral.errors import InsufficientMemory
 from corral.hookspecs import Device, Estimate, LoadSpec, Probe
 from corral.runtime.scheduler import Scheduler
 from fakes import FakeBackend, FakeRunner, fake_scheduler, write_fake_model
@@ -151,19 +151,18 @@ def test_main_gpu_and_use_mmap_reach_the_load_spec_and_a_change_reloads(tmp_path
     assert [(r.spec.main_gpu, r.spec.use_mmap) for r in backend.runners] == [(1, False), (1, None)]
 
 
-def test_num_keep_is_refused_with_the_reason(tmp_path: Path) -> None:
+def test_num_keep_is_accepted_over_the_wire_of_options(tmp_path: Path) -> None:
     backend = FakeBackend(script=b"ok")
 
-    async def main() -> None:
+    async def main() -> str:
         sched = scheduler(tmp_path, backend)
         try:
-            await answer(sched, "a", options={"num_keep": 4})
+            return await answer(sched, "a", options={"num_keep": 7})
         finally:
             await sched.close()
 
-    with pytest.raises(BadRequest, match="num_keep is not supported: Corral never shifts the context"):
-        asyncio.run(main())
-    assert backend.loads == 0
+    assert asyncio.run(main()) == "ok"
+    assert backend.loads == 1
 
 
 def test_the_kv_cache_type_reaches_the_load_and_the_size_in_ps(tmp_path: Path) -> None:

@@ -314,6 +314,20 @@ class LlamaCppRunner:
         self._pos[seq] = min(keep, self._pos.get(seq, 0))
         return self._pos[seq]
 
+    def shift(self, seq: int, keep: int, discard: int) -> bool:
+        """Context shift, as llama.cpp's server does it: remove positions [keep, keep + discard) from
+        ``seq``'s cache and move the later ones left by ``discard`` (RoPE is re-applied to their keys).
+        False, with the cache untouched, where the memory cannot shift (recurrent, some SWA models)."""
+        L, pos = self._L, self._pos.get(seq, 0)
+        discard = min(discard, pos - keep)
+        if keep < 0 or discard <= 0 or not L.llama_memory_can_shift(self._mem):
+            return False
+        if not L.llama_memory_seq_rm(self._mem, seq, keep, keep + discard):
+            return False
+        L.llama_memory_seq_add(self._mem, seq, keep + discard, pos, -discard)
+        self._pos[seq] = pos - discard
+        return True
+
     # ---- Runner: embeddings ------------------------------------------------------------------
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         L = self._L

@@ -135,7 +135,8 @@ async def chat_completions(request: Request, scheduler: SchedulerDep) -> Respons
     effort = req.reasoning_effort or (req.reasoning or {}).get("effort")
     prompt = ChatPrompt(messages, tools=offered, think=effort, tool_choice=req.tool_choice)
     wanted = logprobs_wanted(req.logprobs, req.top_logprobs)
-    gen = await generation.generate(scheduler, target, prompt, format=fmt, logprobs=wanted)
+    shift = req.shift is not False
+    gen = await generation.generate(scheduler, target, prompt, format=fmt, logprobs=wanted, shift=shift)
     cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -222,7 +223,7 @@ async def completions(request: Request, scheduler: SchedulerDep) -> Response:
             raise InvalidParam("suffix needs a text prompt, not token ids", "suffix")
         what = InsertPrompt(prompt, req.suffix)
     target = Target(req.model, request_options(req, req.max_tokens), req.keep_alive, req.backend)
-    gen = await generation.generate(scheduler, target, what, logprobs=req.logprobs)
+    gen = await generation.generate(scheduler, target, what, logprobs=req.logprobs, shift=req.shift is not False)
     cid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     prefix = prompt if echo and isinstance(prompt, str) else ""

@@ -71,6 +71,7 @@ class GeneratingRequest(_Body):
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
     backend: str | None = None
+    shift: bool | None = None  # Ollama's context shift, on unless false
 
 
 class ChatCompletionRequest(GeneratingRequest):
