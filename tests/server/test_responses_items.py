@@ -102,6 +102,11 @@ def test_function_calls_and_their_outputs() -> None:
             "input[0].tool_calls",
         ),
         ([{"role": "user", "content": 7}], "input[0]: content must be a string or a list of parts", "input[0].content"),
+        ([{"role": ["user"], "content": "x"}],
+         "input[0]: unknown role '['user']' (use user, system, developer or assistant)", "input[0]"),
+        ([{"role": "user", "content": [{"type": {"text": 1}}]}],
+         "input[0].content[0]: unsupported content part type '{'text': 1}' (use input_text or input_image)",
+         "input[0].content"),
     ],
 )
 def test_malformed_items_are_400s_that_name_the_item(items: list[dict[str, object]], message: str, param: str) -> None:

@@ -53,8 +53,8 @@ log = logging.getLogger("corral.openai")
 
 router = APIRouter(route_class=answering_errors(openai_error))
 
-_ROLES = {"user", "system", "developer", "assistant"}
-_TEXT_PARTS = {"input_text", "output_text", "text"}
+_ROLES = ("user", "system", "developer", "assistant")  # tuples: a fuzzed list or dict is compared, not hashed
+_TEXT_PARTS = ("input_text", "output_text", "text")
 Item = dict[str, Any]
 
 
