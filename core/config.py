@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         "or q4_0 "
         "(about a quarter). The quantised ones need flash attention; without it f16 is used.",
     )
+    responses_kept: int = Field(
+        1000,
+        ge=0,
+        description="Responses the OpenAI Responses API keeps in memory for `previous_response_id` and "
+        "`GET /v1/responses/{id}` (the oldest go first; 0 keeps none).",
+    )
     nohistory: bool = Field(False, description="Do not keep the REPL's history file.")
     noprune: bool = Field(
         False,

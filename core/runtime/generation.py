@@ -26,6 +26,7 @@ import numpy as np
 
 from corral.chat import prompting
 from corral.chat.reply import Reply
+from corral.chat.thinking import can_think
 from corral.chat.toolchoice import forced_tools, tool_call_grammar
 from corral.errors import BadRequest
 from corral.hookspecs import ModelInfo, Sampling
@@ -56,6 +57,7 @@ class ChatPrompt:
     tools: list[dict[str, Any]] | None = None
     think: bool | str | None = None
     tool_choice: str | dict[str, Any] | None = None  # "required" or a named function: decoding makes a call
+    think_if_able: bool = False  # ``think`` is a wish: a model that cannot think answers without (not a 400)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ def render_recipe(recipe: Recipe, info: ModelInfo, prompt: Prompt) -> tuple[str 
     if isinstance(prompt, ChatPrompt):
         messages = prompting.chat_messages(recipe, list(prompt.messages))
         tools, think, template = prompt.tools, prompt.think, None
+        if prompt.think_if_able and not can_think(recipe.template, info.chat_template):
+            think = None
     else:
         messages = prompting.generate_messages(recipe, prompt.prompt, prompt.system)
         tools, think, template = None, prompt.think, prompt.template

@@ -17,6 +17,7 @@ from corral.config import Settings
 from corral.runtime.scheduler import Scheduler
 from corral.server import anthropic, model_routes, ollama, openai, webui
 from corral.server.http import install_openapi
+from corral.server.openai.response_store import ResponseStore
 from corral.server.security import install_security
 from corral.server.service import install_service
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None, scheduler: Scheduler | None = N
     app = FastAPI(title="Corral", version=__version__, lifespan=lifespan)
     app.state.scheduler = scheduler
     app.state.settings = settings
+    app.state.responses = ResponseStore(settings.responses_kept)  # for the Responses API's previous_response_id
     install_security(app, settings)
     install_service(app, settings, scheduler)  # probes, /metrics, draining: corral.server.service
     app.include_router(ollama.router)

@@ -28,6 +28,7 @@ USES_THE_MODEL = {
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
+    "/v1/responses",
 }
 EXAMPLES = 8  # per route and mode: about 350 requests, a few minutes on two cores
 SERVER_ENV = {

@@ -48,6 +48,7 @@ TAKES_OPTIONS = (
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
+    "/v1/responses",
 )
 
 
@@ -68,8 +69,8 @@ async def _routes_with_bodies(client: httpx.AsyncClient) -> list[tuple[str, str]
     routes = [
         (method.upper(), path.replace("{digest}", "sha256:" + "0" * 64))
         for path, ops in spec["paths"].items()
-        for method in ops
-        if method in ("post", "delete", "put", "patch")
+        for method, operation in ops.items()
+        if method in ("post", "delete", "put", "patch") and "requestBody" in operation
     ]
     assert len(routes) >= 14  # every body-taking route of both APIs, as /openapi.json lists them
     return routes

@@ -14,7 +14,7 @@ ROUTES = {
     "/", "/api/version", "/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/tags", "/api/show",
     "/api/create", "/api/copy", "/api/delete", "/api/pull", "/api/push", "/api/ps", "/api/blobs/{digest}",
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/{model}",
-    "/v1/messages", "/v1/messages/count_tokens",
+    "/v1/messages", "/v1/messages/count_tokens", "/v1/responses", "/v1/responses/{response_id}",
     "/health/live", "/health/ready",
 }
 

@@ -12,6 +12,7 @@ from corral.config import Settings
 from corral.server.app import create_app
 
 READS_A_BODY = {"post", "put", "patch", "delete"}
+NAMED_BY_PATH = {("delete", "/v1/responses/{response_id}")}  # OpenAI's DELETE of a stored response has no body
 
 
 async def _spec(tmp_path: Path) -> dict[str, Any]:
@@ -38,6 +39,9 @@ async def test_every_route_that_reads_a_body_declares_its_schema(tmp_path: Path)
     declared = {}
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
+            if (method, path) in NAMED_BY_PATH:
+                assert "requestBody" not in operation, f"{method.upper()} {path}"
+                continue
             if method not in READS_A_BODY:
                 continue
             content = operation.get("requestBody", {}).get("content", {})

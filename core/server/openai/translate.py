@@ -15,13 +15,13 @@ from typing import Any
 
 from corral.models.store import StoredModel
 from corral.runtime.worker import Event, Stats
-from corral.server.openai.types import ChatMessageIn, GeneratingRequest, InvalidParam, ResponseFormat
+from corral.server.openai.types import ChatMessageIn, InvalidParam, ResponseFormat, SamplingRequest
 from corral.types import Message, Options
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
 
-def request_options(req: GeneratingRequest, num_predict: int | None) -> Options:
+def request_options(req: SamplingRequest, num_predict: int | None) -> Options:
     """Corral's ``options`` extension, then the OpenAI fields on top, then OpenAI's defaults."""
     data = dict(Options.parse(req.options).model_dump(exclude_none=True))
     stops = [req.stop] if isinstance(req.stop, str) else req.stop
@@ -66,13 +66,14 @@ def response_format(fmt: ResponseFormat | None) -> str | dict[str, Any] | None:
     )
 
 
-def chat_messages(messages: list[ChatMessageIn]) -> list[Message]:
-    """OpenAI messages as Corral's: text parts joined, data-URL images decoded, tool calls parsed."""
+def chat_messages(messages: list[ChatMessageIn], labels: list[str] | None = None) -> list[Message]:
+    """OpenAI messages as Corral's: text parts joined, data-URL images decoded, tool calls parsed.
+    ``labels``: where each message came from in the request, for errors (default ``messages[i]``)."""
     if not messages:
         raise InvalidParam("messages must hold at least one message", "messages")
     out: list[Message] = []
     for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
+        where = labels[i] if labels else f"messages[{i}]"
         role = msg.role.lower()
         if role not in _ROLES:
             raise InvalidParam(f"{where}: unknown role '{msg.role}'", f"{where}.role")

@@ -27,7 +27,7 @@ def error_of(exc: BaseException) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, CorralError):
         status = exc.status_code
         param = getattr(exc, "param", None)
-        code = None
+        code = getattr(exc, "code", None)
         if isinstance(exc, ModelNotFound):
             param, code = "model", "model_not_found"
         return status, error_object(status, str(exc), param, code)
@@ -55,23 +55,28 @@ class ChatMessageIn(_Body):
     tool_call_id: str | None = None
 
 
-class GeneratingRequest(_Body):
+class SamplingRequest(_Body):
+    """What every generating route reads into Corral's options (``translate.request_options``)."""
+
     model: str
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     temperature: float | None = None
     top_p: float | None = None
-    max_tokens: int | None = Field(None, ge=1)
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    n: int | None = None
     # Corral's (and Ollama's) own fields
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
     backend: str | None = None
     shift: bool | None = None  # Ollama's context shift, on unless false
+
+
+class GeneratingRequest(SamplingRequest):
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    n: int | None = None
 
 
 class ChatCompletionRequest(GeneratingRequest):
@@ -103,3 +108,22 @@ class EmbeddingRequest(_Body):
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
     backend: str | None = None
+
+
+class ResponsesRequest(SamplingRequest):
+    """``POST /v1/responses``: OpenAI's Responses API (items in, items out)."""
+
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None  # the flat shape: {"type": "function", "name", "parameters", ...}
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None  # {"format": {"type": "text" | "json_object" | "json_schema", ...}}
+    reasoning: dict[str, Any] | None = None  # {"effort": ...}: think, on models that can
+    max_output_tokens: int | None = Field(None, ge=1)
+    stream: bool | None = False
+    store: bool | None = True
+    metadata: dict[str, str] | None = None
+    previous_response_id: str | None = None
+    # Ollama's: the prompt the model would be given, not an answer
+    debug_render_only: bool | None = Field(None, alias="_debug_render_only")
