@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.errors import BadRequest, CorralError
+from corral.errors import BadRequest, CorralError, PromptTooLong
 from corral.hookspecs import Runner, Sampling, SequenceStep
 from corral.runtime.textstream import TextStream
 
@@ -224,7 +224,7 @@ class ModelWorker:
                     raise BadRequest("the prompt is empty: there is nothing to continue from")
                 num_ctx = job.num_ctx or runner.info.n_ctx
                 if len(tokens) >= min(num_ctx, self.total_ctx):
-                    raise BadRequest(
+                    raise PromptTooLong(
                         f"the prompt is {len(tokens)} tokens, more than the context of {min(num_ctx, self.total_ctx)} "
                         "(raise num_ctx or shorten the prompt)"
                     )

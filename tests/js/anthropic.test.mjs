@@ -69,6 +69,26 @@ test('tool_choice any gives a tool_use block whose input fits the schema', async
   assert.ok(follow.content.some((b) => b.type === 'text' && b.text.trim().length > 0), JSON.stringify(follow.content))
 })
 
+test('a streamed tool_use, forced by name, arrives as input_json deltas the package parses', async () => {
+  const stream = client.messages.stream({
+    model: MODEL,
+    max_tokens: 64,
+    temperature: 0,
+    messages: [{ role: 'user', content: 'Forecast for Berlin in fahrenheit please.' }],
+    tools: [FORECAST_TOOL],
+    tool_choice: { type: 'tool', name: 'get_forecast' },
+  })
+  const deltas = []
+  stream.on('streamEvent', (event) => { if (event.delta?.type === 'input_json_delta') deltas.push(event.delta) })
+  const final = await stream.finalMessage()
+  assert.ok(deltas.length >= 1)
+  assert.equal(final.stop_reason, 'tool_use')
+  const use = final.content.find((b) => b.type === 'tool_use')
+  assert.equal(use.name, 'get_forecast')
+  assertForecastArguments(use.input)
+  assert.deepEqual(JSON.parse(deltas.map((d) => d.partial_json).join('')), use.input)
+})
+
 test('countTokens counts the prompt a message is given', async () => {
   const request = { model: MODEL, system: 'Answer in one word.', messages: FRANCE }
   const { input_tokens: counted } = await client.messages.countTokens(request)

@@ -198,6 +198,33 @@ test('ps lists the loaded model with its size and expiry', async () => {
   assert.equal(loaded[0].details.family, 'llama')
 })
 
+test('create, copy and delete a model made from the bundled one', async () => {
+  const created = await ollama.create({
+    model: 'js-pirate', from: MODEL, system: 'You are a pirate.', parameters: { temperature: 0, num_predict: 16 },
+  })
+  assert.equal(created.status, 'success')
+  const shown = await ollama.show({ model: 'js-pirate' })
+  assert.equal(shown.system, 'You are a pirate.')
+  assert.match(shown.parameters, /temperature\s+0/)
+  assert.match(shown.parameters, /num_predict\s+16/)
+  const r = await ollama.chat({ model: 'js-pirate', messages: [{ role: 'user', content: 'Who are you?' }] })
+  assert.ok(r.message.content.trim().length > 0)
+  assert.ok(r.eval_count <= 16)
+  const progress = []
+  for await (const part of await ollama.create({ model: 'js-parrot', from: 'js-pirate', stream: true })) {
+    progress.push(part.status)
+  }
+  assert.equal(progress.at(-1), 'success')
+  await ollama.copy({ source: 'js-parrot', destination: 'js-parrot-copy' })
+  let names = (await ollama.list()).models.map((m) => m.model)
+  for (const name of ['js-pirate:latest', 'js-parrot:latest', 'js-parrot-copy:latest']) assert.ok(names.includes(name), name)
+  for (const name of ['js-pirate', 'js-parrot', 'js-parrot-copy']) await ollama.delete({ model: name })
+  names = (await ollama.list()).models.map((m) => m.model)
+  assert.ok(names.every((n) => !n.startsWith('js-')), JSON.stringify(names))
+  assert.ok(names.includes(MODEL))
+  await assert.rejects(ollama.delete({ model: 'js-pirate' }), (err) => err.status_code === 404)
+})
+
 test('pulling a model the registry lacks is a clear error', async () => {
   const registry = process.env.CORRAL_TEST_REGISTRY
   assert.ok(registry, 'CORRAL_TEST_REGISTRY is not set')

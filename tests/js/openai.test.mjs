@@ -182,6 +182,28 @@ test('chat.completions.parse parses the arguments of a strict tool', async () =>
   assertForecastArguments(call.function.parsed_arguments)
 })
 
+test('the stream helper assembles a strict tool call and parses its arguments', async () => {
+  const stream = client.chat.completions.stream({
+    model: MODEL,
+    messages: [{ role: 'user', content: 'How cold will it get over the next ten days?' }],
+    tools: [{ ...FORECAST, function: { ...FORECAST.function, strict: true } }],
+    tool_choice: 'required',
+    temperature: 0,
+    max_tokens: 64,
+  })
+  const done = []
+  stream.on('tool_calls.function.arguments.done', (event) => done.push(event))
+  const final = await stream.finalChatCompletion()
+  assert.equal(final.choices[0].finish_reason, 'tool_calls')
+  assert.ok(done.length >= 1)
+  for (const event of done) {
+    assert.equal(event.name, 'get_forecast')
+    assertForecastArguments(event.parsed_arguments)
+  }
+  const [call] = final.choices[0].message.tool_calls
+  assert.deepEqual(call.function.parsed_arguments, done[0].parsed_arguments)
+})
+
 test('response_format json_schema gives JSON that parses and fits the schema', async () => {
   const completion = await client.chat.completions.create({
     model: MODEL,
@@ -275,12 +297,28 @@ test('an unknown model is a NotFoundError with status 404', async () => {
 })
 
 test('a bad parameter is a BadRequestError naming it', async () => {
-  await assert.rejects(client.chat.completions.create({ model: MODEL, messages: FRANCE, n: 3 }), (err) => {
+  const refusal = (param) => (err) => {
     assert.ok(err instanceof BadRequestError, String(err))
     assert.equal(err.status, 400)
-    assert.equal(err.param, 'n')
+    assert.equal(err.param, param)
     return true
-  })
+  }
+  await assert.rejects(client.chat.completions.create({ model: MODEL, messages: FRANCE, n: 3 }), refusal('n'))
+  await assert.rejects(client.chat.completions.create({ model: MODEL, messages: FRANCE, temperature: 'hot' }),
+    refusal('temperature'))
+})
+
+test('a prompt longer than the context is context_length_exceeded', async () => {
+  const long = [{ role: 'user', content: 'word '.repeat(400) }]
+  for (const stream of [false, true]) {
+    await assert.rejects(client.chat.completions.create({ model: MODEL, messages: long, options: { num_ctx: 64 }, stream }),
+      (err) => {
+        assert.ok(err instanceof BadRequestError, String(err))
+        assert.equal(err.code, 'context_length_exceeded')
+        assert.match(err.message, /num_ctx/)
+        return true
+      })
+  }
 })
 
 test('aborting a stream stops it, and the server goes on serving', async () => {
