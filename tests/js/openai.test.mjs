@@ -11,6 +11,18 @@ import {
 const client = new OpenAI({ baseURL: `${SERVER}/v1`, apiKey: 'corral', maxRetries: 0 })
 const FRANCE = [{ role: 'user', content: 'What is the capital of France?' }]
 
+/** A request that must call the forecast tool, marked strict so the package's helpers parse its arguments. */
+function strictForecastCall(question) {
+  return {
+    model: MODEL,
+    messages: [{ role: 'user', content: question }],
+    tools: [{ ...FORECAST, function: { ...FORECAST.function, strict: true } }],
+    tool_choice: 'required',
+    temperature: 0,
+    max_tokens: 64,
+  }
+}
+
 before(async () => {
   // The model must be in the store for /v1/models to list it: pull it as a user would (`corral pull`).
   const pulled = await fetch(`${SERVER}/api/pull`, { method: 'POST', body: JSON.stringify({ model: MODEL, stream: false }) })
@@ -170,27 +182,13 @@ test('runTools calls a JavaScript function with the parsed arguments', async () 
 })
 
 test('chat.completions.parse parses the arguments of a strict tool', async () => {
-  const completion = await client.chat.completions.parse({
-    model: MODEL,
-    messages: [{ role: 'user', content: 'Forecast for Berlin for 5 days please.' }],
-    tools: [{ ...FORECAST, function: { ...FORECAST.function, strict: true } }],
-    tool_choice: 'required',
-    temperature: 0,
-    max_tokens: 64,
-  })
+  const completion = await client.chat.completions.parse(strictForecastCall('Forecast for Berlin for 5 days please.'))
   const [call] = completion.choices[0].message.tool_calls
   assertForecastArguments(call.function.parsed_arguments)
 })
 
 test('the stream helper assembles a strict tool call and parses its arguments', async () => {
-  const stream = client.chat.completions.stream({
-    model: MODEL,
-    messages: [{ role: 'user', content: 'How cold will it get over the next ten days?' }],
-    tools: [{ ...FORECAST, function: { ...FORECAST.function, strict: true } }],
-    tool_choice: 'required',
-    temperature: 0,
-    max_tokens: 64,
-  })
+  const stream = client.chat.completions.stream(strictForecastCall('How cold will it get over the next ten days?'))
   const done = []
   stream.on('tool_calls.function.arguments.done', (event) => done.push(event))
   const final = await stream.finalChatCompletion()
@@ -205,24 +203,19 @@ test('the stream helper assembles a strict tool call and parses its arguments', 
 })
 
 test('response_format json_schema gives JSON that parses and fits the schema', async () => {
-  const completion = await client.chat.completions.create({
+  const asCity = (content) => ({
     model: MODEL,
-    messages: [{ role: 'user', content: 'Paris is the capital of France. Describe Paris as JSON.' }],
+    messages: [{ role: 'user', content }],
     response_format: { type: 'json_schema', json_schema: { name: 'city', schema: CITY_SCHEMA, strict: true } },
     temperature: 0,
     max_tokens: 120,
   })
+  const completion = await client.chat.completions.create(asCity('Paris is the capital of France. Describe Paris as JSON.'))
   const [choice] = completion.choices
   assert.equal(choice.finish_reason, 'stop', `cut short: ${choice.message.content}`)
   assertCity(JSON.parse(choice.message.content))
   // chat.completions.parse does the JSON.parse for a strict schema.
-  const parsed = await client.chat.completions.parse({
-    model: MODEL,
-    messages: [{ role: 'user', content: 'Describe Berlin as JSON.' }],
-    response_format: { type: 'json_schema', json_schema: { name: 'city', schema: CITY_SCHEMA, strict: true } },
-    temperature: 0,
-    max_tokens: 120,
-  })
+  const parsed = await client.chat.completions.parse(asCity('Describe Berlin as JSON.'))
   assertCity(parsed.choices[0].message.parsed)
 })
 
