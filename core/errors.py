@@ -4,6 +4,7 @@
     ├── BadRequest                  400  invalid input from the user or client
     │   ├── InvalidName             400  a model name that is malformed or escapes the store
     │   ├── ModelfileError          400  a Modelfile that cannot be parsed (carries its line)
+    │   ├── PromptTooLong           400  a prompt that does not fit in the context
     │   └── InvalidModelFile        400  a GGUF that is corrupt, truncated or would crash the engine
     ├── ModelNotFound               404  no such model in the store
     ├── BackendUnavailable          400  a forced backend that is absent or cannot run here
@@ -46,6 +47,10 @@ class ModelfileError(BadRequest):
 
 class InvalidModelFile(BadRequest):
     pass
+
+
+class PromptTooLong(BadRequest):
+    """OpenAI's clients read it as ``context_length_exceeded``."""
 
 
 class ModelNotFound(CorralError):

@@ -13,6 +13,9 @@ command -v docker-registry >/dev/null 2>&1 || NEEDED+=(docker-registry)
 # The container image test: rootful podman with runc, and mmdebstrap for a base image where no
 # registry is reachable (see docs/deploy.md).
 for tool in podman runc mmdebstrap; do command -v "$tool" >/dev/null 2>&1 || NEEDED+=("$tool"); done
+# The JavaScript client tests (tests/js): node and npm.
+command -v node >/dev/null 2>&1 || NEEDED+=(nodejs)
+command -v npm >/dev/null 2>&1 || NEEDED+=(npm)
 # Without apt-get (macOS, Windows) those tests skip, saying why (tests/conftest.py).
 if [ ${#NEEDED[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
     SUDO=""
@@ -22,6 +25,14 @@ if [ ${#NEEDED[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
 fi
 
 EXTRAS=test bash scripts/setup.sh
+
+# The official JavaScript clients, at the versions tests/js/package-lock.json pins; installed again
+# only when the lock file differs from the one the last install recorded.
+JS_STAMP=tests/js/node_modules/.installed-from-lock.json
+if command -v npm >/dev/null 2>&1 && ! cmp -s tests/js/package-lock.json "$JS_STAMP"; then
+    npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+    cp tests/js/package-lock.json "$JS_STAMP"
+fi
 
 bash scripts/check.sh
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.errors import BadRequest, CorralError
+from corral.errors import BadRequest, CorralError, PromptTooLong
 from corral.hookspecs import Runner, Sampling, SequenceStep
 from corral.runtime.textstream import TextStream
 
@@ -235,7 +235,7 @@ class ModelWorker:
                 if len(tokens) >= min(num_ctx, self.total_ctx) and job.truncate:
                     tokens = self._cut(job, tokens, min(num_ctx, self.total_ctx))
                 elif len(tokens) >= min(num_ctx, self.total_ctx):
-                    raise BadRequest(
+                    raise PromptTooLong(
                         f"the prompt is {len(tokens)} tokens, more than the context of {min(num_ctx, self.total_ctx)} "
                         "(raise num_ctx or shorten the prompt)"
                     )

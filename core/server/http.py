@@ -56,7 +56,15 @@ async def parse_body(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise BadRequest(first_error(exc.errors())) from None
+        raise InvalidParam(first_error(exc.errors()), _field(exc.errors())) from None
+
+
+class InvalidParam(BadRequest):
+    """A 400 that names the request field at fault (OpenAI's ``error.param``)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 def decode_json(raw: bytes) -> Any:
@@ -82,8 +90,12 @@ def _no_constant(name: str) -> Any:
 
 def first_error(errors: Any) -> str:
     err = list(errors)[0]
-    where = ".".join(str(p) for p in err["loc"]) or "body"
-    return f"invalid field '{where}': {err['msg']}"
+    return f"invalid field '{_field(errors) or 'body'}': {err['msg']}"
+
+
+def _field(errors: Any) -> str | None:
+    """The first error's field, as a dotted path (``messages.0.role``); None for the body as a whole."""
+    return ".".join(str(p) for p in list(errors)[0]["loc"]) or None
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:

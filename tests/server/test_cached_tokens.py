@@ -66,25 +66,15 @@ async def test_openai_reports_cached_tokens(client: httpx.AsyncClient) -> None:
 @pytest.mark.anyio
 async def test_one_slot_reuses_its_cache_for_a_repeated_prompt(tmp_path: Path, tiny_gguf: Path) -> None:
     """With num_parallel 1 the slot's own cache is the new request's start, not an idle cache to evict."""
-    settings = Settings(
-        home=tmp_path, models=tmp_path / "models", isolate_runners=False, num_parallel=1, num_ctx=512, backend="cpu"
-    )
-    store_gguf(Store(settings.models_dir), "tiny:latest", tiny_gguf)
-    scheduler = Scheduler(settings)
     body = {
         "model": "tiny",
         "messages": [*HISTORY, {"role": "user", "content": "Monday?"}],
         "stream": False,
         "options": {"temperature": 0, "num_predict": 4},
     }
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(settings, scheduler)), base_url="http://127.0.0.1:11434"
-        ) as c:
-            first = (await c.post("/api/chat", json=body, timeout=120)).json()
-            second = (await c.post("/api/chat", json=body, timeout=120)).json()
-    finally:
-        await scheduler.close()
+    async with tiny_app_client(tmp_path, tiny_gguf, num_parallel=1, num_ctx=512) as c:
+        first = (await c.post("/api/chat", json=body)).json()
+        second = (await c.post("/api/chat", json=body)).json()
     assert first["prompt_eval_cached_count"] == 0
     assert second["prompt_eval_cached_count"] == second["prompt_eval_count"] - 1  # all but the last prompt token
     assert second["message"] == first["message"]

@@ -354,6 +354,7 @@ def test_num_ctx_option_applies_and_errors_before_the_stream(corral: Corral) -> 
         )
         error = assert_openai_error(response, 400, "invalid_request_error")
         assert "context" in error["message"]
+        assert error["code"] == "context_length_exceeded"  # the code OpenAI's clients test for
 
 
 def test_n_other_than_one_is_refused(corral: Corral) -> None:
@@ -392,7 +393,11 @@ def test_bad_requests_are_400_in_openai_shape(corral: Corral) -> None:
         "POST", "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert_openai_error(not_json, 400, "invalid_request_error")
-    assert_openai_error(corral.post("/v1/chat/completions", {"model": "tiny"}), 400)
+    assert assert_openai_error(corral.post("/v1/chat/completions", {"model": "tiny"}), 400)["param"] == "messages"
+    hot = corral.post("/v1/chat/completions", {"model": "tiny", "messages": USER, "temperature": "hot"})
+    assert assert_openai_error(hot, 400)["param"] == "temperature"  # the field at fault, as OpenAI names it
+    roleless = corral.post("/v1/chat/completions", {"model": "tiny", "messages": [{"content": "hi"}]})
+    assert assert_openai_error(roleless, 400)["param"] == "messages.0.role"
     assert_openai_error(corral.post("/v1/chat/completions", {"model": "tiny", "messages": []}), 400)
     assert_openai_error(corral.post("/v1/chat/completions", [1, 2]), 400)
     audio = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]

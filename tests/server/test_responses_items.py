@@ -9,6 +9,7 @@ import pytest
 from corral.errors import BadRequest
 from corral.runtime.generation import Piece
 from corral.runtime.worker import Event
+from corral.server.http import InvalidParam
 from corral.server.openai.response_store import ResponseStore, UnknownResponse
 from corral.server.openai.responses import (
     OutputItems,
@@ -18,7 +19,7 @@ from corral.server.openai.responses import (
     input_items,
     output_format,
 )
-from corral.server.openai.types import InvalidParam, error_of
+from corral.server.openai.types import error_of
 from corral.types import Message
 
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="

@@ -19,7 +19,7 @@ from corral.engines.host import physical_cores
 from corral.engines.llamacpp.backend import init_backend
 from corral.engines.llamacpp.offload import kv_cache_type_for
 from corral.engines.logprobs import token_logprobs
-from corral.errors import BadRequest, CorralError, InvalidModelFile
+from corral.errors import BadRequest, CorralError, InvalidModelFile, PromptTooLong
 from corral.formats.gguf import validate_gguf
 from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep, TokenLogprobs
 
@@ -339,7 +339,7 @@ class LlamaCppRunner:
             for text in texts:
                 tokens = self.tokenize(text, add_bos=self.info.add_bos) or [self.info.bos_token or 0]
                 if len(tokens) > self._cap:
-                    raise BadRequest(f"input is {len(tokens)} tokens, more than the batch size {self._cap}")
+                    raise PromptTooLong(f"input is {len(tokens)} tokens, more than the batch size {self._cap}")
                 self.truncate(seq, 0)
                 n = len(tokens)
                 self._tok[:n] = tokens

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from corral.engines.sampling import GrammarVocabulary, Sampler
-from corral.errors import BadRequest, CorralError, InvalidModelFile
+from corral.errors import BadRequest, CorralError, InvalidModelFile, PromptTooLong
 from corral.formats.hfnames import byte_decoder as _byte_decoder
 from corral.formats.onnx import PROVENANCE, VOCAB_GGUF, is_genai_folder, read_json
 from corral.hookspecs import LoadSpec, ModelInfo, Sampling, SequenceStep, TokenLogprobs
@@ -279,7 +279,7 @@ class OnnxRunner:
         for text in texts:
             tokens = self.tokenize(text, add_bos=self.info.add_bos) or [self.info.bos_token or 0]
             if len(tokens) > self.max_length:
-                raise BadRequest(f"input is {len(tokens)} tokens, more than the context of {self.max_length}")
+                raise PromptTooLong(f"input is {len(tokens)} tokens, more than the context of {self.max_length}")
             params = self._og.GeneratorParams(self._model)
             params.set_search_options(max_length=max(len(tokens), 1), past_present_share_buffer=False)
             gen = self._og.Generator(self._model, params)

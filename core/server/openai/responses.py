@@ -35,6 +35,7 @@ from corral.runtime.generation import ChatPrompt, Piece, Target
 from corral.runtime.render_only import render_only
 from corral.runtime.worker import Event, Stats
 from corral.server.http import (
+    InvalidParam,
     SchedulerDep,
     answering_errors,
     event_stream,
@@ -46,7 +47,7 @@ from corral.server.http import (
 from corral.server.openai.response_store import ResponseStore
 from corral.server.openai.routes import openai_error
 from corral.server.openai.translate import chat_messages, request_options, response_format, usage_of
-from corral.server.openai.types import ChatMessageIn, InvalidParam, ResponseFormat, ResponsesRequest, error_of
+from corral.server.openai.types import ChatMessageIn, ResponseFormat, ResponsesRequest, error_of
 from corral.types import Message
 
 log = logging.getLogger("corral.openai")

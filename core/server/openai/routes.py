@@ -29,6 +29,7 @@ from corral.runtime.worker import Event
 from corral.server.http import (
     CLIENT_CLOSED,
     ClientGone,
+    InvalidParam,
     SchedulerDep,
     answering_errors,
     event_stream,
@@ -53,7 +54,6 @@ from corral.server.openai.types import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    InvalidParam,
     error_object,
     error_of,
 )

@@ -15,7 +15,8 @@ from typing import Any
 
 from corral.models.store import StoredModel
 from corral.runtime.worker import Event, Stats
-from corral.server.openai.types import ChatMessageIn, InvalidParam, ResponseFormat, SamplingRequest
+from corral.server.http import InvalidParam
+from corral.server.openai.types import ChatMessageIn, ResponseFormat, SamplingRequest
 from corral.types import Message, Options
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}

@@ -6,15 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.errors import BadRequest, CorralError, ModelNotFound
-
-
-class InvalidParam(BadRequest):
-    """A 400 that names the request field at fault (OpenAI's ``error.param``)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
+from corral.errors import CorralError, ModelNotFound, PromptTooLong
 
 
 def error_object(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -30,6 +22,8 @@ def error_of(exc: BaseException) -> tuple[int, dict[str, Any]]:
         code = getattr(exc, "code", None)
         if isinstance(exc, ModelNotFound):
             param, code = "model", "model_not_found"
+        elif isinstance(exc, PromptTooLong):
+            code = "context_length_exceeded"  # what OpenAI's clients (and the apps on them) test for
         return status, error_object(status, str(exc), param, code)
     return 500, error_object(500, f"internal error: {type(exc).__name__}: {exc}")
 
