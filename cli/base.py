@@ -23,29 +23,32 @@ def debug_enabled() -> bool:
     return os.environ.get("CORRAL_DEBUG", "") not in ("", "0", "false")
 
 
+def _is_server_refusal(exc: Exception) -> bool:
+    """A client ResponseError. Only a loaded client can raise one, so it is looked up, not imported:
+    importing the client to name it cost `corral serve` about a third of its start (httpx, its types)."""
+    client = sys.modules.get("corral.client.base")
+    return client is not None and isinstance(exc, client.ResponseError)
+
+
 def friendly_errors(fn: F) -> F:
     """Every error becomes one line ``Error: ...`` and exit 1; a traceback only with --debug."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from corral.client import ResponseError
-
         try:
             return fn(*args, **kwargs)
         except BrokenPipeError:  # the reader left (`corral run ... | head`): quiet, as a SIGPIPE'd tool is
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             sys.exit(141)
-        except (CorralError, ResponseError, ConnectionError) as exc:
-            if debug_enabled():
-                traceback.print_exc()
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
         except KeyboardInterrupt:
             sys.exit(130)
-        except Exception as exc:  # a bug: still one line, with a way to see more
+        except Exception as exc:
             if debug_enabled():
                 traceback.print_exc()
-            click.echo(f"Error: {type(exc).__name__}: {exc} (run with --debug for details)", err=True)
+            if isinstance(exc, (CorralError, ConnectionError)) or _is_server_refusal(exc):
+                click.echo(f"Error: {exc}", err=True)
+            else:  # a bug: still one line, with a way to see more
+                click.echo(f"Error: {type(exc).__name__}: {exc} (run with --debug for details)", err=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]

@@ -16,13 +16,13 @@ template, a full queue, a crashed runner) still reach the route as exceptions, i
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
-import numpy as np
 
 from corral.chat import prompting
 from corral.chat.reply import Reply
@@ -177,9 +177,9 @@ async def embed(scheduler: Scheduler, target: Target, texts: list[str], *, trunc
 
 def normalise(vector: list[float], dimensions: int | None = None) -> list[float]:
     """The vector (cut to ``dimensions`` first) scaled to unit length, as Ollama's /api/embed returns it."""
-    arr = np.asarray(vector[:dimensions] if dimensions else vector, dtype=np.float64)
-    norm = float(np.linalg.norm(arr))
-    return (arr / norm).tolist() if norm > 0 else arr.tolist()
+    cut = [float(v) for v in (vector[:dimensions] if dimensions else vector)]
+    norm = math.sqrt(math.fsum(v * v for v in cut))  # plain Python: numpy would cost the server's start ~0.1 s
+    return [v / norm for v in cut] if norm > 0 else cut
 
 
 # ---- one generation ----------------------------------------------------------------------------

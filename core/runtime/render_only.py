@@ -11,7 +11,6 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.formats.gguf import read_metadata
 from corral.hookspecs import ModelInfo
 from corral.models.recipes import Recipe, resolve
 from corral.runtime import generation
@@ -51,6 +50,8 @@ def _loaded_info(scheduler: Scheduler, recipe: Recipe) -> ModelInfo | None:
 def template_facts(path: Path) -> ModelInfo | None:
     """What rendering needs of a GGUF, from its metadata; None for a file that is not a GGUF. The other
     fields are zero: nothing that renders a prompt reads them."""
+    from corral.formats.gguf import read_metadata  # gguf pulls numpy in: not at the server's start
+
     try:
         with open(path, "rb") as fh:
             if fh.read(4) != b"GGUF":

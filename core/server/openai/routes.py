@@ -12,11 +12,11 @@ import asyncio
 import base64
 import logging
 import secrets
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -300,7 +300,7 @@ async def embeddings(request: Request, scheduler: SchedulerDep) -> Response:
         unit = generation.normalise(vector, req.dimensions)
         embedding: list[float] | str = unit
         if encoding == "base64":
-            embedding = base64.b64encode(np.asarray(unit, dtype="<f4").tobytes()).decode("ascii")
+            embedding = base64.b64encode(struct.pack(f"<{len(unit)}f", *unit)).decode("ascii")
         data.append({"object": "embedding", "embedding": embedding, "index": i})
     usage = {"prompt_tokens": done.prompt_tokens, "total_tokens": done.prompt_tokens}
     return JSONResponse({"object": "list", "data": data, "model": done.model, "usage": usage})
