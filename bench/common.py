@@ -81,9 +81,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def corral_server(python: str = sys.executable, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A real `corral serve` with its own home under the bench cache; ``python`` picks whose Corral."""
-    home = CACHE / "home"
+def corral_server(
+    python: str = sys.executable, home: Path | None = None, probe: str = "/api/version", poll: float = 0.1, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real `corral serve`, yielded once ``probe`` answers 200 (polled every ``poll`` s). ``python`` picks
+    whose Corral; ``home`` is its CORRAL_HOME (default: one under the bench cache, models shared)."""
+    if home is None:
+        home = CACHE / "home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     environment = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_HOST": f"127.0.0.1:{port}", **env}
@@ -95,14 +99,14 @@ def corral_server(python: str = sys.executable, **env: str) -> Iterator[tuple[st
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(f"{url}/api/version")
+        wait_ready(f"{url}{probe}", 120, poll)
         yield url, proc
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-def wait_ready(probe_url: str, seconds: float = 60) -> None:
+def wait_ready(probe_url: str, seconds: float = 60, poll: float = 0.1) -> None:
     """Poll a server's URL until it answers 200."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -111,7 +115,7 @@ def wait_ready(probe_url: str, seconds: float = 60) -> None:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.1)
+        time.sleep(poll)
     raise RuntimeError(f"{probe_url} did not answer within {seconds:.0f} s")
 
 
@@ -127,28 +131,43 @@ def _busy_jiffies() -> int:
     return sum(values[:8]) - idle
 
 
-def _process_tree_jiffies(root: int) -> int:
-    """CPU time of ``root`` and all its descendants, living or exited (threads included)."""
-    children: dict[int, list[int]] = {}
-    stats: dict[int, int] = {}
+def proc_stats() -> dict[int, list[str]]:
+    """Every process's /proc/PID/stat fields after the command name (field 3 on: state, ppid, …)."""
+    stats: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, ppid = int(entry), int(fields[1])
-        children.setdefault(ppid, []).append(pid)
-        # utime + stime, plus cutime + cstime: children that already exited (and were waited for) count too
-        stats[pid] = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-    total, stack = 0, [root]
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    stats[int(entry)] = fh.read().rsplit(")", 1)[1].split()
+            except OSError:  # it ended while we looked
+                continue
+    return stats
+
+
+def process_tree(root: int, stats: dict[int, list[str]] | None = None) -> list[int]:
+    """``root`` and all its living descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, fields in (stats if stats is not None else proc_stats()).items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    out, stack = [], [root]
     while stack:
         pid = stack.pop()
-        total += stats.get(pid, 0)
+        out.append(pid)
         stack.extend(children.get(pid, []))
-    return total
+    return out
+
+
+def cpu_jiffies(fields: list[str], waited_children: bool = False) -> int:
+    """utime + stime of one process; with ``waited_children`` also cutime + cstime, the children that
+    already exited and were waited for."""
+    total = int(fields[11]) + int(fields[12])
+    return total + int(fields[13]) + int(fields[14]) if waited_children else total
+
+
+def _process_tree_jiffies(root: int) -> int:
+    """CPU time of ``root`` and all its descendants, living or exited (threads included)."""
+    stats = proc_stats()
+    return sum(cpu_jiffies(stats[pid], waited_children=True) for pid in process_tree(root, stats) if pid in stats)
 
 
 class Disturbance:

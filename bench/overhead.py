@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from common import corral_server
+from common import corral_server, cpu_jiffies, proc_stats
 
 SIMULATED = """
 import time
@@ -78,19 +78,9 @@ def install_plugin(site: Path) -> None:
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """User + system CPU of a process, and of its children (the runner process)."""
-    own = children = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry) == pid:
-            own += int(fields[11]) + int(fields[12])
-        elif int(fields[1]) == pid:
-            children += int(fields[11]) + int(fields[12])
+    stats = proc_stats()
+    own = cpu_jiffies(stats[pid]) if pid in stats else 0
+    children = sum(cpu_jiffies(fields) for fields in stats.values() if int(fields[1]) == pid)
     hz = os.sysconf("SC_CLK_TCK")
     return own / hz, children / hz
 

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from serverproc import free_port  # noqa: E402
+from common import corral_server
 
 MODEL = "smollm2:135m"
 KEY = "bench-key"
@@ -98,29 +94,9 @@ def main() -> None:
     args = parser.parse_args()
     TOKENS = args.tokens
     home = Path(tempfile.mkdtemp(prefix="corral-bench-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ, "CORRAL_HOME": str(home), "CORRAL_HOST": f"127.0.0.1:{port}",
-        "CORRAL_API_KEYS": KEY, "CORRAL_PRELOAD": MODEL,
-    }  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli.main", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        while True:
-            try:
-                ready = httpx.get(f"{url}/health/ready", timeout=1)
-                if ready.status_code == 200:
-                    break
-                if "failed" in ready.json().get("reason", ""):
-                    sys.exit(f"corral serve is not ready: {ready.json()['reason']}")
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+    # Ready means SmolLM2 is loaded (CORRAL_PRELOAD): the bursts time serving, not the load.
+    serving = corral_server(home=home, probe="/health/ready", poll=0.5, CORRAL_API_KEYS=KEY, CORRAL_PRELOAD=MODEL)
+    with serving as (url, _proc):
         asyncio.run(burst(url, 16, args.concurrency))  # warm up
         idle = in_process_cost(url)
         size = len(httpx.get(f"{url}/metrics", headers=AUTH).content)
@@ -134,9 +110,6 @@ def main() -> None:
             top = f"{max(latencies) * 1e3:.1f}" if latencies else "-"
             label = "every 0.1 s" if scrape else "none"
             print(f"| {label} | {wall:.1f} | {tokens / wall:.1f} | {len(latencies)} | {med} | {top} |", flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(60)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from common import ensure_in_store, free_port, median_spread, print_table, smollm2
+from common import corral_server, ensure_in_store, free_port, median_spread, print_table, smollm2
 
 PROMPT = "Why is the sky blue?"
 
@@ -72,22 +72,10 @@ def first_token(python: str, models: Path) -> float:
 
 def stages(python: str, models: Path) -> tuple[float, float, float]:
     """Where `corral run`'s first token goes: `corral serve` up (answering /api/version), the first
-    /api/generate (model load, prefill, one token), and the same request again (prefill, one token)."""
-    port = free_port()
+    /api/generate (model load, prefill, one token), and a second one (prefill, one token)."""
     home = Path(tempfile.mkdtemp(prefix="corral-stages-"))
-    env = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_MODELS": str(models), "CORRAL_HOST": f"127.0.0.1:{port}"}
-    url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
-    server = subprocess.Popen(
-        [corral_script(python), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        while True:
-            try:
-                if httpx.get(f"{url}/api/version", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.01)
+    with corral_server(python, home=home, poll=0.01, CORRAL_MODELS=str(models)) as (url, _proc):
         up = time.perf_counter() - t0
         body = {"model": "smollm2:135m", "prompt": PROMPT, "stream": False, "options": {"num_predict": 1}}
         t1 = time.perf_counter()
@@ -97,9 +85,6 @@ def stages(python: str, models: Path) -> tuple[float, float, float]:
         t2 = time.perf_counter()
         httpx.post(f"{url}/api/generate", json=body, timeout=300).raise_for_status()
         warm = time.perf_counter() - t2
-    finally:
-        server.terminate()
-        server.wait(30)
     return up, cold, warm
 
 

@@ -43,6 +43,7 @@ from common import (
     ensure_in_store,
     free_port,
     models_dir,
+    process_tree,
     smollm2,
     wait_ready,
 )
@@ -206,28 +207,10 @@ def prefill_trial(url: str, alias: str, prompt: str) -> Trial:
 
 
 # ---- memory --------------------------------------------------------------------------------------
-def tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        out.append(p)
-        stack.extend(children.get(p, []))
-    return out
-
-
 def memory_of(pid: int) -> dict[str, float]:
     """RSS and PSS (shared pages counted once across the processes) of a process and its children, MiB."""
     rss = pss = 0
-    for p in tree(pid):
+    for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/smaps_rollup") as fh:
                 for line in fh:
@@ -238,7 +221,7 @@ def memory_of(pid: int) -> dict[str, float]:
                         pss += int(rest.split()[0])
         except OSError:
             continue
-    return {"rss": rss / 1024, "pss": pss / 1024, "processes": float(len(tree(pid)))}
+    return {"rss": rss / 1024, "pss": pss / 1024, "processes": float(len(process_tree(pid)))}
 
 
 def kv_bytes_per_slot(gguf: Path, cells: int, kv_type: str) -> int:
