@@ -221,7 +221,8 @@ class ModelWorker:
                 job.emit(Event(done=True, done_reason="cancelled"))
                 continue
             if job.embed is not None:
-                self._embed(job)
+                if not self._embed(job):
+                    still_waiting.append(job)
                 continue
             free = [s for s in self.slots if s.job is None]
             if not free:
@@ -249,18 +250,24 @@ class ModelWorker:
             self._start(job, tokens, num_ctx, slot, common)
         self._waiting = still_waiting
 
-    def _embed(self, job: Job) -> None:
+    def _embed(self, job: Job) -> bool:
+        """Run an embedding job now; False, untouched, while running sequences leave the KV pool too
+        little room for its longest input (idle prefix caches are dropped to make it)."""
         assert self.runner is not None and job.embed is not None
         try:
             fitted = [self._fit_context(t, job.truncate) for t in job.embed]
+            longest = max((n for _text, n in fitted), default=0)
+            if not self._make_room(longest, [s for s in self.slots if s.job is None], None):
+                return False
             vectors = self.runner.embed([text for text, _n in fitted])
             counts = sum(n for _text, n in fitted)
         except CorralError as exc:
             job.emit(Event(done=True, done_reason="error", error=str(exc), exception=exc))
-            return
+            return True
         if job.on_result:
             job.on_result(vectors)
         job.emit(Event(done=True, done_reason="stop", stats=Stats(prompt_eval_count=counts)))
+        return True
 
     def _fit_context(self, text: str, truncate: bool) -> tuple[str, int]:
         """``text`` (cut at the end, on a whole character, to the tokens one input may have, if
@@ -292,14 +299,15 @@ class ModelWorker:
             tokens = tokens[1:]
         return tokens
 
-    def _reserved(self, taking: _Slot) -> int:
+    def _reserved(self, taking: _Slot | None) -> int:
         """KV cells held by running sequences and by idle caches but the one ``taking`` goes on from."""
         idle = sum(len(s.cached) for s in self.slots if not s.job and s is not taking)
         return sum(s.limit for s in self.slots if s.job) + idle
 
-    def _make_room(self, need: int, free: list[_Slot], taking: _Slot) -> bool:
-        """Fit a sequence of up to ``need`` tokens, in slot ``taking``, in the shared KV pool, dropping other
-        idle caches if needed; ``taking``'s own cache is the new sequence's start, within ``need``."""
+    def _make_room(self, need: int, free: list[_Slot], taking: _Slot | None) -> bool:
+        """Fit a sequence of up to ``need`` tokens, in slot ``taking`` (None: the embeddings' scratch
+        sequence), in the shared KV pool, dropping other idle caches if needed; ``taking``'s own cache is
+        the new sequence's start, within ``need``."""
         need = min(need, self.total_ctx)
         active = sum(s.limit for s in self.slots if s.job)
         if active + need > self.total_ctx:
