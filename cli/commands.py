@@ -232,8 +232,6 @@ def cp(source: str, destination: str) -> None:
 def serve(host: str | None, backend: str | None, insecure_no_auth: bool | None) -> None:
     """Serve Ollama's and OpenAI's APIs over HTTP."""
     from corral.config import Settings
-    from corral.server.app import create_app
-    from corral.server.service import check_exposure, run_server
 
     overrides: dict[str, Any] = {}
     if host:
@@ -243,6 +241,16 @@ def serve(host: str | None, backend: str | None, insecure_no_auth: bool | None) 
     if insecure_no_auth:
         overrides["insecure_no_auth"] = True
     settings = Settings(**overrides)
+    spare = None
+    if settings.isolate_runners:  # the first load's runner starts now, beside the server's own imports
+        from corral.runtime.isolation import SpareRunner
+
+        spare = SpareRunner(settings.backend)
+        spare.start()
+    from corral.runtime.scheduler import Scheduler
+    from corral.server.app import create_app
+    from corral.server.service import check_exposure, run_server
+
     if settings.backend:
         from corral.plugins import Plugins
 
@@ -251,7 +259,8 @@ def serve(host: str | None, backend: str | None, insecure_no_auth: bool | None) 
         _prune(settings)
     check_exposure(settings)  # before the banner: an open non-loopback bind is refused
     click.echo(f"Corral listening on {settings.base_url} (models in {settings.models_dir})", err=True)
-    run_server(create_app(settings), settings, log_level="debug" if debug_enabled() else "warning")
+    app = create_app(settings, Scheduler(settings, spare=spare))
+    run_server(app, settings, log_level="debug" if debug_enabled() else "warning")
 
 
 def _prune(settings: Settings) -> None:

@@ -204,6 +204,9 @@ class Backend(Protocol):
     # Optional: ``explain(self, spec: LoadSpec, devices: Sequence[Device]) -> str``, how ``estimate``
     # sees it, device by device, for ``corral show --fit`` (a model that cannot fit is explained, not
     # raised). Without it, ``--fit`` shows the estimate's sizes.
+    # Optional: ``prepare(self) -> None``, import the engine's libraries ahead of a load; a spare runner
+    # process calls it while it waits for its first model, so that load pays only for reading the file.
+    # Errors are logged, never raised to a user.
 
 
 class HookSpecs:

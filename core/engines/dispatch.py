@@ -120,6 +120,22 @@ def _gguf_plan(spec: LoadSpec, devices: Sequence[Device]) -> tuple[LoadSpec, Pla
     return spec, plan
 
 
+def prepare() -> None:
+    """Import llama.cpp and start its backend ahead of a load, where it is installed: a spare runner
+    process does this while it waits for a model (GGUF is the common case), so the load that follows
+    pays only for reading the file."""
+    from importlib.util import find_spec
+
+    if find_spec("llama_cpp") is None:
+        return
+    import llama_cpp
+
+    from corral.engines.llamacpp.backend import init_backend
+    from corral.engines.llamacpp.runner import LlamaCppRunner  # noqa: F401  (its module imports numpy)
+
+    init_backend(llama_cpp)
+
+
 def load(spec: LoadSpec, gpu: GpuBuild | None = None, *, onnx_on_gpu: bool = False) -> Runner:
     """Load ``spec`` on its engine: llama.cpp on the CPU (``gpu`` None) or offloading ``spec.num_gpu``
     layers (None: all) to a GPU build; an ONNX folder on the CPU, or on CUDA with ``onnx_on_gpu``."""

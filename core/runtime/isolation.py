@@ -41,12 +41,19 @@ class RemoteRunner:
     pid: int
 
 
-def _child_main(conn: Connection) -> None:
-    """The runner process: load through the plugin system, then serve jobs until told to stop."""
+def _child_main(conn: Connection, prepare: str | None = None) -> None:
+    """The runner process: load through the plugin system, then serve jobs until told to stop.
+    ``prepare``: a spare's backend (empty: the best one), whose engine it imports while it waits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the terminal is the server's to handle
     from corral.plugins import Plugins
 
-    backend, spec, name, prefix_cache = _recv(conn)
+    plugins = Plugins()
+    if prepare is not None:
+        _prepare(plugins, prepare)
+    try:
+        backend, spec, name, prefix_cache = _recv(conn)
+    except (EOFError, OSError):  # a spare the server never needed: it has gone, and so do we
+        return
 
     send_lock = threading.Lock()
     outbox: list[tuple[Any, ...]] = []  # this step's events, sent together by flush (owner thread only)
@@ -66,7 +73,7 @@ def _child_main(conn: Connection) -> None:
             send(("batch", batch))
 
     try:
-        entry = Plugins().get(backend)
+        entry = plugins.get(backend)
         worker = ModelWorker(lambda: entry.backend.load(spec), name, prefix_cache=prefix_cache, flush=flush)
         runner = worker.wait_loaded()
     except BaseException as exc:  # reported to the parent, which raises it for the request
@@ -108,6 +115,18 @@ def _child_main(conn: Connection) -> None:
     worker.join(30)
 
 
+def _prepare(plugins: Any, backend: str) -> None:
+    """Import ``backend``'s engine ahead of its first load, if it says how (``Backend.prepare``). A
+    failure only loses the head start: the load that follows reports whatever is really wrong."""
+    try:
+        entry = plugins.select(backend or None)
+        prepare = getattr(entry.backend, "prepare", None)
+        if prepare is not None:
+            prepare()
+    except Exception as exc:
+        log.debug("a spare runner could not prepare backend %r: %s", backend, exc)
+
+
 @dataclass(frozen=True)
 class _Result:
     """An embedding job's vectors, as they cross the pipe."""
@@ -119,25 +138,33 @@ def _recv(conn: Connection) -> Any:
     return pickle.loads(conn.recv_bytes())
 
 
-def _start_child(transport: str) -> tuple[subprocess.Popen[bytes], Connection]:
-    """Start the runner process and connect to it.
+Child = tuple[subprocess.Popen[bytes], Connection]
+
+
+def default_transport() -> str:
+    return "loopback" if sys.platform == "win32" else "socketpair"
+
+
+def _start_child(transport: str, prepare: str | None = None) -> Child:
+    """Start the runner process and connect to it; ``prepare``: see ``_child_main``.
 
     ``socketpair`` (POSIX): the child inherits its end of a socket pair as a file descriptor.
     ``loopback`` (Windows, which cannot pass a descriptor to a child): the child connects to a
     one-shot listening socket on 127.0.0.1 and proves itself with a key it read from its stdin.
     """
     command = [sys.executable, "-m", "corral.runtime.isolation"]
+    tail = ["--prepare", prepare] if prepare is not None else []
     if transport == "socketpair":
         parent_sock, child_sock = socket.socketpair()
         proc = subprocess.Popen(
-            [*command, str(child_sock.fileno())], pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL
+            [*command, str(child_sock.fileno()), *tail], pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL
         )
         child_sock.close()
         return proc, Connection(parent_sock.detach())
     key = secrets.token_hex(32)
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        proc = subprocess.Popen([*command, "--connect", str(port)], stdin=subprocess.PIPE)
+        proc = subprocess.Popen([*command, "--connect", str(port), *tail], stdin=subprocess.PIPE)
         assert proc.stdin is not None
         proc.stdin.write(key.encode() + b"\n")
         proc.stdin.close()
@@ -169,14 +196,84 @@ def _child_connect(port: int) -> Connection:
     return Connection(sock.detach())
 
 
+class SpareRunner:
+    """At most one runner process started before a model needs it. Its start (Python, the plugins, the
+    engine's native libraries: about 0.6 s on a 2-core machine) then runs beside ``corral serve``'s own
+    start, or while no model is loaded, and the next load pays only for reading the model. The scheduler
+    keeps one only while nothing is loaded, so a spare costs memory (about 45 MB) only when idle."""
+
+    def __init__(self, backend: str | None = None, transport: str | None = None) -> None:
+        self._backend = backend or ""
+        self._transport = transport or default_transport()
+        self._lock = threading.Lock()
+        self._starting: threading.Thread | None = None
+        self._child: Child | None = None
+
+    def start(self) -> None:
+        """Start a spare, in the background (a loopback child takes a moment to connect), unless one is up."""
+        with self._lock:
+            if self._starting is None:
+                self._starting = threading.Thread(target=self._spawn, name="corral-spare-runner", daemon=True)
+                self._starting.start()
+
+    def _spawn(self) -> None:
+        try:
+            self._child = _start_child(self._transport, prepare=self._backend)
+        except (OSError, RunnerCrashed) as exc:  # the load that needs a runner will start its own, and say why
+            log.debug("no spare runner: %s", exc)
+
+    @property
+    def pid(self) -> int | None:
+        """The waiting spare's process id, once it has started; None when there is none."""
+        with self._lock:
+            starting = self._starting
+        if starting is not None:
+            starting.join()
+        child = self._child
+        return child[0].pid if child is not None else None
+
+    def take(self, transport: str) -> Child | None:
+        """The spare, now the caller's, if it is alive and speaks ``transport``; None otherwise."""
+        with self._lock:
+            starting, self._starting = self._starting, None
+        if starting is None:
+            return None
+        starting.join()
+        child, self._child = self._child, None
+        if child is None:
+            return None
+        if transport != self._transport or child[0].poll() is not None:
+            _discard(child)
+            return None
+        return child
+
+    def close(self) -> None:
+        child = self.take(self._transport)
+        if child is not None:
+            _discard(child)
+
+
+def _discard(child: Child) -> None:
+    proc, conn = child
+    conn.close()  # a waiting spare reads EOF and exits
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class ProcessWorker:
-    """A ModelWorker in a child process, seen from the server."""
+    """A ModelWorker in a child process, seen from the server; ``spare``: a pre-started one to use."""
 
     def __init__(
-        self, backend: str, spec: LoadSpec, name: str, prefix_cache: bool = True, transport: str | None = None
-    ) -> None:
+        self, backend: str, spec: LoadSpec, name: str, prefix_cache: bool = True, transport: str | None = None,
+        spare: SpareRunner | None = None,
+    ) -> None:  # fmt: skip
         self.name = name
-        self._proc, self._conn = _start_child(transport or ("loopback" if sys.platform == "win32" else "socketpair"))
+        transport = transport or default_transport()
+        child = spare.take(transport) if spare is not None else None
+        self._proc, self._conn = child or _start_child(transport)
         self._send_lock = threading.Lock()
         self._send((backend, spec, name, prefix_cache))
         self._jobs: dict[int, Job] = {}
@@ -326,4 +423,6 @@ if __name__ == "__main__":
     from corral.runtime.isolation import _child_connect as _connect
     from corral.runtime.isolation import _child_main as _main
 
-    _main(_connect(int(sys.argv[2])) if sys.argv[1] == "--connect" else Connection(int(sys.argv[1])))
+    args = sys.argv[1:]
+    spare_of = args[args.index("--prepare") + 1] if "--prepare" in args else None
+    _main(_connect(int(args[1])) if args[0] == "--connect" else Connection(int(args[0])), spare_of)

@@ -24,7 +24,7 @@ from corral.hookspecs import Estimate, LoadSpec, Sampling
 from corral.models.recipes import Recipe, resolve
 from corral.models.store import Store
 from corral.plugins import BackendEntry, Plugins
-from corral.runtime.isolation import ProcessWorker
+from corral.runtime.isolation import ProcessWorker, SpareRunner
 from corral.runtime.telemetry import Telemetry
 from corral.runtime.worker import Event, Job, ModelWorker
 from corral.types import Options
@@ -96,8 +96,15 @@ class Ticket:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, plugins: Plugins | None = None, store: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings, plugins: Plugins | None = None, store: Store | None = None,
+        spare: SpareRunner | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
+        # A runner process started ahead of the next load (``corral serve`` starts one with the server);
+        # started again whenever the last model goes, so it waits only while nothing is loaded.
+        self.spare = spare if settings.isolate_runners else None
+        self._closing = False
         self.plugins = plugins or Plugins()
         self.store = store or Store(settings.models_dir)
         self.loaded: dict[tuple[str, str], Loaded] = {}
@@ -138,7 +145,9 @@ class Scheduler:
                 load_spec = plan.spec if plan is not None else spec
                 worker: ModelWorker | ProcessWorker
                 if self.settings.isolate_runners:
-                    worker = ProcessWorker(entry.name, load_spec, recipe.name.display, self.settings.prefix_cache)
+                    worker = ProcessWorker(
+                        entry.name, load_spec, recipe.name.display, self.settings.prefix_cache, spare=self.spare
+                    )
                 else:
                     worker = ModelWorker(
                         lambda: entry.backend.load(load_spec), recipe.name.display, self.settings.prefix_cache
@@ -222,6 +231,8 @@ class Scheduler:
         if loaded is not None:
             loaded.worker.stop()
             await asyncio.to_thread(loaded.worker.join, 30)
+        if self.spare is not None and not self.loaded and not self._closing:
+            self.spare.start()
 
     async def unload(self, model: str) -> bool:
         """Unload every copy of ``model``; False if it was not loaded."""
@@ -247,12 +258,15 @@ class Scheduler:
             await self._expire()
 
     async def close(self) -> None:
+        self._closing = True
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         for key in list(self.loaded):
             await self._unload(key)
+        if self.spare is not None:
+            await asyncio.to_thread(self.spare.close)
 
     # ---- running jobs ------------------------------------------------------------------------
     async def stream(

@@ -28,6 +28,9 @@ class CpuBackend:
     def explain(self, spec: LoadSpec, devices: Sequence[Device]) -> str:
         return dispatch.explain(spec, devices)
 
+    def prepare(self) -> None:
+        dispatch.prepare()
+
     def load(self, spec: LoadSpec) -> Runner:
         return dispatch.load(spec)
 

@@ -71,6 +71,9 @@ class CudaBackend:
 
         return dispatch.explain(spec, [*devices, host_device()], onnx_on_gpu=True)
 
+    def prepare(self) -> None:
+        dispatch.prepare()
+
     def load(self, spec: LoadSpec) -> Runner:
         probe = self.probe()
         if not probe.available:

@@ -130,6 +130,9 @@ class RocmBackend:
 
         return dispatch.explain(spec, [*devices, host_device()])
 
+    def prepare(self) -> None:
+        dispatch.prepare()
+
     def load(self, spec: LoadSpec) -> Runner:
         probe = self.probe()
         if not probe.available:
