@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from corral.config import Settings, bound_to_loopback
 from corral.errors import CorralError
 
 
+def anything_listens(base_url: str, timeout: float = 0.5) -> bool:
+    """Whether a TCP connection to ``base_url``'s port succeeds: a refusal is the common answer when
+    no server runs, and it comes before the HTTP client is even imported."""
+    parts = urlsplit(base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def server_answers(base_url: str, timeout: float = 0.5) -> bool:
+    import httpx  # after the server is started, so its import overlaps the server's start
+
     try:
         return httpx.get(f"{base_url}/api/version", timeout=timeout).status_code == 200
     except httpx.HTTPError:
@@ -37,7 +51,7 @@ def detached(platform: str) -> dict[str, Any]:
 def ensure_server(settings: Settings, wait_seconds: float = 60.0) -> str:
     """Return the server's URL, starting one first if it is ours to start."""
     url = settings.base_url
-    if server_answers(url):
+    if anything_listens(url) and server_answers(url):
         return url
     if not bound_to_loopback(settings):
         return url  # a remote server is not ours to start: the client will say it cannot connect

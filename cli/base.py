@@ -66,8 +66,10 @@ def cli(debug: bool) -> None:
 def client_for(settings: Settings | None = None) -> Any:
     """A Client for the configured host, starting a local server first if none answers."""
     from corral.cli.autostart import ensure_server
-    from corral.client import Client
     from corral.config import Settings
 
     settings = settings or Settings()
-    return Client(host=ensure_server(settings))
+    url = ensure_server(settings)
+    from corral.client import Client  # imported while an auto-started server starts
+
+    return Client(host=url)

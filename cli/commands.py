@@ -116,11 +116,11 @@ def run(
     hidethinking: bool,
 ) -> None:
     """Run a model: answer PROMPT, or chat when none is given on a terminal."""
+    client = client_for()  # first: a server it starts comes up while the rest is imported
     from corral.cli.repl import Session
     from corral.cli.repl_loop import interactive, one_shot
     from corral.client import ResponseError
 
-    client = client_for()
     try:
         client.show(model)
     except ResponseError as exc:  # like `ollama run`, a model that is not here is pulled first

@@ -19,6 +19,7 @@ The rules mirror llama.cpp as vendored in llama-cpp-python 0.3.36 (``ggml/src/gg
 
 from __future__ import annotations
 
+import functools
 import mmap
 import struct
 from collections import Counter
@@ -457,6 +458,25 @@ def _file_type_name(kv: _KV, tensors: list[_Tensor]) -> str:
     return gguf.GGMLQuantizationType(by_bytes.most_common(1)[0][0]).name
 
 
+_Parsed = tuple[int, _KV, list[_Tensor], int]  # version, metadata, tensors, where the tensor data starts
+
+
+def _parsed(path: Path) -> _Parsed:
+    """``path``'s header, parsed once per version of the file: a server reads the same blob for
+    ``show``, the memory estimate and the load, and a vocabulary of 100k strings takes tens of ms."""
+    st = path.stat()
+    return _parse_file(str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_file(path: str, size: int, _mtime_ns: int, _inode: int) -> _Parsed:
+    with open(path, "rb") as f:
+        if size == 0:
+            raise _Corrupt("the file is empty")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return _parse(buf, size)
+
+
 def validate_gguf(path: Path) -> GGUFSummary:
     """Check ``path`` is a GGUF llama.cpp can load without crashing; summarise it.
 
@@ -466,11 +486,7 @@ def validate_gguf(path: Path) -> GGUFSummary:
     path = Path(path)
     try:
         size = path.stat().st_size
-        with open(path, "rb") as f:
-            if size == 0:
-                raise _Corrupt("the file is empty")
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                version, kv, tensors, data_start = _parse(buf, size)
+        version, kv, tensors, data_start = _parsed(path)
     except InvalidModelFile:
         raise
     except OSError as e:
@@ -518,24 +534,23 @@ TensorInfo = _Tensor
 
 def data_offset(path: Path) -> int:
     """Where a GGUF's tensor data starts: tensor ``t``'s bytes are at ``data_offset + t.offset``."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        try:
-            return int(_parse(buf, size)[3])
-        except _Corrupt as exc:
-            raise _fail(path, f"not a valid GGUF file ({exc})") from None
+    try:
+        return int(_parsed(path)[3])
+    except _Corrupt as exc:
+        raise _fail(path, f"not a valid GGUF file ({exc})") from None
 
 
-def read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
-    """A GGUF's metadata (as ``read_metadata``) and its tensors' names, shapes and sizes."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        try:
-            _version, kv, tensors, _start = _parse(buf, size)
-        except _Corrupt as exc:
-            raise _fail(path, f"not a valid GGUF file ({exc})") from None
+def read_header(path: Path, *, string_arrays: bool = True) -> tuple[dict[str, Any], list[TensorInfo]]:
+    """A GGUF's metadata (as ``read_metadata``) and its tensors' names, shapes and sizes.
+    ``string_arrays=False`` leaves out arrays of strings (the vocabulary), for readers of numbers."""
+    try:
+        _version, kv, tensors, _start = _parsed(path)
+    except _Corrupt as exc:
+        raise _fail(path, f"not a valid GGUF file ({exc})") from None
     out: dict[str, Any] = {}
     for key, (_vtype, value) in kv.items():
+        if isinstance(value, _Array) and value.elem_type == _T_STRING and not string_arrays:
+            continue
         if isinstance(value, _Array):
             out[key] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value.items]
         else:

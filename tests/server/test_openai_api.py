@@ -579,7 +579,9 @@ def test_long_inputs_are_cut_to_the_context_unless_truncate_is_false(corral: Cor
     assert refused.status_code == 400 and re.match(r"input is \d+ tokens, more than the", refused.json()["error"])
     openai_cut = corral.post("/v1/embeddings", {"model": "tiny", "input": long})
     assert openai_cut.status_code == 200 and openai_cut.json()["usage"]["prompt_tokens"] == limit
-    assert openai_cut.json()["data"][0]["embedding"] == cut.json()["embeddings"][0]
+    # Equal but for the last bits: where the cut input's cells land in the KV pool the slots share
+    # (other sequences' idle caches, dropped or not) changes the order of the attention sums.
+    assert openai_cut.json()["data"][0]["embedding"] == pytest.approx(cut.json()["embeddings"][0], rel=1e-5, abs=1e-7)
 
 
 # ---- /v1/models ---------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def profile_from_gguf(path: Path | str) -> ModelProfile:
 
     path = Path(path)
     summary = g.validate_gguf(path)  # readable errors for damaged files
-    kv, tensors = g.read_header(path)
+    kv, tensors = g.read_header(path, string_arrays=False)  # the vocabulary is not needed here
     arch = summary.architecture
 
     def ints(key: str) -> list[int] | None:
