@@ -62,6 +62,10 @@ class LoadSpec:
     # llama.cpp's K and V cache type: f16, q8_0, q4_0 (the quantised ones need flash attention)
     kv_cache_type: str = "f16"
     devices: tuple[Device, ...] = ()
+    # One KV pool all sequences share, so one request may take more than num_ctx of it (a per-request
+    # num_ctx above the load's); False: a stream of num_ctx per sequence, which llama.cpp attends faster
+    # (a token attends only its own sequence's cells, as in llama-server's default).
+    kv_unified: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,9 @@ class ModelInfo:
     size_bytes: int
     size_on_device: int  # bytes placed on an accelerator
     embed_tokens: int = 0  # the most tokens one embedding input may have (llama.cpp: one batch); 0: n_ctx
+    # True: the num_parallel sequences share one KV pool of n_ctx * num_parallel cells. False: each has
+    # its own n_ctx, and an embedding runs in a free slot's sequence (``Runner.embed(texts, seq=...)``).
+    kv_unified: bool = True
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ class Scheduler:
             if loaded is not None and not loaded.worker.alive:  # its runner crashed: start a new one
                 self.loaded.pop(key, None)
                 loaded = None
-            if loaded is not None and _needs_reload(loaded.spec, spec):
+            if loaded is not None and _needs_reload(loaded.spec, spec, busy=loaded.inflight > 0):
                 await self._unload(key)
                 loaded = None
             if loaded is None:
@@ -196,6 +196,9 @@ class Scheduler:
             flash_attention=self.settings.flash_attention,
             kv_cache_type=self.settings.kv_cache_type,
             devices=tuple(devices),
+            # Separate streams per slot are faster; a request that wants more context than a slot has
+            # gets the shared pool, where one sequence may take up to all of it.
+            kv_unified=(options.num_ctx or 0) > self.settings.num_ctx,
         )
 
     async def _make_room(self) -> None:
@@ -396,10 +399,12 @@ def _eviction_order(item: tuple[tuple[str, str], Loaded]) -> tuple[float, float]
     return (loaded.keep_alive if loaded.keep_alive >= 0 else math.inf, loaded.expires_at)
 
 
-def _needs_reload(old: LoadSpec, new: LoadSpec) -> bool:
-    """Per-request num_ctx never reloads (the KV pool is shared); thread/GPU/batch/mmap changes do."""
+def _needs_reload(old: LoadSpec, new: LoadSpec, busy: bool = False) -> bool:
+    """Thread/GPU/batch/mmap changes reload; so does the first request that wants more context than a
+    slot's stream (into the shared pool, which then serves every num_ctx without reloading), unless
+    the model is ``busy``: then it gets a slot's context rather than cut the streams running."""
 
     def load_time(s: LoadSpec) -> tuple[object, ...]:
         return (s.num_thread, s.num_gpu, s.main_gpu, s.num_batch, s.use_mmap)
 
-    return load_time(old) != load_time(new)
+    return load_time(old) != load_time(new) or (new.kv_unified and not old.kv_unified and not busy)

@@ -178,6 +178,9 @@ class ModelWorker:
         runner = self.runner
         self.slots = [_Slot(seq=i) for i in range(runner.info.num_parallel)]
         self.total_ctx = runner.info.n_ctx * runner.info.num_parallel
+        # The most one sequence may hold: the whole pool where the slots share one, else its own stream.
+        self.kv_unified = runner.info.kv_unified
+        self.seq_ctx = self.total_ctx if self.kv_unified else runner.info.n_ctx
         self._ready.set()
         try:
             while True:
@@ -233,11 +236,12 @@ class ModelWorker:
                 if not tokens:
                     raise BadRequest("the prompt is empty: there is nothing to continue from")
                 num_ctx = job.num_ctx or runner.info.n_ctx
-                if len(tokens) >= min(num_ctx, self.total_ctx) and job.truncate:
-                    tokens = self._cut(job, tokens, min(num_ctx, self.total_ctx))
-                elif len(tokens) >= min(num_ctx, self.total_ctx):
+                context = min(num_ctx, self.seq_ctx)
+                if len(tokens) >= context and job.truncate:
+                    tokens = self._cut(job, tokens, context)
+                elif len(tokens) >= context:
                     raise PromptTooLong(
-                        f"the prompt is {len(tokens)} tokens, more than the context of {min(num_ctx, self.total_ctx)} "
+                        f"the prompt is {len(tokens)} tokens, more than the context of {context} "
                         "(raise num_ctx or shorten the prompt)"
                     )
             except CorralError as exc:
@@ -252,14 +256,24 @@ class ModelWorker:
 
     def _embed(self, job: Job) -> bool:
         """Run an embedding job now; False, untouched, while running sequences leave the KV pool too
-        little room for its longest input (idle prefix caches are dropped to make it)."""
+        little room for its longest input (idle prefix caches are dropped to make it) or, where each
+        slot has its own stream, while no slot is free."""
         assert self.runner is not None and job.embed is not None
+        free = [s for s in self.slots if s.job is None]
         try:
             fitted = [self._fit_context(t, job.truncate) for t in job.embed]
-            longest = max((n for _text, n in fitted), default=0)
-            if not self._make_room(longest, [s for s in self.slots if s.job is None], None):
-                return False
-            vectors = self.runner.embed([text for text, _n in fitted])
+            texts = [text for text, _n in fitted]
+            if self.kv_unified:
+                if not self._make_room(max((n for _text, n in fitted), default=0), free, None):
+                    return False
+                vectors = self.runner.embed(texts)
+            else:  # in the stream of the free slot used least lately, whose cache it empties
+                if not free:
+                    return False
+                borrowed = min(free, key=lambda s: s.last_used)
+                self._forget(borrowed)
+                embed: Any = self.runner.embed  # Runner.embed with ``seq``: see ModelInfo.kv_unified
+                vectors = embed(texts, seq=borrowed.seq)
             counts = sum(n for _text, n in fitted)
         except CorralError as exc:
             job.emit(Event(done=True, done_reason="error", error=str(exc), exception=exc))
@@ -308,6 +322,8 @@ class ModelWorker:
         """Fit a sequence of up to ``need`` tokens, in slot ``taking`` (None: the embeddings' scratch
         sequence), in the shared KV pool, dropping other idle caches if needed; ``taking``'s own cache is
         the new sequence's start, within ``need``."""
+        if not self.kv_unified:  # each slot has a stream of its own: nothing to share, nothing to drop
+            return True
         need = min(need, self.total_ctx)
         active = sum(s.limit for s in self.slots if s.job)
         if active + need > self.total_ctx:
@@ -344,7 +360,7 @@ class ModelWorker:
         slot.pending = tokens[common:]
         slot.next_token = None
         slot.generated = 0
-        slot.limit = min(num_ctx, self.total_ctx)
+        slot.limit = min(num_ctx, self.seq_ctx)
         slot.keep = self._keep(job, tokens, slot.limit)
         slot.rereading = False
         slot.text = TextStream(job.stops)

@@ -27,7 +27,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def worker(model: Path) -> Iterator[ModelWorker]:
-    spec = LoadSpec(model_path=model, num_ctx=64, num_parallel=2, num_thread=2)
+    spec = LoadSpec(model_path=model, num_ctx=64, num_parallel=2, num_thread=2, kv_unified=True)
     worker = ModelWorker(lambda: LlamaCppRunner(spec), "tiny")
     worker.wait_loaded(60)
     yield worker
@@ -64,3 +64,26 @@ def test_an_embedding_drops_idle_caches_that_fill_the_pool(worker: ModelWorker) 
     assert done.done_reason == "stop" and done.error is None
     assert len(vectors) == 1 and vectors[0] == pytest.approx(fresh[0], abs=1e-5)  # as on an empty cache
     assert sum(len(s.cached) for s in worker.slots) < total - 2  # an idle cache made room
+
+
+def test_with_a_stream_per_slot_an_embedding_borrows_the_least_recently_used_free_slot(model: Path) -> None:
+    spec = LoadSpec(model_path=model, num_ctx=64, num_parallel=2, num_thread=2, kv_unified=False)
+    worker = ModelWorker(lambda: LlamaCppRunner(spec), "tiny")
+    try:
+        runner = worker.wait_loaded(60)
+        assert not runner.info.kv_unified and worker.seq_ctx == runner.info.n_ctx
+        _done, fresh = embed(worker)
+        for first in ("1", "2"):  # slot 0 is used first, so it is the least recently used afterwards
+            events: queue.Queue[Event] = queue.Queue()
+            job = Job(prompt=first + LONG, sampling=GREEDY, emit=events.put, shift=False)
+            assert finish(worker, job, events).done_reason == "length"
+        kept = list(worker.slots[1].cached)
+        assert worker.slots[0].cached and kept
+
+        done, vectors = embed(worker)
+        assert done.done_reason == "stop" and done.error is None
+        assert len(vectors) == 1 and vectors[0] == pytest.approx(fresh[0], abs=1e-5)
+        assert worker.slots[0].cached == [] and worker.slots[1].cached == kept  # only the borrowed slot's cache went
+    finally:
+        worker.stop()
+        worker.join(10)

@@ -221,12 +221,16 @@ def test_the_conversation_is_kept_across_a_reload(paris: dict[str, Any]) -> None
     expect(page.locator('[data-role="assistant"] .content')).to_have_text(paris["final"])
 
 
+# SmolLM2 answers this with hundreds of tokens at temperature 0 (it counts "to 500" in 51 and stops).
+LONG_QUESTION = "Write a long story about a dragon who learns to fly."
+
+
 def test_stop_ends_a_long_answer_and_the_servers_job(paris: dict[str, Any], server: str) -> None:
     page = paris["session"].page
     page.get_by_role("button", name="New chat").click()
     expect(page.locator("[data-role]")).to_have_count(0)
     set_options(page, Temperature="0")
-    answer = ask(page, "Count from 1 to 500, one number per line.")
+    answer = ask(page, LONG_QUESTION)
     content = answer.locator(".content")
     expect(content).to_have_text(re.compile(r"\S[\s\S]{5,}"), timeout=ANSWER_WAIT_MS)
     assert loaded_models(server) == [MODEL]  # held by the answer being made
@@ -237,13 +241,12 @@ def test_stop_ends_a_long_answer_and_the_servers_job(paris: dict[str, Any], serv
     shown = content.text_content()
     wait_unloaded(server)  # the job ended: nothing holds the model any more
     assert content.text_content() == shown  # and no token came after Stop
-    assert "500" not in (shown or "")
     # Esc stops too: the same question in a new chat, at temperature 0, gives the same long answer
     # (a follow-up in the same chat may be answered in a few tokens, before Esc can land).
     page.get_by_role("button", name="New chat").click()
     expect(page.locator("[data-role]")).to_have_count(0)
     set_options(page, Temperature="0")
-    answer = ask(page, "Count from 1 to 500, one number per line.")
+    answer = ask(page, LONG_QUESTION)
     expect(answer.locator(".content")).not_to_have_text("", timeout=ANSWER_WAIT_MS)
     page.keyboard.press("Escape")
     expect(answer.locator(".stats")).to_have_text(re.compile(r"^Stopped"))

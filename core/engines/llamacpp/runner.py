@@ -69,7 +69,10 @@ class LlamaCppRunner:
         n_ctx_train = int(llama.llama_model_n_ctx_train(self._model))
         seq_ctx = min(spec.num_ctx, n_ctx_train) if n_ctx_train > 0 else spec.num_ctx
         self.num_parallel = spec.num_parallel
-        self.scratch_seq = spec.num_parallel  # an extra sequence for embeddings, outside the slots
+        # A shared pool has room for an extra sequence for embeddings, outside the slots; separate
+        # streams are all num_ctx long, so an embedding borrows a free slot's instead (the worker's choice).
+        self.kv_unified = spec.kv_unified
+        self.scratch_seq: int | None = spec.num_parallel if spec.kv_unified else None
         self.threads = spec.num_thread or physical_cores()
         self.n_batch = max(32, spec.num_batch)
 
@@ -77,10 +80,10 @@ class LlamaCppRunner:
         cparams.n_ctx = seq_ctx * spec.num_parallel
         cparams.n_batch = self.n_batch
         cparams.n_ubatch = self.n_batch
-        cparams.n_seq_max = spec.num_parallel + 1
+        cparams.n_seq_max = spec.num_parallel + (1 if spec.kv_unified else 0)
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
-        cparams.kv_unified = True  # one pool: a sequence may use more than its share (per-request num_ctx)
+        cparams.kv_unified = spec.kv_unified
         cparams.no_perf = True
         kv_type, why = kv_cache_type_for(spec.kv_cache_type, spec.flash_attention, self._head_dims())
         if why:
@@ -104,10 +107,11 @@ class LlamaCppRunner:
         self.n_vocab = int(llama.llama_vocab_n_tokens(self._vocab))
         bos = int(llama.llama_vocab_bos(self._vocab))
         template = llama.llama_model_chat_template(self._model, None)
+        n_ctx_seq = int(llama.llama_n_ctx(self._ctx)) // spec.num_parallel
         self.info = ModelInfo(
             architecture=self._meta("general.architecture") or "unknown",
             n_ctx_train=n_ctx_train,
-            n_ctx=int(llama.llama_n_ctx(self._ctx)) // spec.num_parallel,
+            n_ctx=n_ctx_seq,
             n_vocab=self.n_vocab,
             n_embd=int(llama.llama_model_n_embd(self._model)),
             num_parallel=spec.num_parallel,
@@ -118,7 +122,9 @@ class LlamaCppRunner:
             chat_template=template.decode("utf-8", "replace") if template else None,
             size_bytes=int(llama.llama_model_size(self._model)),
             size_on_device=0 if n_gpu_layers == 0 else int(llama.llama_model_size(self._model)),
-            embed_tokens=self.n_batch,  # an input is embedded in one batch
+            # An input is embedded in one batch, and in one sequence's stream where each has its own.
+            embed_tokens=self.n_batch if spec.kv_unified else min(self.n_batch, n_ctx_seq),
+            kv_unified=spec.kv_unified,
         )
         self.total_ctx = int(llama.llama_n_ctx(self._ctx))
         self._pos: dict[int, int] = {}  # tokens cached per sequence
@@ -329,17 +335,22 @@ class LlamaCppRunner:
         return True
 
     # ---- Runner: embeddings ------------------------------------------------------------------
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    def embed(self, texts: Sequence[str], seq: int | None = None) -> list[list[float]]:
+        """Embed ``texts`` one by one in sequence ``seq``, which it empties: the worker names a free
+        slot's where each has its own stream. By default the shared pool's scratch sequence, else the last."""
         L = self._L
-        seq = self.scratch_seq
+        if seq is None:
+            seq = self.scratch_seq if self.scratch_seq is not None else self.num_parallel - 1
         out: list[list[float]] = []
         L.llama_set_embeddings(self._ctx, True)
         try:
             pooled = L.llama_pooling_type(self._ctx) != L.LLAMA_POOLING_TYPE_NONE
             for text in texts:
                 tokens = self.tokenize(text, add_bos=self.info.add_bos) or [self.info.bos_token or 0]
-                if len(tokens) > self._cap:
-                    raise PromptTooLong(f"input is {len(tokens)} tokens, more than the batch size {self._cap}")
+                if len(tokens) > self.info.embed_tokens:
+                    raise PromptTooLong(
+                        f"input is {len(tokens)} tokens, more than the {self.info.embed_tokens} one embedding may have"
+                    )
                 self.truncate(seq, 0)
                 n = len(tokens)
                 self._tok[:n] = tokens
