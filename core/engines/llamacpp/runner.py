@@ -71,7 +71,6 @@ class LlamaCppRunner:
         self.num_parallel = spec.num_parallel
         # A shared pool has room for an extra sequence for embeddings, outside the slots; separate
         # streams are all num_ctx long, so an embedding borrows a free slot's instead (the worker's choice).
-        self.kv_unified = spec.kv_unified
         self.scratch_seq: int | None = spec.num_parallel if spec.kv_unified else None
         self.threads = spec.num_thread or physical_cores()
         self.n_batch = max(32, spec.num_batch)
