@@ -140,6 +140,7 @@ def test_a_forced_call_then_its_output_continues_the_conversation(corral_server:
         input=ask,
         tools=[WEATHER],
         tool_choice="required",
+        temperature=0,  # sampled, a call's arguments may run past max_output_tokens
         max_output_tokens=80,  # type: ignore[arg-type, list-item]
     )
     assert response.status == "completed" and response.tool_choice == "required"
@@ -150,7 +151,7 @@ def test_a_forced_call_then_its_output_continues_the_conversation(corral_server:
     jsonschema.validate(json.loads(calls[0].arguments), WEATHER["parameters"])  # type: ignore[arg-type]
     named = client.responses.create(
         model=MODEL, input=ask, tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"},  # type: ignore[arg-type, list-item]
-        max_output_tokens=80, stream=True,
+        max_output_tokens=80, stream=True, temperature=0,
     )  # fmt: skip
     kinds = [event.type for event in named]
     assert kinds.count("response.function_call_arguments.delta") == 1 and "response.output_text.delta" not in kinds
@@ -162,6 +163,7 @@ def test_a_forced_call_then_its_output_continues_the_conversation(corral_server:
         input=turn,
         tools=[WEATHER],
         tool_choice="none",
+        temperature=0,
         max_output_tokens=40,  # type: ignore[arg-type, list-item]
     )
     assert follow.output[0].type == "message" and follow.output_text
